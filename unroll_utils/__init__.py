@@ -1,0 +1,13 @@
+"""unroll_utils: the tested helper module behind the unrolling-sgd notebooks.
+
+Reference: A. Thudi, G. Deza, V. Chandrasekaran, N. Papernot, "Unrolling SGD: Understanding
+Factors Influencing Machine Unlearning", IEEE EuroS&P 2022 (arXiv:2109.13398).
+
+Modules are named by the paper's nouns: ``data`` (datasets, forget sets), ``models``,
+``losses`` (SD loss), ``hessian`` (top Hessian eigenvalue, sigma), ``unlearning``
+(single gradient unlearning), ``trajectory`` (the lock-step trainer of M, M' and M''),
+``metrics`` (verification error, unlearning error), ``results`` (atomic tables,
+checkpoints), ``plot`` (the one plotting helper).
+"""
+
+__version__ = "0.1.0"
