@@ -1,0 +1,376 @@
+"""The top Hessian eigenvalue and σ, from Hessian-vector products (paper §1.4, §2.9, §5 items 6, 13).
+
+σ enters the unlearning error e = (η²/2)·t·‖w_t − w_0‖·σ. The reference code takes
+σ = sqrt(λ_top) from PyHessian's power iteration (100 HVPs, model in eval mode, unseeded start,
+largest-*magnitude* eigenvalue, NaN when it is negative). Here:
+
+* :class:`HessianOperator` wraps H = ∇²_w L(w; X, Y) as a matrix-free operator on flat parameter
+  vectors (float64 in and out). It never touches the model: parameters are detached copies, BatchNorm
+  buffers are cloned, ``.grad`` is not written, and each module's train/eval flag is restored.
+* :func:`lanczos_top_eigen` (full reorthogonalisation) and :func:`power_top_eigen` find the
+  algebraically largest (``which="LA"``) or largest-magnitude (``which="LM"``) eigenvalue of any
+  symmetric operator, stopping when the residual ‖Hv − λv‖₂ ≤ tol·|λ|.
+* :func:`estimate_sigma` maps the eigenvalue to σ under a named convention: ``"sqrt_eig"``
+  (the reference code, σ = sqrt(λ_max), reported as 0 — never NaN — when λ_max ≤ 0) or
+  ``"abs_eig"`` (the largest singular value of the symmetric Hessian, max|λ|).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+BN_MODES = ("eval", "train")
+WHICH = ("LA", "LM")
+SIGMA_CONVENTIONS = ("sqrt_eig", "abs_eig")
+METHODS = ("lanczos", "power")
+
+
+@dataclass(frozen=True)
+class TopEigen:
+    """Result of a top-eigenvalue solve.
+
+    Attributes:
+        eigenvalue: the eigenvalue found (algebraically largest for ``which="LA"``, largest
+            magnitude for ``"LM"``); may be negative.
+        eigenvector: (P,) float64 unit vector, flat in ``model.parameters()`` order.
+        residual: ‖Hv − λv‖₂ for the returned pair (Lanczos: the Ritz residual |β_k·s_k|, equal to
+            the true residual in exact arithmetic; power iteration: computed directly).
+        n_hvp: Hessian-vector products spent.
+        converged: whether residual ≤ tol·|λ| was reached within ``max_iter``.
+        method: ``"lanczos"`` or ``"power"``.
+        which: ``"LA"`` or ``"LM"``.
+        bn_mode: BatchNorm mode the Hessian was taken in (``"eval"``: running statistics, the
+            reference code's choice; ``"train"``: batch statistics, buffers left untouched), or
+            ``""`` for an operator not built from a model.
+    """
+
+    eigenvalue: float
+    eigenvector: torch.Tensor
+    residual: float
+    n_hvp: int
+    converged: bool
+    method: str
+    which: str
+    bn_mode: str = ""
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Temporarily set every module's train/eval flag; restore each module's own flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(training)
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class HessianOperator:
+    """H = ∇²_w L(w; X, Y) of a model at its current weights, as a matrix-free operator.
+
+    The forward pass and the gradient graph (``create_graph=True``) are built once; each
+    :meth:`matvec` is one double-backward pass (one HVP). The model is left exactly as found:
+    parameters are read through detached copies, buffers are cloned (so ``bn_mode="train"`` does
+    not update running statistics), ``.grad`` is never written, train/eval flags are restored.
+
+    Args:
+        model: the network; its trainable parameters define the P coordinates.
+        loss_fn: ``loss(logits, targets) -> scalar`` (batch mean), e.g. the training objective.
+        inputs: (N, ...) batch on the model's device.
+        targets: (N,) labels.
+        bn_mode: ``"eval"`` (default, as PyHessian/the reference code) or ``"train"``.
+
+    Raises:
+        ValueError: unknown ``bn_mode``, empty batch, or a model without trainable parameters.
+
+    Source: paper §1.4 (σ from the top Hessian eigenvalue), §5 item 13 (side effects to avoid).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
+                 *, bn_mode: str = "eval") -> None:
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
+        if inputs.shape[0] == 0:
+            raise ValueError("inputs must hold at least one example (got an empty batch)")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.bn_mode = bn_mode
+        self._params = [p.detach().clone().requires_grad_(True) for _, p in named]
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        state = {**dict(zip(self.names, self._params)), **buffers}
+        with torch.enable_grad(), preserved_modes(model, training=(bn_mode == "train")):
+            loss = loss_fn(functional_call(model, state, (inputs,)), targets)
+            grads = torch.autograd.grad(loss, self._params, create_graph=True)
+        self.loss = float(loss.detach())
+        self._flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        self.numel = self._flat_grad.numel()
+        self.device = self._flat_grad.device
+        self.dtype = self._flat_grad.dtype
+        self.n_hvp = 0
+
+    @property
+    def gradient(self) -> torch.Tensor:
+        """(P,) float64 gradient ∇_w L at the operator's weights."""
+        return self._flat_grad.detach().double()
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Return H v.
+
+        Args:
+            v: (P,) vector (any float dtype, any device).
+
+        Returns:
+            (P,) float64 tensor on ``v``'s device.
+
+        Raises:
+            ValueError: if ``v`` has the wrong length.
+        """
+        if v.shape != (self.numel,):
+            raise ValueError(f"v must have shape ({self.numel},); got {tuple(v.shape)}")
+        vv = v.to(device=self.device, dtype=self.dtype)
+        hv = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=vv, retain_graph=True)
+        self.n_hvp += 1
+        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=torch.float64)
+
+    __call__ = matvec
+
+    def dense(self) -> torch.Tensor:
+        """The full (P, P) float64 Hessian, P HVPs batched through ``is_grads_batched``. Tiny models only."""
+        eye = torch.eye(self.numel, device=self.device, dtype=self.dtype)
+        rows = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=eye,
+                                   retain_graph=True, is_grads_batched=True)
+        self.n_hvp += self.numel
+        return torch.cat([r.reshape(self.numel, -1) for r in rows], dim=1).double()
+
+
+def _start_vector(n: int, init: torch.Tensor | None, generator: torch.Generator | None,
+                  device) -> torch.Tensor:
+    if init is not None:
+        v = init.detach().to(device=device, dtype=torch.float64).reshape(-1).clone()
+        if v.numel() != n:
+            raise ValueError(f"init must have {n} elements; got {v.numel()}")
+        if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
+            raise ValueError("init must be a finite, non-zero vector")
+    else:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        v = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+    return v / v.norm()
+
+
+def _check_solver_args(which: str, tol: float, max_iter: int) -> None:
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}; got {which!r}")
+    if not (0.0 < tol < 1.0):
+        raise ValueError(f"tol must be in (0, 1); got {tol}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1; got {max_iter}")
+
+
+def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float = 1e-3,
+                      max_iter: int = 100, init: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, device=None) -> TopEigen:
+    """Top eigenpair of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    Each iteration spends one ``matvec``; the Ritz pair is refreshed from the tridiagonal matrix
+    and the loop stops once the Ritz residual |β_k·s_k| ≤ tol·|θ| (for a symmetric matrix an
+    eigenvalue lies within the residual of θ). The Krylov basis is kept in float64 (memory
+    ``max_iter × P × 8`` bytes).
+
+    Args:
+        matvec: v (P,) float64 → H v (P,) float64, H symmetric.
+        n: P, the dimension.
+        which: ``"LA"`` algebraically largest (default) or ``"LM"`` largest magnitude.
+        tol: relative residual tolerance in (0, 1).
+        max_iter: at most this many matvecs (the Krylov dimension), ≥ 1.
+        init: optional (P,) start vector, e.g. the previous step's eigenvector (warm start).
+        generator: torch.Generator for a random start vector when ``init`` is None
+            (default: a fresh generator seeded 0, so the global RNG is never consumed).
+        device: where vectors live (default CPU).
+
+    Returns:
+        :class:`TopEigen` with ``method="lanczos"``.
+
+    Raises:
+        ValueError: bad ``which``, ``tol``, ``max_iter`` or ``init``.
+    """
+    _check_solver_args(which, tol, max_iter)
+    device = device if device is not None else (init.device if init is not None else "cpu")
+    q = _start_vector(n, init, generator, device)
+    basis = torch.empty(min(max_iter, n), n, dtype=torch.float64, device=device)
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta, s, resid, converged = 0.0, np.ones(1), float("inf"), False
+    for k in range(min(max_iter, n)):
+        basis[k] = q
+        w = matvec(q).to(device=device, dtype=torch.float64)
+        alpha = float(torch.dot(q, w))
+        alphas.append(alpha)
+        # full reorthogonalisation, twice ("twice is enough")
+        for _ in range(2):
+            w = w - basis[: k + 1].T @ (basis[: k + 1] @ w)
+        beta = float(w.norm())
+        evals, evecs = _tridiag_eigh(alphas, betas)
+        idx = int(np.argmax(evals)) if which == "LA" else int(np.argmax(np.abs(evals)))
+        theta, s = float(evals[idx]), evecs[:, idx]
+        resid = abs(beta * s[-1])
+        if resid <= tol * abs(theta):
+            converged = True
+            break
+        if beta <= 1e-12 * max(abs(theta), 1e-300):  # invariant subspace: the Ritz pairs are exact
+            converged = True
+            break
+        betas.append(beta)
+        q = w / beta
+    m = len(alphas)
+    vec = basis[:m].T @ torch.as_tensor(s, dtype=torch.float64, device=device)
+    vec = vec / vec.norm()
+    return TopEigen(theta, vec, float(resid), m, bool(converged), "lanczos", which)
+
+
+def _tridiag_eigh(alphas: list[float], betas: list[float]):
+    t = np.diag(np.asarray(alphas))
+    if betas:
+        off = np.asarray(betas[: len(alphas) - 1])
+        t += np.diag(off, 1) + np.diag(off, -1)
+    return np.linalg.eigh(t)
+
+
+def power_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float = 1e-3,
+                    max_iter: int = 100, init: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None, device=None) -> TopEigen:
+    """Top eigenpair of a symmetric operator by power iteration with a residual stopping rule.
+
+    Power iteration converges to the largest-*magnitude* eigenvalue μ. For ``which="LA"`` and
+    μ < 0 it is rerun on the shifted operator H − μI (whose spectrum is ≥ 0) and shifted back,
+    so the algebraically largest eigenvalue is returned, never a NaN-producing negative stand-in.
+
+    Args and Returns: as :func:`lanczos_top_eigen` (``method="power"``); ``n_hvp`` counts both runs.
+
+    Raises:
+        ValueError: bad ``which``, ``tol``, ``max_iter`` or ``init``.
+    """
+    _check_solver_args(which, tol, max_iter)
+    device = device if device is not None else (init.device if init is not None else "cpu")
+    v0 = _start_vector(n, init, generator, device)
+    res = _power(matvec, v0, tol, max_iter)
+    if which == "LA" and res.eigenvalue < 0:
+        shifted = _power(matvec, v0, tol, max_iter, shift=res.eigenvalue)
+        res = TopEigen(shifted.eigenvalue, shifted.eigenvector, shifted.residual,
+                       res.n_hvp + shifted.n_hvp, shifted.converged, "power", which)
+    return TopEigen(res.eigenvalue, res.eigenvector, res.residual, res.n_hvp, res.converged,
+                    "power", which)
+
+
+def _power(matvec: MatVec, v: torch.Tensor, tol: float, max_iter: int,
+           shift: float = 0.0) -> TopEigen:
+    """Power iteration on H − shift·I; returns the eigenvalue of H (shift added back)."""
+    lam, resid, converged, k = 0.0, float("inf"), False, 0
+    for k in range(1, max_iter + 1):
+        hv = matvec(v).to(dtype=torch.float64, device=v.device) - shift * v
+        theta = float(torch.dot(v, hv))
+        lam = theta + shift
+        resid = float((hv - theta * v).norm())  # = ‖Hv − λv‖
+        if resid <= tol * abs(lam):
+            converged = True
+            break
+        norm = hv.norm()
+        if float(norm) == 0.0:  # v is an exact eigenvector with θ = 0
+            converged = True
+            break
+        v = hv / norm
+    return TopEigen(lam, v, resid, k, converged, "power", "LM")
+
+
+def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
+                           *, method: str = "lanczos", which: str = "LA", tol: float = 1e-3,
+                           max_iter: int = 100, init: torch.Tensor | None = None,
+                           generator: torch.Generator | None = None,
+                           bn_mode: str = "eval") -> TopEigen:
+    """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) at the model's current weights.
+
+    Args:
+        model: the network (left exactly as found: mode flags, ``.grad``, buffers, weights).
+        loss_fn: batch-mean ``loss(logits, targets)``; use the training objective (paper §5 item 14).
+        inputs: (N, ...) batch, e.g. a fixed 512-point batch or the current training batch.
+        targets: (N,) labels.
+        method: ``"lanczos"`` (default) or ``"power"``.
+        which: ``"LA"`` (algebraically largest, default) or ``"LM"`` (largest magnitude, PyHessian).
+        tol: relative residual tolerance: stop when ‖Hv − λv‖ ≤ tol·|λ|.
+        max_iter: HVP budget.
+        init: warm-start vector (P,), e.g. the previous call's ``eigenvector``.
+        generator: torch.Generator for the random start (default seeded 0).
+        bn_mode: ``"eval"`` (running statistics; the reference code's choice) or ``"train"``.
+
+    Returns:
+        :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
+
+    Raises:
+        ValueError: unknown ``method``/``which``/``bn_mode``, bad ``tol``/``max_iter``/``init``.
+
+    Source: paper §1.4 (σ from the top Hessian eigenvalue), §2.9 (PyHessian semantics).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    op = HessianOperator(model, loss_fn, inputs, targets, bn_mode=bn_mode)
+    solver = lanczos_top_eigen if method == "lanczos" else power_top_eigen
+    res = solver(op.matvec, op.numel, which=which, tol=tol, max_iter=max_iter, init=init,
+                 generator=generator, device=op.device)
+    return TopEigen(res.eigenvalue, res.eigenvector, res.residual, res.n_hvp, res.converged,
+                    res.method, res.which, bn_mode)
+
+
+def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> float:
+    """σ from a top eigenvalue under a named convention.
+
+    Args:
+        eigenvalue: λ_max (``"sqrt_eig"``) or the largest-magnitude eigenvalue (``"abs_eig"``).
+        convention: ``"sqrt_eig"``: σ = sqrt(λ_max) as in the reference code; a λ_max ≤ 0 gives
+            σ = 0 (no positive curvature), never NaN — log λ itself to see the sign.
+            ``"abs_eig"``: σ = |λ|, the largest singular value of the symmetric Hessian.
+
+    Raises:
+        ValueError: unknown ``convention`` or a non-finite eigenvalue.
+
+    Source: paper §1.4 and §5 item 6.
+    """
+    if convention not in SIGMA_CONVENTIONS:
+        raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
+    if not math.isfinite(eigenvalue):
+        raise ValueError(f"eigenvalue must be finite; got {eigenvalue}")
+    if convention == "abs_eig":
+        return abs(float(eigenvalue))
+    return math.sqrt(max(float(eigenvalue), 0.0))
+
+
+def estimate_sigma(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *,
+                   convention: str = "sqrt_eig", **kwargs) -> tuple[float, TopEigen]:
+    """σ for the unlearning error, with the eigen-solve that produced it.
+
+    ``"sqrt_eig"`` solves for the algebraically largest eigenvalue, ``"abs_eig"`` for the
+    largest-magnitude one. Other keyword arguments go to :func:`top_hessian_eigenvalue`.
+
+    Returns:
+        (σ, :class:`TopEigen`).
+
+    Raises:
+        ValueError: as :func:`sigma_from_eigenvalue` and :func:`top_hessian_eigenvalue`.
+    """
+    if convention not in SIGMA_CONVENTIONS:
+        raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
+    which = "LA" if convention == "sqrt_eig" else "LM"
+    res = top_hessian_eigenvalue(model, loss_fn, inputs, targets, which=which, **kwargs)
+    return sigma_from_eigenvalue(res.eigenvalue, convention), res

@@ -1,0 +1,100 @@
+"""The package's one plotting helper: every figure in the notebooks and the main job goes through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+# Okabe–Ito colour-blind-safe palette.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+FIGSIZE = (6.0, 4.0)
+
+
+def setup(svg: bool = True) -> None:
+    """House style: one figure size, gridded axes, the fixed palette; SVG output in Jupyter."""
+    matplotlib.rcParams.update({
+        "figure.figsize": FIGSIZE, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 2.0,
+        "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "image.cmap": "cividis",
+        "savefig.dpi": 150, "savefig.bbox": "tight", "axes.spines.top": False,
+        "axes.spines.right": False,
+    })
+    if svg:
+        try:
+            from matplotlib_inline.backend_inline import set_matplotlib_formats
+            set_matplotlib_formats("svg")
+        except Exception:  # not in a Jupyter kernel
+            pass
+
+
+def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapping[str, Sequence[float]],
+                *, xlabel: str, ylabel: str, title: str | None = None, ax=None,
+                right: Mapping[str, Sequence[float]] | None = None, right_label: str | None = None,
+                logx: bool = False, logy: bool = False, scatter: bool = False,
+                save: str | Path | None = None):
+    """Draw named curves against x (optionally a second y-axis), in the house style.
+
+    Args:
+        x: shared x values (length L), or a mapping name → x values per curve.
+        curves: name → y values (length L) on the left axis.
+        xlabel, ylabel, title: labels.
+        ax: an existing Axes (default: a new figure).
+        right: name → y values on a twin right axis (e.g. e next to VE: different scales).
+        right_label: the right axis label.
+        logx, logy: log scales (logy applies to both y axes).
+        scatter: markers only (e.g. e against VE).
+        save: also write the figure to this path (PNG/SVG/PDF by suffix), parents created.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: if a curve's length differs from its x values.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=FIGSIZE)
+    else:
+        fig = ax.figure
+    colours = iter(PALETTE)
+
+    def draw(axis, series):
+        handles = []
+        for name, ys in series.items():
+            xs = np.asarray(x[name] if isinstance(x, Mapping) else x, dtype=float)
+            ys = np.asarray(ys, dtype=float)
+            if xs.shape != ys.shape:
+                raise ValueError(f"curve {name!r} has {ys.size} values for {xs.size} x values")
+            colour = next(colours)
+            if scatter:
+                handles.append(axis.scatter(xs, ys, s=14, color=colour, label=name))
+            else:
+                ok = np.isfinite(ys)
+                handles += axis.plot(xs[ok], ys[ok], color=colour, label=name, marker="o",
+                                     markersize=3)
+        return handles
+
+    handles = draw(ax, curves)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if right:
+        ax2 = ax.twinx()
+        handles += draw(ax2, right)
+        ax2.set_ylabel(right_label or "")
+        ax2.grid(False)
+        if logy:
+            ax2.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles], frameon=False)
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save)
+    return fig

@@ -1,0 +1,104 @@
+"""Results tables and checkpoints, written atomically (a crash never leaves a half-written file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """Write a file through a temporary sibling and ``os.replace`` it into place.
+
+    Args:
+        path: destination; parent folders are created.
+        write: called with the open temporary file object.
+        mode: ``"w"`` (text, UTF-8) or ``"wb"``.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        return _jsonable(x.item())
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def save_table(table: pd.DataFrame, path: str | os.PathLike, config: dict | None = None,
+               summary: dict | None = None) -> tuple[Path, Path]:
+    """Save a tidy results table as ``<path>.csv`` and ``<path>.json`` (with config and summary).
+
+    Args:
+        table: one row per measurement.
+        path: destination without suffix (a ``.csv``/``.json`` suffix is stripped).
+        config: the full configuration of the run (JSON-serialisable values).
+        summary: scalar results (e.g. correlations).
+
+    Returns:
+        (csv_path, json_path).
+    """
+    base = Path(path)
+    if base.suffix in (".csv", ".json"):
+        base = base.with_suffix("")
+    csv_path = atomic_write(base.with_suffix(".csv"), lambda f: table.to_csv(f, index=False))
+    payload = {"config": _jsonable(config or {}), "summary": _jsonable(summary or {}),
+               "rows": _jsonable(table.to_dict(orient="records"))}
+    json_path = atomic_write(base.with_suffix(".json"),
+                             lambda f: json.dump(payload, f, indent=1, allow_nan=False))
+    return csv_path, json_path
+
+
+def load_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict, dict]:
+    """Read back what :func:`save_table` wrote: (table, config, summary)."""
+    base = Path(path)
+    if base.suffix in (".csv", ".json"):
+        base = base.with_suffix("")
+    payload = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+    return pd.read_csv(base.with_suffix(".csv")), payload["config"], payload["summary"]
+
+
+def fingerprint(config: dict) -> str:
+    """A short stable hash of a configuration (to refuse resuming a run with another config)."""
+    blob = json.dumps(_jsonable(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` a state dict atomically."""
+    return atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`."""
+    return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,0 +1,113 @@
+"""Single gradient unlearning and its variants (paper §1.3, §1.6).
+
+Unrolling SGD to first order around w_0, every step that saw the forget set x* moved the weights by
+−η·(1/|B|)·Σ_{x∈x*∩B} ∇ℓ(w_0; x). Single gradient unlearning adds those terms back:
+
+    w″_t = w_t + Σ_{occurrences of x*} η_i · (1/|B_i|) Σ_{x∈x*∩B_i} ∇ℓ(w; x)
+
+which for the paper's protocol (x* is a whole batch of b points, seen m times at a constant η) is
+the canonical w″ = w_t + m·η·∇L(w_0; x*). Where the gradient is taken is named by ``undo_at``:
+
+====================  =======================================================  ==========================
+``undo_at``           gradient taken at                                       reference script
+====================  =======================================================  ==========================
+``"w0"`` (default)    the initial weights w_0, computed once per distinct batch correlation_verification.py
+``"current"``         M's weights right after each step on x* (amnesiac-style) Correlation_unlearning.py
+``"final"``           the weights w_t being unlearned                           cumulative_verification.py
+``"checkpoint"``      the last checkpoint of M (every ``checkpoint_freq`` steps) checkpoint_version.py
+====================  =======================================================  ==========================
+
+The reference ``checkpoint_version.py`` also resets its checkpoint to w_0 at each epoch start
+(§5 item 8); here checkpoints are M's weights at every multiple of ``checkpoint_freq`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .hessian import BN_MODES, preserved_modes
+
+UNDO_POINTS = ("w0", "current", "final", "checkpoint")
+
+
+def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
+                    forget_mask: torch.Tensor | None = None, *,
+                    weights: Sequence[torch.Tensor] | None = None,
+                    bn_mode: str = "train") -> list[torch.Tensor]:
+    """∇_w of the forget points' share of a batch loss, (1/|B|)·Σ_{x∈x*∩B} ℓ(w; x).
+
+    The forward pass runs on the whole batch B as M saw it (so BatchNorm in ``"train"`` mode uses
+    B's statistics, as in the reference code where B = x*). Nothing is mutated: weights are read
+    through detached copies, buffers are cloned, ``.grad`` is untouched, mode flags are restored.
+
+    Args:
+        model: the network (its architecture and buffers are used).
+        loss_fn: batch-mean ``loss(logits, targets)`` that is additive over examples (CE, SD loss).
+        inputs: (|B|, ...) the batch as M saw it (augmented if M's was).
+        targets: (|B|,) labels.
+        forget_mask: (|B|,) bool, True for the forget points; None means the whole batch is x*.
+        weights: tensors in ``model.parameters()`` order to evaluate at (e.g. a snapshot of w_0);
+            default the model's current parameters.
+        bn_mode: ``"train"`` (batch statistics; the reference code) or ``"eval"``.
+
+    Returns:
+        List of gradient tensors shaped like ``model.parameters()`` (the weights' dtype).
+
+    Raises:
+        ValueError: bad ``bn_mode``, mask of the wrong shape, or a mask with no forget point.
+
+    Source: paper §1.3; §5 item 12 (one ``autograd.grad``, no retained graph, no mutation).
+    """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
+    n = inputs.shape[0]
+    if forget_mask is None:
+        forget_mask = torch.ones(n, dtype=torch.bool, device=inputs.device)
+    if forget_mask.shape != (n,) or forget_mask.dtype != torch.bool:
+        raise ValueError(f"forget_mask must be a bool tensor of shape ({n},)")
+    k = int(forget_mask.sum())
+    if k == 0:
+        raise ValueError("forget_mask selects no forget point")
+    names = [name for name, _ in model.named_parameters()]
+    src = list(weights) if weights is not None else [p for p in model.parameters()]
+    if len(src) != len(names):
+        raise ValueError(f"weights must hold {len(names)} tensors (model.parameters() order)")
+    params = [w.detach().clone().requires_grad_(True) for w in src]
+    state = {**dict(zip(names, params)),
+             **{name: b.detach().clone() for name, b in model.named_buffers()}}
+    with torch.enable_grad(), preserved_modes(model, training=(bn_mode == "train")):
+        logits = functional_call(model, state, (inputs,))
+        loss = loss_fn(logits[forget_mask], targets[forget_mask]) * (k / n)
+        grads = torch.autograd.grad(loss, params)
+    return [g.detach() for g in grads]
+
+
+def single_gradient_unlearning(weights_t: Sequence[torch.Tensor], forget_grad: Sequence[torch.Tensor],
+                               lr: float, times_seen: int | float = 1) -> list[torch.Tensor]:
+    """The canonical update w″ = w_t + m·η·∇L(w_0; x*) (paper §1.3).
+
+    Args:
+        weights_t: M's weights w_t (``model.parameters()`` order).
+        forget_grad: ∇L(w_0; x*) from :func:`forget_gradient`, same shapes.
+        lr: η > 0.
+        times_seen: m ≥ 0, how many SGD steps used x* (epochs, for the paper's protocol).
+
+    Returns:
+        New tensors w″ (inputs are not modified).
+
+    Raises:
+        ValueError: lr ≤ 0, m < 0, or mismatched shapes.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0; got {lr}")
+    if not times_seen >= 0:
+        raise ValueError(f"times_seen must be >= 0; got {times_seen}")
+    wt, g = list(weights_t), list(forget_grad)
+    if len(wt) != len(g) or any(a.shape != b.shape for a, b in zip(wt, g)):
+        raise ValueError("weights_t and forget_grad must match in number and shapes of tensors")
+    with torch.no_grad():
+        return torch._foreach_add([w.detach() for w in wt], g, alpha=float(lr) * float(times_seen))
