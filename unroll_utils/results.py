@@ -102,3 +102,32 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`."""
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_or_run(key: str, fn: Callable[[], Any], cache_dir: str | os.PathLike,
+                overwrite: bool = False) -> Any:
+    """Return the cached result of ``fn()`` under ``key``, computing and caching it if absent.
+
+    The cache is a ``torch.save`` file ``<cache_dir>/<key>.pt`` written atomically, so notebooks
+    re-run instantly and a killed computation never leaves a corrupt cache entry. Put every
+    parameter that changes the result into ``key`` (e.g. ``f"sd_sweep_smoke={SMOKE}_seed={SEED}"``).
+
+    Args:
+        key: file-name-safe identifier (letters, digits, ``._-=``).
+        fn: zero-argument function whose result is picklable (tensors, DataFrames, dicts...).
+        cache_dir: folder for the cache files (created).
+        overwrite: recompute even if cached.
+
+    Raises:
+        ValueError: if ``key`` has characters outside ``[A-Za-z0-9._=-]``.
+    """
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9._=-]+", key):
+        raise ValueError(f"key must match [A-Za-z0-9._=-]+; got {key!r}")
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.exists() and not overwrite:
+        return torch.load(path, weights_only=False)
+    value = fn()
+    save_checkpoint(value, path)
+    return value
