@@ -411,7 +411,9 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                "ve": weight_distance(w_m, w_r, offset=extended(u)),
                "delta_w": weight_distance(w_m, model_weights(initial, cfg.include_buffers)),
                "dist_retrained": weight_distance(w_m, w_r),
-               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_hvps": 0}
+               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_hvps": 0,
+               "sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
+               "rolling_unlearning_error": math.nan}
         if cfg.sigma_every and (t == 1 or t % cfg.sigma_every == 0 or last):
             if cfg.sigma_batch == "fixed":
                 xh, yh = x[: cfg.sigma_points], y[: cfg.sigma_points]

@@ -1,0 +1,212 @@
+"""Top Hessian eigenvalue: closed forms, dense cross-checks, scipy cross-check, no side effects."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from unroll_utils import hessian
+from unroll_utils.losses import make_loss
+
+
+def quadratic_model(a: torch.Tensor, b: torch.Tensor):
+    """L(x) = ½‖Ax − b‖² as a 'model' with one parameter x; Hessian = AᵀA exactly."""
+    class Lin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x = nn.Parameter(torch.zeros(a.shape[1], dtype=torch.float64))
+
+        def forward(self, inp):
+            return inp @ self.x
+
+    def loss(pred, target):
+        return 0.5 * ((pred - target) ** 2).sum()
+
+    return Lin(), loss
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_quadratic_sigma_is_top_eigenvalue_of_AtA(method):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(40, 12, dtype=torch.float64, generator=g)
+    b = torch.randn(40, dtype=torch.float64, generator=g)
+    model, loss = quadratic_model(a, b)
+    res = hessian.top_hessian_eigenvalue(model, loss, a, b, method=method, tol=1e-9, max_iter=2000)
+    expected = float(torch.linalg.eigvalsh(a.T @ a)[-1])
+    assert res.converged
+    assert res.eigenvalue == pytest.approx(expected, rel=1e-7)
+    sigma = hessian.sigma_from_eigenvalue(res.eigenvalue, "sqrt_eig")
+    assert sigma == pytest.approx(math.sqrt(expected), rel=1e-7)
+    assert hessian.sigma_from_eigenvalue(res.eigenvalue, "abs_eig") == pytest.approx(expected, rel=1e-7)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_indefinite_returns_algebraically_largest(method):
+    # spectrum {-7, -3, 0.5, 2}: largest magnitude is -7, algebraically largest is 2
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    h = q @ torch.diag(torch.tensor([-7.0, -3.0, 0.5, 2.0], dtype=torch.float64)) @ q.T
+    solver = hessian.lanczos_top_eigen if method == "lanczos" else hessian.power_top_eigen
+    la = solver(lambda v: h @ v, 4, which="LA", tol=1e-8, max_iter=5000)
+    lm = solver(lambda v: h @ v, 4, which="LM", tol=1e-8, max_iter=5000)
+    assert la.eigenvalue == pytest.approx(2.0, rel=1e-6)
+    assert lm.eigenvalue == pytest.approx(-7.0, rel=1e-6)
+    # residual reported is the true residual of the returned pair
+    v = la.eigenvector
+    assert float((h @ v - la.eigenvalue * v).norm()) == pytest.approx(la.residual, abs=1e-9)
+
+
+def test_negative_top_eigenvalue_is_reported_never_nan():
+    h = -torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    res = hessian.lanczos_top_eigen(lambda v: h @ v, 3, tol=1e-10)
+    assert res.eigenvalue == pytest.approx(-1.0)
+    assert hessian.sigma_from_eigenvalue(res.eigenvalue, "sqrt_eig") == 0.0
+    assert hessian.sigma_from_eigenvalue(res.eigenvalue, "abs_eig") == pytest.approx(1.0)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, bn=True):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3) if bn else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.tanh(self.bn(self.conv(x)))).flatten(1))
+
+
+def tiny_setup(bn=True):
+    torch.manual_seed(0)
+    net = TinyNet(bn).double()
+    # give BN non-trivial running statistics so eval mode differs from train mode
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(16, 1, 6, 6, dtype=torch.float64) * 2 + 1)
+    x = torch.randn(10, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 4, (10,), generator=torch.Generator().manual_seed(4))
+    return net, x, y
+
+
+def dense_hessian(net, loss_fn, x, y, training: bool):
+    """Independent dense reference.
+
+    eval mode: ``torch.func.hessian`` through ``functional_call``. train mode (batch statistics):
+    central finite differences of the autograd gradient, because torch.func's second derivative
+    through BatchNorm in training mode came out asymmetric (wrong) in torch 2.14, while finite
+    differences and double backward agree to 1e-9.
+    """
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    sizes = [p.numel() for p in net.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    if training:
+        net = copy.deepcopy(net).train()
+        params = list(net.parameters())
+
+        def grad(flat):
+            torch.nn.utils.vector_to_parameters(flat, params)
+            g = torch.autograd.grad(loss_fn(net(x), y), params)
+            return torch.cat([t.reshape(-1) for t in g])
+
+        eps, cols = 1e-5, []
+        for j in range(flat0.numel()):
+            e = torch.zeros_like(flat0)
+            e[j] = eps
+            cols.append((grad(flat0 + e) - grad(flat0 - e)) / (2 * eps))
+        return torch.stack(cols, 1)
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    net.eval()
+
+    def f(flat):
+        parts = torch.split(flat, sizes)
+        state = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes)}
+        return loss_fn(functional_call(net, {**state, **buffers}, (x,)), y)
+
+    return torch.func.hessian(f)(flat0)
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+@pytest.mark.parametrize("loss_name,lam", [("ce", 0.0), ("sd", 2.0)])
+def test_lanczos_and_power_agree_with_dense_eigh(bn_mode, loss_name, lam):
+    net, x, y = tiny_setup()
+    loss_fn = make_loss(loss_name, lam)
+    h = dense_hessian(net, loss_fn, x, y, training=(bn_mode == "train"))
+    evals = torch.linalg.eigvalsh(h)
+    op = hessian.HessianOperator(net, loss_fn, x, y, bn_mode=bn_mode)
+    assert torch.allclose(op.dense(), h, atol=1e-7 if bn_mode == "train" else 1e-10)
+    for method in ("lanczos", "power"):
+        res = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, method=method, tol=1e-7,
+                                             max_iter=3000, bn_mode=bn_mode)
+        assert res.eigenvalue == pytest.approx(float(evals[-1]), rel=1e-5), method
+        assert res.bn_mode == bn_mode
+    lm = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, which="LM", tol=1e-8, max_iter=200,
+                                        bn_mode=bn_mode)
+    assert abs(lm.eigenvalue) == pytest.approx(float(evals.abs().max()), rel=1e-6)
+
+
+def test_lanczos_matches_scipy_eigsh():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    op = hessian.HessianOperator(net, loss_fn, x, y)
+    lin = spla.LinearOperator((op.numel, op.numel), dtype=np.float64,
+                              matvec=lambda v: op.matvec(torch.from_numpy(np.asarray(v).ravel())).numpy())
+    ref = spla.eigsh(lin, k=1, which="LA", tol=1e-10, v0=np.ones(op.numel))[0][0]
+    ours = hessian.lanczos_top_eigen(op.matvec, op.numel, tol=1e-9, max_iter=200)
+    assert ours.eigenvalue == pytest.approx(ref, rel=1e-7)
+
+
+def test_model_left_exactly_as_found():
+    net, x, y = tiny_setup()
+    net.train()
+    net.bn.eval()  # a mixed per-module mode must survive too
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    before_params = [p.detach().clone() for p in net.parameters()]
+    before_buffers = [b.clone() for b in net.buffers()]
+    before_grads = [p.grad.clone() for p in net.parameters()]
+    rng_before = torch.get_rng_state()
+    for bn_mode in ("eval", "train"):
+        hessian.estimate_sigma(net, make_loss("ce"), x, y, bn_mode=bn_mode, max_iter=20)
+    assert net.training and not net.bn.training and net.fc.training
+    assert all(torch.equal(a, p) for a, p in zip(before_params, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before_buffers, net.buffers()))
+    assert all(torch.equal(a, p.grad) for a, p in zip(before_grads, net.parameters()))
+    assert torch.equal(rng_before, torch.get_rng_state())  # global RNG not consumed
+
+
+def test_start_vector_is_seeded_and_warm_start_saves_hvps():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    r1 = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, generator=torch.Generator().manual_seed(5))
+    r2 = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, generator=torch.Generator().manual_seed(5))
+    assert r1.eigenvalue == r2.eigenvalue and r1.n_hvp == r2.n_hvp
+    warm = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, init=r1.eigenvector)
+    assert warm.n_hvp <= 2 and warm.eigenvalue == pytest.approx(r1.eigenvalue, rel=1e-3)
+
+
+def test_bad_arguments_raise():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    with pytest.raises(ValueError, match="bn_mode"):
+        hessian.HessianOperator(net, loss_fn, x, y, bn_mode="frozen")
+    with pytest.raises(ValueError, match="method"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, method="arnoldi")
+    with pytest.raises(ValueError, match="which"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, which="SA")
+    with pytest.raises(ValueError, match="tol"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, tol=0.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, max_iter=0)
+    with pytest.raises(ValueError, match="init"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, init=torch.zeros(3))
+    with pytest.raises(ValueError, match="convention"):
+        hessian.sigma_from_eigenvalue(1.0, "sqrt")
+    with pytest.raises(ValueError, match="eigenvalue"):
+        hessian.sigma_from_eigenvalue(float("nan"))
+    with pytest.raises(ValueError, match="empty"):
+        hessian.HessianOperator(net, loss_fn, x[:0], y[:0])

@@ -1,0 +1,224 @@
+"""Lock-step trajectory and single gradient unlearning (paper §1.1–§1.3): invariants and exact cases."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unroll_utils import metrics
+from unroll_utils.losses import make_loss
+from unroll_utils.trajectory import (LockStepConfig, augmentation_draws, batch_order, crop_flip,
+                                     make_optimizer, run_lockstep, sgd_step)
+from unroll_utils.unlearning import forget_gradient, single_gradient_unlearning
+
+N = 70  # 4 batches of 16 and a last batch of 6
+
+
+def tiny_net(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).to(dtype)
+
+
+def toy_data(n=N, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
+
+
+def cfg(**kw):
+    base = dict(lr=0.05, batch_size=16, epochs=2, eval_every=2, sigma_every=0)
+    base.update(kw)
+    return LockStepConfig(**base)
+
+
+def replay(model, x, y, batches, c: LockStepConfig, augment_epochs=None):
+    """Independent re-implementation: plain SGD over the given per-epoch batches."""
+    m = copy.deepcopy(model)
+    opt = make_optimizer(m, c.lr, c.momentum, c.weight_decay)
+    loss_fn = make_loss(c.loss, c.lam)
+    for epoch, epoch_batches in enumerate(batches):
+        draws = augmentation_draws(x.shape[0], epoch, c.seed) if augment_epochs else None
+        for idx in epoch_batches:
+            if len(idx) == 0:
+                continue
+            xb = x[idx] if draws is None else crop_flip(x[idx], draws[0][idx], draws[1][idx])
+            sgd_step(m, opt, loss_fn, xb, y[idx])
+    return m
+
+
+def test_two_identical_runs_give_identical_results_and_ve_zero():
+    x, y = toy_data()
+    net = tiny_net()
+    c = cfg(sigma_every=4, sigma_points=32)
+    r1 = run_lockstep(net, x, y, torch.arange(16), c, progress=False)
+    r2 = run_lockstep(net, x, y, torch.arange(16), c, progress=False)
+    assert metrics.verification_error(r1.model, r2.model) == 0.0
+    assert metrics.verification_error(r1.retrained, r2.retrained) == 0.0
+    assert r1.table.equals(r2.table)
+    assert metrics.verification_error(net, r1.initial) == 0.0  # caller's model untouched
+
+
+@pytest.mark.parametrize("order,augment", [("forget_first", "none"), ("shuffle", "crop_flip"),
+                                           ("index", "none")])
+def test_retrained_model_sees_the_same_batches_minus_the_forget_set(order, augment):
+    x, y = toy_data()
+    net = tiny_net()
+    forget = torch.tensor([3, 17, 40, 69])  # 69 is alone in... the last batch under "index"
+    c = cfg(order=order, augment=augment, momentum=0.9, weight_decay=5e-4)
+    res = run_lockstep(net, x, y, forget, c, progress=False)
+    is_f = torch.zeros(N, dtype=torch.bool)
+    is_f[forget] = True
+    full = [batch_order(N, forget, 16, order, e, c.seed) for e in range(2)]
+    retain = [[b[~is_f[b]] for b in epoch] for epoch in full]
+    use_aug = augment == "crop_flip"
+    assert metrics.weight_distance(res.model, replay(net, x, y, full, c, use_aug)) == 0.0
+    assert metrics.weight_distance(res.retrained, replay(net, x, y, retain, c, use_aug)) == 0.0
+    assert int(res.table["times_seen"].iloc[-1]) == sum(int(is_f[b].any()) for e in full for b in e)
+
+
+def test_forget_first_puts_x_star_in_batch_zero_and_retrained_skips_it():
+    x, y = toy_data()
+    forget = torch.arange(16, 32)
+    batches = batch_order(N, forget, 16, "forget_first", 0, 0)
+    assert torch.equal(batches[0], forget)
+    assert [len(b) for b in batches] == [16, 16, 16, 16, 6]
+    assert torch.equal(torch.sort(torch.cat(batches)).values, torch.arange(N))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
+def test_single_gradient_unlearning_is_exact_at_t1(dtype, tol):
+    x, y = toy_data(dtype=dtype)
+    net = tiny_net(dtype)
+    res = run_lockstep(net, x, y, torch.arange(16), cfg(epochs=1), progress=False)
+    row = res.table.iloc[0]
+    assert row["t"] == 1 and row["times_seen"] == 1
+    assert row["dist_retrained"] > 1e-3  # M moved away from M' = w_0 ...
+    assert row["ve"] < tol * row["dist_retrained"] * 100  # ... and the undo brings it back
+    assert row["unlearning_error"] != row["unlearning_error"] or row["unlearning_error"] == 0.0
+
+
+def test_variants_agree_at_t1_where_theory_says_so_and_differ_later():
+    x, y = toy_data(dtype=torch.float64)
+    net = tiny_net(torch.float64)
+    tables = {u: run_lockstep(net, x, y, torch.arange(16), cfg(undo_at=u, checkpoint_freq=1000),
+                              progress=False).table for u in ("w0", "checkpoint", "current", "final")}
+    # a checkpoint never refreshed is w_0
+    assert tables["w0"]["ve"].tolist() == pytest.approx(tables["checkpoint"]["ve"].tolist(), rel=1e-9)
+    assert tables["w0"]["ve"].iloc[0] < 1e-12
+    assert tables["current"]["ve"].iloc[0] > 1e-6  # gradient at w_1, not w_0
+    # with and without unlearning: unlearning helps right after x*
+    assert (tables["w0"]["ve"] < tables["w0"]["dist_retrained"]).iloc[:2].all()
+
+
+def test_forget_gradient_is_plain_autograd_and_mutates_nothing():
+    x, y = toy_data(dtype=torch.float64)
+    net = tiny_net(torch.float64)
+    net.eval()
+    before = copy.deepcopy(net.state_dict())
+    loss_fn = make_loss("sd", 1.0)
+    g = forget_gradient(net, loss_fn, x[:16], y[:16], bn_mode="train")
+    ref_net = copy.deepcopy(net).train()
+    ref = torch.autograd.grad(loss_fn(ref_net(x[:16]), y[:16]), list(ref_net.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-14) for a, b in zip(g, ref))
+    assert not net.training and all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # a partial mask weights the forget rows by 1/|B| inside the full batch
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[:4] = True
+    gm = forget_gradient(net, make_loss("ce"), x[:16], y[:16], mask, bn_mode="eval")
+    ref_eval = copy.deepcopy(net).eval()  # ref_net's train-mode forward moved its running stats
+    per = torch.nn.functional.cross_entropy(ref_eval(x[:16]), y[:16], reduction="none")
+    refm = torch.autograd.grad(per[:4].sum() / 16, list(ref_eval.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-14) for a, b in zip(gm, refm))
+    w2 = single_gradient_unlearning(list(net.parameters()), g, lr=0.1, times_seen=3)
+    assert all(torch.allclose(a, p + 0.3 * d) for a, p, d in zip(w2, net.parameters(), g))
+    with pytest.raises(ValueError, match="forget_mask"):
+        forget_gradient(net, loss_fn, x[:16], y[:16], torch.zeros(16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="lr"):
+        single_gradient_unlearning(list(net.parameters()), g, lr=0.0)
+
+
+def test_last_batch_of_size_one_and_forget_point_alone():
+    x, y = toy_data(n=33)
+    net = tiny_net()
+    # batches of 16: [0..15], [16..31], [32]; forgetting 32 leaves M' nothing to do at step 3
+    res = run_lockstep(net, x, y, torch.tensor([32]), cfg(order="index", eval_every=1), progress=False)
+    tab = res.table
+    assert tab["t"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert tab["times_seen"].tolist() == [0, 0, 1, 1, 1, 2]
+    assert tab["ve"].iloc[1] == 0.0 and tab["dist_retrained"].iloc[1] == 0.0  # before x* is seen
+    # x* was seen at w_2, the undo uses w_0: VE = η‖∇L(w_0; x*) − ∇L(w_2; x*)‖, second order
+    assert 0.0 < tab["ve"].iloc[2] < 0.5 * tab["dist_retrained"].iloc[2]
+
+
+def test_sigma_and_unlearning_error_columns():
+    x, y = toy_data()
+    res = run_lockstep(tiny_net(), x, y, torch.arange(16), cfg(sigma_every=2, sigma_points=32,
+                                                                sigma_batch="fixed"), progress=False)
+    tab = res.table
+    measured = tab[tab["eig_hvps"] > 0]
+    assert len(measured) == len(tab)  # eval_every == sigma_every
+    assert (measured["sigma"] == measured["eigenvalue"].clip(lower=0) ** 0.5).all()
+    for _, row in tab.iterrows():
+        assert row["unlearning_error"] == pytest.approx(
+            0.5 * 0.05 ** 2 * (row["t"] - 1) * row["delta_w"] * row["sigma"], rel=1e-12)
+    sig = measured["sigma"].tolist()
+    assert tab["sigma_mean"].tolist() == pytest.approx(
+        [sum(sig[: i + 1]) / (i + 1) for i in range(len(sig))])
+
+
+def test_accuracy_columns_and_unlearned_model():
+    x, y = toy_data()
+    res = run_lockstep(tiny_net(), x, y, torch.arange(16), cfg(epochs=1), test_x=x[:20],
+                       test_y=y[:20], progress=False)
+    last = res.table.iloc[-1]
+    for col in ("test_acc", "test_acc_retrained", "test_acc_unlearned", "forget_acc"):
+        assert 0.0 <= last[col] <= 1.0
+    m2 = res.unlearned_model()
+    assert metrics.weight_distance(m2, res.retrained) == pytest.approx(last["ve"], rel=1e-6)
+    assert metrics.accuracy(m2, x[:20], y[:20]) == last["test_acc_unlearned"]
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    x, y = toy_data()
+    net = tiny_net()
+    c = cfg(order="shuffle", augment="crop_flip", momentum=0.9, sigma_every=2, sigma_points=32)
+    full = run_lockstep(net, x, y, torch.tensor([1, 20, 50]), c, progress=False)
+    ck = tmp_path / "run.pt"
+    part = run_lockstep(net, x, y, torch.tensor([1, 20, 50]), c, checkpoint_path=ck,
+                        checkpoint_every=3, stop_after=4, progress=False)
+    assert not part.complete and part.steps_done == 4 and ck.exists()
+    resumed = run_lockstep(net, x, y, torch.tensor([1, 20, 50]), c, checkpoint_path=ck,
+                           checkpoint_every=3, progress=False)
+    assert resumed.complete and resumed.steps_done == full.steps_done == 10
+    assert resumed.table.equals(full.table)
+    assert metrics.weight_distance(resumed.model, full.model) == 0.0
+    assert metrics.weight_distance(resumed.retrained, full.retrained) == 0.0
+    with pytest.raises(ValueError, match="another configuration"):
+        run_lockstep(net, x, y, torch.tensor([1, 20, 50]), cfg(lr=0.01), checkpoint_path=ck,
+                     progress=False)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[-1].weight.add_(1.0)
+    with pytest.raises(ValueError, match="w_0"):
+        run_lockstep(other, x, y, torch.tensor([1, 20, 50]), c, checkpoint_path=ck, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 0), ("epochs", 0),
+                                         ("momentum", 1.0), ("loss", "mse"), ("lam", 1.0),
+                                         ("order", "random"), ("undo_at", "w1"),
+                                         ("sigma_tol", 2.0), ("eval_every", 0),
+                                         ("sigma_convention", "sv"), ("augment", "mixup")])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        LockStepConfig(**{field: value}).validate()
+
+
+def test_bad_forget_sets_raise():
+    x, y = toy_data()
+    for bad in (torch.tensor([], dtype=torch.long), torch.arange(N), torch.tensor([3, 1]),
+                torch.tensor([N])):
+        with pytest.raises(ValueError, match="forget"):
+            run_lockstep(tiny_net(), x, y, bad, cfg(), progress=False)
