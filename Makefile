@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README):
+#   make run   - create .venv from the pinned requirements (once) and run the main job
+#   make test  - unit tests, then every notebook in SMOKE mode through nbval
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= results/main
+
+.PHONY: run test test-unit test-notebooks bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m unroll_utils --out $(OUT) $(ARGS)
+
+test: test-unit test-notebooks
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests
+
+test-notebooks: $(STAMP)
+	UNROLL_SMOKE=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:python notebooks
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf results notebooks/cache benchmarks/out

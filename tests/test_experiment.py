@@ -1,0 +1,47 @@
+"""The main job end to end on the embedded data (small settings), and its command line."""
+
+import json
+import math
+
+import pytest
+
+from unroll_utils.__main__ import main
+from unroll_utils.experiment import MainJobConfig, main_job
+
+SMALL = dict(dataset="digits", n_train=300, pretrain_epochs=1, epochs=1, batch_size=32,
+             eval_every=2, sigma_every=4, sigma_points=32, width=8)
+
+
+def test_main_job_writes_results_and_resumes(tmp_path):
+    cfg = MainJobConfig(**SMALL)
+    s1 = main_job(cfg, tmp_path, progress=False)
+    table = s1["table"]
+    assert table["t"].iloc[0] == 1 and table["t"].iloc[-1] == math.ceil(300 / 32)
+    assert table["ve"].iloc[0] < 1e-5 < table["dist_retrained"].iloc[0]  # exact undo at t = 1
+    assert (table["unlearning_error"].iloc[1:] > 0).all()
+    for name in ("results.csv", "results.json", "figure.png", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_size > 0
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["config"]["dataset"] == "digits" and payload["summary"]["n_forget"] == 32
+    assert -1.0 <= s1["pearson_e_ve"] <= 1.0
+    s2 = main_job(cfg, tmp_path, progress=False)  # resumes from the finished checkpoint
+    assert s2["table"].equals(table)
+
+
+def test_cli_runs_and_prints_the_table(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--quiet"]
+    for k, v in SMALL.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Pearson(e, VE)" in out and "rolling_e" in out and "VE_no_unlearn" in out
+
+
+@pytest.mark.parametrize("flag,value,name", [("--lr", "-1", "lr"), ("--forget", "all", "forget"),
+                                             ("--dataset", "imagenet", "dataset"),
+                                             ("--epochs", "0", "epochs"), ("--device", "tpu", "device")])
+def test_cli_rejects_bad_parameters_by_name(tmp_path, capsys, flag, value, name):
+    with pytest.raises(SystemExit) as err:
+        main(["--out", str(tmp_path), flag, value])
+    assert err.value.code == 2
+    assert name in capsys.readouterr().err
