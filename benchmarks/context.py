@@ -1,0 +1,120 @@
+"""Shared settings, models and data of one benchmark run."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from unroll_utils.data import load_mnist_subset
+from unroll_utils.models import build_model, count_parameters
+from unroll_utils.trajectory import train_sgd
+
+# CIFAR-10 at b=32: 50,000 / 32 → 1,563 steps per epoch (paper §2.2), x* is batch 0 and M′ skips it.
+CIFAR10_TRAIN = 50_000
+CIFAR10_STEPS_PER_EPOCH = -(-CIFAR10_TRAIN // 32)
+
+
+@dataclass
+class Settings:
+    """Sizes and budgets; ``quick`` shrinks what is expensive on a CPU (see README)."""
+
+    device: torch.device
+    quick: bool
+    seed: int = 0
+    repeats: int = 3
+    rel_acc: float = 1e-3          # the accuracy every σ method must reach
+    step_lr: float = 0.01          # lr of the SGD step between two σ solves (LockStepConfig default)
+    pretrain_lr: float = 0.05      # small CNN pretraining (1 epoch) that produces w_0
+    cnn_hessian_batch: int = 128   # brief: 128-image MNIST batch
+    resnet_hessian_batch: int = 128
+    ref_tol: float = 1e-8          # reference Lanczos (both spectrum ends)
+    ref_max_iter: int = 300
+    pyhessian_cap: int = 1000      # continue PyHessian's power iteration until 1e-3 or this many HVPs
+    power_max_iter: int = 1000
+    resnet_budget_s: float | None = None   # per-case timed-seconds budget for ResNet-18 (quick)
+    resnet_ref_max_iter: int = 300
+    resnet_pyhessian_cap: int = 1000
+    resnet_power_max_iter: int = 1000
+    lockstep_n: int = 4000         # MNIST points in the lock-step throughput run (125 steps at b=32)
+    resnet_lockstep: bool = True
+    resnet_lockstep_n: int = 512   # 16 steps at b=32 (one-time costs amortised over a few steps)
+    resnet_tracemalloc: bool = True
+    finetune_epochs: int = 1       # Exp A default (paper §2.2)
+
+    @classmethod
+    def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
+        s = cls(device=device, quick=quick, seed=seed)
+        if quick:
+            s.resnet_hessian_batch = 8
+            s.resnet_budget_s = 45.0
+            s.resnet_ref_max_iter = 60
+            s.resnet_pyhessian_cap = 150
+            s.resnet_power_max_iter = 150
+            s.lockstep_n = 1024
+            s.resnet_lockstep_n = 128   # 4 steps
+            s.resnet_tracemalloc = False
+        return s
+
+
+@dataclass
+class Context:
+    """Models at w_0 and data, built once and shared by the rows (each row deep-copies)."""
+
+    settings: Settings
+    mnist: object = None
+    cnn_w0: nn.Module | None = None
+    resnet_w0: nn.Module | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.device
+
+    def build(self) -> "Context":
+        s = self.settings
+        torch.manual_seed(s.seed)
+        t0 = time.perf_counter()
+        self.mnist = load_mnist_subset(n_train=4000, seed=s.seed)
+        cnn = build_model("small_cnn", in_channels=1, seed=s.seed).to(s.device)
+        # w_0 = a briefly pretrained model (1 epoch of plain SGD), as in the fine-tuning protocol
+        train_sgd(cnn, self.mnist.train_x.to(s.device), self.mnist.train_y.to(s.device),
+                  lr=s.pretrain_lr, epochs=1, batch_size=32, seed=s.seed, progress=False)
+        self.cnn_w0 = cnn
+        self.resnet_w0 = build_model("resnet18", seed=s.seed).to(s.device)  # random init
+        self.info.update(
+            cnn_params=count_parameters(cnn), resnet_params=count_parameters(self.resnet_w0),
+            setup_seconds=time.perf_counter() - t0)
+        return self
+
+    def model(self, name: str) -> nn.Module:
+        """A fresh deep copy of the model at w_0."""
+        return copy.deepcopy(self.cnn_w0 if name == "small_cnn" else self.resnet_w0)
+
+    def cnn_batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.mnist.train_x[start:start + size], self.mnist.train_y[start:start + size]
+        return x.to(self.device), y.to(self.device)
+
+    def cifar_batch(self, size: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Synthetic CIFAR-shaped batch: N(0, 1) inputs (the scale of normalised CIFAR), random labels."""
+        g = torch.Generator().manual_seed(self.settings.seed * 1000 + stream)
+        x = torch.randn(size, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (size,), generator=g)
+        return x.to(self.device), y.to(self.device)
+
+    def batch(self, name: str, start_or_stream: int, size: int):
+        if name == "small_cnn":
+            return self.cnn_batch(start_or_stream, size)
+        return self.cifar_batch(size, start_or_stream)
+
+
+MODEL_LABEL = {"small_cnn": "small CNN", "resnet18": "ResNet-18"}
+
+
+def data_label(name: str, n: int) -> str:
+    if name == "small_cnn":
+        return f"MNIST, {n} images"
+    return f"synthetic CIFAR-shaped, {n} images"
