@@ -4,8 +4,9 @@ Weights are handled as lists of tensors in ``model.parameters()`` order (BatchNo
 excluded, as in the reference code, unless asked for). Distances are computed on the weights'
 device and accumulated in float64, so no flat copy of the model is ever built on the host (the
 reference code flattened 11–20M weights through Python lists, §5 item 11): fused ``torch._foreach``
-ops on accelerators; on the CPU, blocks of 2^16 elements through one cache-resident scratch buffer,
-so a distance over ResNet-18's 11M weights allocates no model-sized temporary.
+ops, except for CPU tensors larger than 2^16 elements, which go block by block through one
+cache-resident scratch buffer, so a distance over ResNet-18's 11M weights allocates no model-sized
+temporary.
 """
 
 from __future__ import annotations
@@ -76,22 +77,30 @@ def weight_distance(a, b, offset=None) -> float:
         if len(lo) != len(la) or any(x.shape != y.shape for x, y in zip(la, lo)):
             raise ValueError("offset must match a and b in number and shapes of tensors")
     with torch.no_grad():
-        if _cpu_blockwise(la, lb, lo):
-            norms = _blockwise_norms(la, lb, lo)
-        else:
-            diff = torch._foreach_sub([x.detach() for x in la], [y.detach() for y in lb])
+        # large CPU tensors go block by block; the rest (all tensors on accelerators) through
+        # fused foreach ops, which are cheaper for many small tensors
+        big = [i for i, x in enumerate(la) if x.numel() > _BLOCK]
+        if big and not _cpu_blockwise(la, lb, lo, big):
+            big = []
+        small = [i for i in range(len(la)) if i not in set(big)] if big else range(len(la))
+        norms: list[torch.Tensor] = []
+        if small:
+            diff = torch._foreach_sub([la[i].detach() for i in small], [lb[i].detach() for i in small])
             if lo is not None:
-                torch._foreach_add_(diff, [o.detach() for o in lo])
-            norms = torch._foreach_norm(diff, 2, dtype=torch.float64)
+                torch._foreach_add_(diff, [lo[i].detach() for i in small])
+            norms += list(torch._foreach_norm(diff, 2, dtype=torch.float64))
+        if big:
+            norms += _blockwise_norms([la[i] for i in big], [lb[i] for i in big],
+                                      [lo[i] for i in big] if lo is not None else None)
         return float(torch.stack(norms).square().sum().sqrt())
 
 
 _BLOCK = 1 << 16  # elements per CPU block (256 KiB in float32): the difference stays in cache
 
 
-def _cpu_blockwise(la, lb, lo) -> bool:
-    """CPU float tensors with matching dtypes: the allocation-free blockwise path applies."""
-    groups = zip(la, lb, lo) if lo is not None else zip(la, lb)
+def _cpu_blockwise(la, lb, lo, idx) -> bool:
+    """Tensors ``idx`` are CPU floats with matching dtypes: the blockwise path applies to them."""
+    groups = ((la[i], lb[i]) + ((lo[i],) if lo is not None else ()) for i in idx)
     return all(t.device.type == "cpu" and t.is_floating_point() and t.dtype == g[0].dtype
                for g in groups for t in g)
 
