@@ -20,6 +20,9 @@ run: $(STAMP)
 
 test: test-unit test-notebooks
 
+# The tests use tiny models: one intra-op thread is fastest and immune to CPU oversubscription.
+test-unit test-notebooks: export OMP_NUM_THREADS := 1
+
 test-unit: $(STAMP)
 	$(PY) -m pytest tests
 
