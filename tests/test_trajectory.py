@@ -210,7 +210,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
                                          ("momentum", 1.0), ("loss", "mse"), ("lam", 1.0),
                                          ("order", "random"), ("undo_at", "w1"),
                                          ("sigma_tol", 2.0), ("eval_every", 0),
-                                         ("sigma_convention", "sv"), ("augment", "mixup")])
+                                         ("sigma_convention", "sv"), ("augment", "mixup"),
+                                         ("undo_form", "newton")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         LockStepConfig(**{field: value}).validate()
@@ -222,3 +223,18 @@ def test_bad_forget_sets_raise():
                 torch.tensor([N])):
         with pytest.raises(ValueError, match="forget"):
             run_lockstep(tiny_net(), x, y, bad, cfg(), progress=False)
+
+
+def test_batch_difference_undo_is_exact_at_t1_for_a_point_sharing_its_batch():
+    x, y = toy_data(dtype=torch.float64)
+    net = tiny_net(torch.float64)
+    one = torch.tensor([5])  # shares batch 0 with 15 retained points under "index" order
+    c = dict(order="index", epochs=1)
+    paper = run_lockstep(net, x, y, one, cfg(**c), progress=False).table.iloc[0]
+    exact = run_lockstep(net, x, y, one, cfg(undo_form="batch_difference", **c), progress=False).table.iloc[0]
+    assert exact["ve"] < 1e-12 * exact["dist_retrained"] * 1e3
+    assert paper["ve"] > 1e-3 * paper["dist_retrained"]  # M' averages over 15 points, not 16
+    # whole batches: both forms are the same update
+    whole = [run_lockstep(net, x, y, torch.arange(16), cfg(undo_form=f, epochs=1),
+                          progress=False).table["ve"] for f in ("paper", "batch_difference")]
+    assert whole[0].tolist() == pytest.approx(whole[1].tolist(), rel=1e-9, abs=1e-15)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import hessian, results
 from .losses import make_loss
 from .metrics import accuracy, model_weights, snapshot, unlearning_error, weight_distance
-from .unlearning import UNDO_POINTS, forget_gradient
+from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
 ORDERS = ("forget_first", "index", "shuffle")
 AUGMENTS = ("none", "crop_flip")
@@ -53,6 +53,8 @@ class LockStepConfig:
         undo_at: where single gradient unlearning takes the gradient (see
             :mod:`unroll_utils.unlearning`): ``"w0"``, ``"current"``, ``"final"``, ``"checkpoint"``.
         undo_bn_mode: BatchNorm mode of the undo gradient, ``"train"`` (reference) or ``"eval"``.
+        undo_form: ``"paper"`` (the forget points' gradient) or ``"batch_difference"`` (exact first
+            order when x* shares batches with retained points; see :mod:`unroll_utils.unlearning`).
         checkpoint_freq: steps between checkpoints for ``undo_at="checkpoint"``, ≥ 1.
         eval_every: measure VE and the weight distances every this many steps (also at t=1 and at
             the last step), ≥ 1.
@@ -85,6 +87,7 @@ class LockStepConfig:
     seed: int = 0
     undo_at: str = "w0"
     undo_bn_mode: str = "train"
+    undo_form: str = "paper"
     checkpoint_freq: int = 10
     eval_every: int = 10
     sigma_every: int = 10
@@ -117,6 +120,7 @@ class LockStepConfig:
         need(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
         need(self.undo_at in UNDO_POINTS, "undo_at", f"one of {UNDO_POINTS}")
         need(self.undo_bn_mode in hessian.BN_MODES, "undo_bn_mode", f"one of {hessian.BN_MODES}")
+        need(self.undo_form in UNDO_FORMS, "undo_form", f"one of {UNDO_FORMS}")
         need(self.checkpoint_freq >= 1, "checkpoint_freq", ">= 1")
         need(self.eval_every >= 1, "eval_every", ">= 1")
         need(self.sigma_every >= 0, "sigma_every", ">= 0 (0 disables σ)")
@@ -397,7 +401,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         u = [torch.zeros_like(p) for p in params]
         for occ in occurrences.values():
             g = forget_gradient(m_orig, loss_fn, occ["x"], occ["y"], occ["mask"], weights=at,
-                                bn_mode=cfg.undo_bn_mode)
+                                bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
             torch._foreach_add_(u, g, alpha=occ["eta"])
         return u
 
@@ -471,11 +475,13 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                     key = idx.numpy().tobytes() + (epoch.to_bytes(4, "little") if shifts is not None else b"")
                     if cfg.undo_at == "w0":
                         if key not in undo_at_w0:
-                            undo_at_w0[key] = forget_gradient(initial, loss_fn, xb, yb, fmask,
-                                                              bn_mode=cfg.undo_bn_mode)
+                            undo_at_w0[key] = forget_gradient(
+                                initial, loss_fn, xb, yb, fmask, bn_mode=cfg.undo_bn_mode,
+                                form=cfg.undo_form)
                         torch._foreach_add_(undo, undo_at_w0[key], alpha=cfg.lr)
                     elif cfg.undo_at == "current":
-                        g = forget_gradient(m_orig, loss_fn, xb, yb, fmask, bn_mode=cfg.undo_bn_mode)
+                        g = forget_gradient(m_orig, loss_fn, xb, yb, fmask,
+                                            bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
                         torch._foreach_add_(undo, g, alpha=cfg.lr)
                     else:
                         occ = occurrences.setdefault(key, {"x": xb, "y": yb, "mask": fmask, "eta": 0.0})

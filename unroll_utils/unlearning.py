@@ -17,6 +17,12 @@ the canonical w″ = w_t + m·η·∇L(w_0; x*). Where the gradient is taken is 
 ``"checkpoint"``      the last checkpoint of M (every ``checkpoint_freq`` steps) checkpoint_version.py
 ====================  =======================================================  ==========================
 
+What is added back is named by ``undo_form``: ``"paper"`` (the forget points' share of M's batch loss,
+above) or ``"batch_difference"``, ∇[L(w; B) − L(w; B∖x*)], the exact first-order difference between
+M's step on B and M′'s step on B∖x*. The two coincide when x* fills whole batches (the paper's
+protocol); when x* shares a batch with retained points, M′ averages over fewer points and only
+``"batch_difference"`` is exact at t = 1.
+
 The reference ``checkpoint_version.py`` also resets its checkpoint to w_0 at each epoch start
 (§5 item 8); here checkpoints are M's weights at every multiple of ``checkpoint_freq`` steps.
 """
@@ -32,12 +38,13 @@ from torch.func import functional_call
 from .hessian import BN_MODES, preserved_modes
 
 UNDO_POINTS = ("w0", "current", "final", "checkpoint")
+UNDO_FORMS = ("paper", "batch_difference")
 
 
 def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
                     forget_mask: torch.Tensor | None = None, *,
                     weights: Sequence[torch.Tensor] | None = None,
-                    bn_mode: str = "train") -> list[torch.Tensor]:
+                    bn_mode: str = "train", form: str = "paper") -> list[torch.Tensor]:
     """∇_w of the forget points' share of a batch loss, (1/|B|)·Σ_{x∈x*∩B} ℓ(w; x).
 
     The forward pass runs on the whole batch B as M saw it (so BatchNorm in ``"train"`` mode uses
@@ -53,17 +60,21 @@ def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: to
         weights: tensors in ``model.parameters()`` order to evaluate at (e.g. a snapshot of w_0);
             default the model's current parameters.
         bn_mode: ``"train"`` (batch statistics; the reference code) or ``"eval"``.
+        form: ``"paper"`` (the forget points' share, above) or ``"batch_difference"``:
+            ∇L(w; B) − ∇L(w; B∖x*), each batch forwarded on its own (as M and M′ saw them).
 
     Returns:
         List of gradient tensors shaped like ``model.parameters()`` (the weights' dtype).
 
     Raises:
-        ValueError: bad ``bn_mode``, mask of the wrong shape, or a mask with no forget point.
+        ValueError: bad ``bn_mode``/``form``, mask of the wrong shape, or a mask with no forget point.
 
     Source: paper §1.3; §5 item 12 (one ``autograd.grad``, no retained graph, no mutation).
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
+    if form not in UNDO_FORMS:
+        raise ValueError(f"form must be one of {UNDO_FORMS}; got {form!r}")
     n = inputs.shape[0]
     if forget_mask is None:
         forget_mask = torch.ones(n, dtype=torch.bool, device=inputs.device)
@@ -81,7 +92,13 @@ def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: to
              **{name: b.detach().clone() for name, b in model.named_buffers()}}
     with torch.enable_grad(), preserved_modes(model, training=(bn_mode == "train")):
         logits = functional_call(model, state, (inputs,))
-        loss = loss_fn(logits[forget_mask], targets[forget_mask]) * (k / n)
+        if form == "paper":
+            loss = loss_fn(logits[forget_mask], targets[forget_mask]) * (k / n)
+        else:
+            loss = loss_fn(logits, targets)
+            if k < n:
+                keep = ~forget_mask
+                loss = loss - loss_fn(functional_call(model, state, (inputs[keep],)), targets[keep])
         grads = torch.autograd.grad(loss, params)
     return [g.detach() for g in grads]
 
