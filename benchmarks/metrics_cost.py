@@ -129,7 +129,7 @@ def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> dict:
             "prototype: one fused pass (not in the library)": Case(
                 lambda i: fused_metrics(m_orig, m_retr, initial, undo, scratch)),
         }
-        quick_res = timed_interleaved(cases, dev, repeats=max(s.repeats, 5), warmup=1)
+        quick_res = timed_interleaved(cases, dev, repeats=max(s.repeats, 7), warmup=1)
         ref_cases = {"reference: weights_to_list_fast + np.linalg.norm": Case(
             lambda i: reference_metrics(m_orig, m_retr, undo, w0_list))}
         ref_res = timed_interleaved(ref_cases, dev, repeats=s.repeats,

@@ -65,7 +65,7 @@ def run_lockstep_row(ctx: Context, report: Report, models=("small_cnn", "resnet1
             "run_lockstep, eval_every=10": lockstep(10),
         }
         # (ResNet-18 in --quick mode: no warm-up round; rows 1-2 already ran its kernels)
-        res = timed_interleaved(cases, dev, repeats=s.repeats,
+        res = timed_interleaved(cases, dev, repeats=s.repeats if resnet else max(s.repeats, 5),
                                 warmup=0 if (resnet and s.quick) else 1,
                                 budget_s=s.resnet_budget_s if resnet else None)
         setting = f"{MODEL_LABEL[name]}, {n} {'MNIST' if not resnet else 'synthetic'} points, b=32, {steps} steps"
@@ -138,7 +138,7 @@ def run_unlearning_row(ctx: Context, report: Report, step_times: dict[str, Timin
         return m
 
     ucases["naive retraining of M′ (small CNN, MNIST)"] = Case(retrain, lambda i: ctx.model("small_cnn"))
-    res = timed_interleaved(ucases, dev, repeats=s.repeats, warmup=1)
+    res = timed_interleaved(ucases, dev, repeats=max(s.repeats, 5), warmup=1)
     for case, tm in res.items():
         report.detail(row=4, setting="fine-tuning protocol, x* = batch 0 (32 points)", case=case,
                       n=tm.n, seconds=tm.median, spread=tm.spread, peak_mem_mb=mb(tm.peak_mem_max),
