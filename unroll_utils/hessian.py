@@ -187,7 +187,7 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
 
     Each iteration spends one ``matvec``; the Ritz pair is refreshed from the tridiagonal matrix
     and the loop stops once the Ritz residual |β_k·s_k| ≤ tol·|θ| (for a symmetric matrix an
-    eigenvalue lies within the residual of θ). The Krylov basis is kept in float64 (memory
+    eigenvalue lies within the residual of θ). The Krylov basis is kept in float64 (memory at most
     ``max_iter × P × 8`` bytes).
 
     Args:
@@ -210,11 +210,16 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
     _check_solver_args(which, tol, max_iter)
     device = device if device is not None else (init.device if init is not None else "cpu")
     q = _start_vector(n, init, generator, device)
-    basis = torch.empty(min(max_iter, n), n, dtype=torch.float64, device=device)
+    # the basis grows by doubling, so memory follows the iterations used, not max_iter
+    basis = torch.empty(min(max_iter, n, 8), n, dtype=torch.float64, device=device)
     alphas: list[float] = []
     betas: list[float] = []
     theta, s, resid, converged = 0.0, np.ones(1), float("inf"), False
     for k in range(min(max_iter, n)):
+        if k == basis.shape[0]:
+            grown = torch.empty(min(2 * k, max_iter, n), n, dtype=torch.float64, device=device)
+            grown[:k] = basis
+            basis = grown
         basis[k] = q
         w = matvec(q).to(device=device, dtype=torch.float64)
         alpha = float(torch.dot(q, w))
