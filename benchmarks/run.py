@@ -18,17 +18,11 @@ import traceback
 import numpy as np
 import torch
 
+from unroll_utils.experiment import resolve_device
+
 from . import metrics_cost, sigma, throughput
 from .context import Context, Settings
 from .report import Report
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available")
-    return torch.device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    device = _device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise SystemExit(f"--device: {err}")
     quick = args.quick or (not args.full and device.type == "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
