@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
@@ -186,8 +187,6 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
                            right_label="unlearning error",
                            title=f"{cfg.dataset}/{cfg.model}: Pearson(e, VE) = {corr['pearson_r']:.3f}",
                            save=out / "figure.png")
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     summary["table"] = table
     return summary
