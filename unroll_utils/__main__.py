@@ -6,7 +6,13 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .experiment import MainJobConfig, format_table, main_job, summary_json
+from . import data, hessian, trajectory, unlearning
+from .experiment import FORGET_KINDS, MainJobConfig, format_table, main_job
+
+CHOICES = {"dataset": data.DATASETS, "model": ("small_cnn", "resnet18", "vgg19"),
+           "loss": ("ce", "sd"), "order": trajectory.ORDERS, "undo_at": unlearning.UNDO_POINTS,
+           "forget": FORGET_KINDS, "sigma_convention": hessian.SIGMA_CONVENTIONS,
+           "device": ("cpu", "cuda", "auto")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     for f in fields(MainJobConfig):
+        allowed = CHOICES.get(f.name)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
-                       default=f.default, help=f"(default: {f.default})")
+                       default=f.default, choices=allowed, help=f"(default: {f.default})")
     return p
 
 
@@ -34,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     try:
         summary = main_job(cfg, args.out, progress=not args.quiet, resume=not args.no_resume)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(summary["table"]))

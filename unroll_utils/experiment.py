@@ -113,7 +113,8 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
 
     Args:
         config: a :class:`MainJobConfig`.
-        out_dir: output folder (created). ``checkpoint.pt`` there lets a killed run resume.
+        out_dir: output folder (created). ``checkpoint-<config hash>.pt`` there lets a killed run
+            resume; a run with other options starts afresh.
         progress: tqdm progress bars.
         resume: resume from ``out_dir/checkpoint.pt`` when it matches the config.
 
@@ -159,9 +160,12 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
                                num_classes=ds.num_classes, seed=cfg.seed, **arch)
     model.load_state_dict(w0)
     model.to(device)
-    ckpt = out / "checkpoint.pt"
+    # one checkpoint per configuration: a changed option starts a fresh run, the same one resumes
+    ckpt = out / f"checkpoint-{results.fingerprint(asdict(cfg))}.pt"
     if not resume and ckpt.exists():
         ckpt.unlink()
+    if ckpt.exists() and progress:
+        print(f"resuming from {ckpt}")
     res = run_lockstep(model, ds.train_x, ds.train_y, forget, cfg.lockstep_config(),
                        test_x=ds.test_x, test_y=ds.test_y, checkpoint_path=ckpt,
                        checkpoint_every=50, progress=progress)
@@ -198,8 +202,3 @@ def format_table(table: pd.DataFrame) -> str:
             "sigma": "sigma", "unlearning_error": "e", "rolling_unlearning_error": "rolling_e"}
     view = table[list(cols)].rename(columns=cols)
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-
-
-def summary_json(summary: dict) -> str:
-    """The summary without the table, as indented JSON."""
-    return json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1, default=str)
