@@ -19,7 +19,7 @@ import torch
 
 from . import data, models, plot, results
 from .metrics import correlations
-from .trajectory import LockStepConfig, run_lockstep, train_sgd
+from .trajectory import LockStepConfig, require, run_lockstep, train_sgd
 
 FORGET_KINDS = ("batch", "random", "class")
 
@@ -73,8 +73,7 @@ class MainJobConfig:
     def validate(self) -> "MainJobConfig":
         """Raise ValueError naming the first bad parameter and its allowed values; return self."""
         def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+            require(self, ok, name, allowed)
 
         need(self.dataset in data.DATASETS, "dataset", f"one of {data.DATASETS}")
         need(self.model in ("small_cnn", "resnet18", "vgg19"), "model",

@@ -105,8 +105,7 @@ class LockStepConfig:
     def validate(self) -> "LockStepConfig":
         """Raise ValueError naming the first bad field and its allowed range; return self."""
         def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+            require(self, ok, name, allowed)
 
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
         need(self.batch_size >= 1, "batch_size", ">= 1")
@@ -134,6 +133,20 @@ class LockStepConfig:
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
         return self
+
+
+def require(config, ok: bool, name: str, allowed: str) -> None:
+    """Raise ValueError naming ``config.<name>``, its allowed range and its value, unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}; got {getattr(config, name)!r}")
+
+
+def with_undo(model: nn.Module, undo: list[torch.Tensor]) -> nn.Module:
+    """M″: a copy of ``model`` with the single gradient unlearning correction added (w″ = w + u)."""
+    unlearned = copy.deepcopy(model)
+    with torch.no_grad():
+        torch._foreach_add_(list(unlearned.parameters()), undo)
+    return unlearned
 
 
 def _sub_seed(seed: int, *stream: int) -> int:
@@ -279,10 +292,7 @@ class LockStepResult:
 
     def unlearned_model(self) -> nn.Module:
         """M″: a copy of M with w″ = w_t + u loaded (buffers are M's)."""
-        m2 = copy.deepcopy(self.model)
-        with torch.no_grad():
-            torch._foreach_add_(list(m2.parameters()), self.undo)
-        return m2
+        return with_undo(self.model, self.undo)
 
 
 def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
@@ -438,9 +448,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
             row["rolling_unlearning_error"] = unlearning_error(cfg.lr, t - 1, row["delta_w"],
                                                                row["sigma_mean"])
         if test_x is not None and (last or (cfg.accuracy_every and t % cfg.accuracy_every == 0)):
-            scratch = copy.deepcopy(m_orig)
-            with torch.no_grad():
-                torch._foreach_add_(list(scratch.parameters()), u)
+            scratch = with_undo(m_orig, u)
             fx, fy = x[forget.to(device)], y[forget.to(device)]
             tx, ty = test_x.to(device), test_y.to(device)
             for suffix, m in (("", m_orig), ("_retrained", m_retr), ("_unlearned", scratch)):
