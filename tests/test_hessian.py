@@ -210,3 +210,48 @@ def test_bad_arguments_raise():
         hessian.sigma_from_eigenvalue(float("nan"))
     with pytest.raises(ValueError, match="empty"):
         hessian.HessianOperator(net, loss_fn, x[:0], y[:0])
+
+
+def _diag_operator(spectrum):
+    d = torch.tensor(spectrum, dtype=torch.float64)
+    return (lambda v: d * v), d.numel()
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_eigenvalue_rule_reaches_tol_in_fewer_hvps(ratio):
+    # known spectrum: top 1, second `ratio` (λ₂/λ₁ ≈ 0.56–0.60 was measured on CNN Hessians), a
+    # bulk near 0. (With a near-degenerate top pair the rule can stop on the wrong eigenvalue before
+    # the Krylov space resolves the pair; the docstring says so.)
+    rng = np.random.default_rng(3)
+    spectrum = np.concatenate([[1.0, ratio], rng.uniform(-0.1, 0.2, 500)])
+    mv, n = _diag_operator(spectrum)
+    for tol in (1e-2, 1e-3, 1e-4):
+        res = hessian.lanczos_top_eigen(mv, n, tol=tol, generator=torch.Generator().manual_seed(1))
+        eig = hessian.lanczos_top_eigen(mv, n, tol=tol, stop="eigenvalue",
+                                        generator=torch.Generator().manual_seed(1))
+        assert res.converged and eig.converged and eig.stop == "eigenvalue"
+        err = 1.0 - eig.eigenvalue  # Ritz values approach λ_max from below
+        assert 0.0 <= err <= tol
+        assert err <= eig.error_bound <= eig.residual  # the estimate bounds the true error here
+        assert eig.n_hvp < res.n_hvp  # with a clear gap it stops strictly earlier
+
+
+def test_eigenvalue_rule_on_a_network_hessian_matches_dense_eigh():
+    net, x, y = tiny_setup(bn=False)
+    loss_fn = make_loss("ce")
+    exact = float(torch.linalg.eigvalsh(hessian.HessianOperator(net, loss_fn, x, y).dense())[-1])
+    res = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, tol=1e-4, stop="eigenvalue")
+    assert res.converged and res.stop == "eigenvalue"
+    assert res.eigenvalue == pytest.approx(exact, rel=1e-4)
+    assert abs(exact - res.eigenvalue) <= res.error_bound
+
+
+def test_stop_rule_arguments():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    with pytest.raises(ValueError, match="stop must be one of"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, stop="change")
+    with pytest.raises(ValueError, match="method='lanczos'"):
+        hessian.top_hessian_eigenvalue(net, loss_fn, x, y, method="power", stop="eigenvalue")
+    power = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, method="power")
+    assert power.error_bound == power.residual and power.stop == "residual"
