@@ -44,6 +44,8 @@ class Settings:
     resnet_lockstep_n: int = 512   # 16 steps at b=32 (one-time costs amortised over a few steps)
     resnet_tracemalloc: bool = True
     finetune_epochs: int = 1       # Exp A default (paper §2.2)
+    trajectory_steps: int = 12     # σ at every step of a short trajectory (row 1, trajectory)
+    resnet_trajectory_steps: int = 6
 
     @classmethod
     def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
@@ -57,6 +59,7 @@ class Settings:
             s.lockstep_n = 1024
             s.resnet_lockstep_n = 128   # 4 steps
             s.resnet_tracemalloc = False
+            s.resnet_trajectory_steps = 0   # ~40 s per step for the reference alone on a CPU
         return s
 
 
