@@ -1,15 +1,15 @@
 """Row 2: per-measurement cost of VE, ‖w_t − w_0‖ and ‖w_t − w′_t‖ vs one training step.
 
 "Ours" is exactly what :func:`unroll_utils.trajectory.run_lockstep` does at a measurement step:
-three :func:`unroll_utils.metrics.weight_distance` calls (float64 accumulation; fused
-``torch._foreach`` ops on GPUs, cache-sized blocks on the CPU; VE through ``offset=u`` so w″ is
-never materialised). The baseline re-implements the
+one :func:`unroll_utils.metrics.lockstep_distances` call, a single pass that reads each weight
+tensor once for all three distances (float64 accumulation; fused ``torch._foreach`` ops on GPUs,
+cache-sized blocks on the CPU sharing w_t − w′_t between ‖w_t − w′_t‖ and VE; u added on the fly,
+so w″ is never materialised). For comparison, the measurement step before that function: three
+:func:`unroll_utils.metrics.weight_distance` calls (VE through ``offset=u``), each a full pass.
+The baseline re-implements the
 reference code's way (``weights_to_list_fast``: every parameter to a Python list, concatenated with
 ``lst = lst + list_t``, then ``np.linalg.norm(np.array(a) - np.array(b))``), once per model per
 step (M, M′ and the materialised M″; w_0's list is built once, as the reference code keeps it).
-A third variant, a single blockwise pass that reads each weight tensor once for all three
-distances (sharing w_t − w′_t between the two that need it), measures what a change to
-``run_lockstep``'s measurement step could gain (see README).
 All three are checked to agree to 1e-5 relative. The training step is ``sgd_step`` (forward,
 backward, optimiser step) on the same model with a batch of 32.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unroll_utils.metrics import model_weights, weight_distance
+from unroll_utils.metrics import lockstep_distances, model_weights, weight_distance
 from unroll_utils.trajectory import make_optimizer, sgd_step
 from unroll_utils.unlearning import forget_gradient
 
@@ -53,38 +53,18 @@ def reference_metrics(m_orig, m_retr, undo, w0_list) -> tuple[float, float, floa
 
 
 def ours_metrics(m_orig, m_retr, initial, undo) -> tuple[float, float, float]:
-    """The three calls of ``run_lockstep``'s measurement step."""
+    """``run_lockstep``'s measurement step: one ``lockstep_distances`` pass."""
+    return tuple(lockstep_distances(model_weights(m_orig), model_weights(m_retr),
+                                    model_weights(initial), undo=undo))
+
+
+def three_calls_metrics(m_orig, m_retr, initial, undo) -> tuple[float, float, float]:
+    """The measurement step before ``lockstep_distances``: three ``weight_distance`` calls."""
     w_m = model_weights(m_orig)
     w_r = model_weights(m_retr)
     ve = weight_distance(w_m, w_r, offset=undo)
     dw = weight_distance(w_m, model_weights(initial))
     dr = weight_distance(w_m, w_r)
-    return ve, dw, dr
-
-
-def fused_metrics(m_orig, m_retr, initial, undo, scratch: torch.Tensor,
-                  block: int = 1 << 16) -> tuple[float, float, float]:
-    """Prototype of a one-pass variant (not in the library): per block of ``block`` elements,
-    d = w_t − w′_t (→ dist_retrained), d += u (→ VE), d = w_t − w_0 (→ Δw), all in one
-    cache-resident scratch buffer, so each weight tensor is read once for all three distances.
-    Float64 accumulation, like :func:`unroll_utils.metrics.weight_distance`."""
-    norms: list[torch.Tensor] = []
-    with torch.no_grad():
-        for a, b, c, u in zip(m_orig.parameters(), m_retr.parameters(), initial.parameters(), undo):
-            a, b, c, u = a.detach().reshape(-1), b.detach().reshape(-1), c.reshape(-1), u.reshape(-1)
-            n = a.numel()
-            step = n if scratch.device.type != "cpu" else block  # one block per tensor on GPUs
-            for s in range(0, n, step):
-                e = min(s + step, n)
-                d = scratch[: e - s]
-                torch.sub(a[s:e], b[s:e], out=d)
-                n_r = torch.linalg.vector_norm(d, dtype=torch.float64)
-                d.add_(u[s:e])
-                n_v = torch.linalg.vector_norm(d, dtype=torch.float64)
-                torch.sub(a[s:e], c[s:e], out=d)
-                n_w = torch.linalg.vector_norm(d, dtype=torch.float64)
-                norms.append(torch.stack([n_v, n_w, n_r]))
-    ve, dw, dr = torch.stack(norms).square().sum(0).sqrt().tolist()
     return ve, dw, dr
 
 
@@ -105,6 +85,12 @@ def _state(ctx: Context, name: str):
     return m_orig, m_retr, initial, undo, (x1, y1)
 
 
+STEP = "one SGD training step (batch 32)"
+OURS = "ours: metrics.lockstep_distances (one pass)"
+THREE = "previous: 3 × metrics.weight_distance"
+REF = "reference: weights_to_list_fast + np.linalg.norm"
+
+
 def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> dict:
     s = ctx.settings
     dev = ctx.device
@@ -113,70 +99,63 @@ def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> dict:
         resnet = name == "resnet18"
         m_orig, m_retr, initial, undo, (xb, yb) = _state(ctx, name)
         w0_list = weights_to_list_fast(list(initial.parameters()))
-        scratch = torch.empty(max(p.numel() for p in m_orig.parameters()) if dev.type != "cpu"
-                              else 1 << 16, device=dev)
         m_step = ctx.model(name)
         opt = make_optimizer(m_step, s.step_lr)
-        vals = {"ours": ours_metrics(m_orig, m_retr, initial, undo),
-                "ref": reference_metrics(m_orig, m_retr, undo, w0_list),
-                "fused": fused_metrics(m_orig, m_retr, initial, undo, scratch)}
-        agree = max(abs(a - b) / max(abs(b), 1e-30)
-                    for k in ("ours", "fused") for a, b in zip(vals[k], vals["ref"]))
+        vals = {OURS: ours_metrics(m_orig, m_retr, initial, undo),
+                THREE: three_calls_metrics(m_orig, m_retr, initial, undo),
+                REF: reference_metrics(m_orig, m_retr, undo, w0_list)}
+        agree = {k: max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(vals[k], vals[REF]))
+                 for k in (OURS, THREE)}
         cases = {
-            "one SGD training step (batch 32)": Case(lambda i: sgd_step(m_step, opt, F.cross_entropy, xb, yb)),
-            "ours: 3 × metrics.weight_distance": Case(
-                lambda i: ours_metrics(m_orig, m_retr, initial, undo)),
-            "prototype: one fused pass (not in the library)": Case(
-                lambda i: fused_metrics(m_orig, m_retr, initial, undo, scratch)),
+            STEP: Case(lambda i: sgd_step(m_step, opt, F.cross_entropy, xb, yb)),
+            OURS: Case(lambda i: ours_metrics(m_orig, m_retr, initial, undo)),
+            THREE: Case(lambda i: three_calls_metrics(m_orig, m_retr, initial, undo)),
         }
         quick_res = timed_interleaved(cases, dev, repeats=max(s.repeats, 7), warmup=1)
-        ref_cases = {"reference: weights_to_list_fast + np.linalg.norm": Case(
-            lambda i: reference_metrics(m_orig, m_retr, undo, w0_list))}
+        ref_cases = {REF: Case(lambda i: reference_metrics(m_orig, m_retr, undo, w0_list))}
         ref_res = timed_interleaved(ref_cases, dev, repeats=s.repeats,
                                     warmup=0 if (resnet and s.quick) else 1,
                                     budget_s=s.resnet_budget_s if resnet else None)
         res = {**quick_res, **ref_res}
         py = {}
         if not resnet or s.resnet_tracemalloc:
-            py["ours: 3 × metrics.weight_distance"] = python_peak(
-                lambda: ours_metrics(m_orig, m_retr, initial, undo))
-            py["reference: weights_to_list_fast + np.linalg.norm"] = python_peak(
-                lambda: reference_metrics(m_orig, m_retr, undo, w0_list))
+            py[OURS] = python_peak(lambda: ours_metrics(m_orig, m_retr, initial, undo))
+            py[REF] = python_peak(lambda: reference_metrics(m_orig, m_retr, undo, w0_list))
         setting = f"{MODEL_LABEL[name]}, batch 32 ({'MNIST' if not resnet else 'synthetic CIFAR-shaped'})"
         for case, tm in res.items():
             report.detail(row=2, setting=setting, case=case, n=tm.n, seconds=tm.median,
                           spread=tm.spread, peak_mem_mb=mb(tm.peak_mem_max),
                           py_peak_mb=mb(py[case]) if case in py else None,
-                          notes=(f"values agree with the reference to {agree:.1e} (relative)"
-                                 if case.startswith("ours") else None))
-        step = res["one SGD training step (batch 32)"].median
-        step_times[name] = res["one SGD training step (batch 32)"]
-        t_ours = res["ours: 3 × metrics.weight_distance"].median
-        t_fused = res["prototype: one fused pass (not in the library)"].median
-        t_ref = res["reference: weights_to_list_fast + np.linalg.norm"].median
+                          notes=(f"values agree with the reference to {agree[case]:.1e} (relative)"
+                                 if case in agree else None))
+        step = res[STEP].median
+        step_times[name] = res[STEP]
+        t_ours = res[OURS].median
+        t_three = res[THREE].median
+        t_ref = res[REF].median
         report.add(row=2, benchmark="per-step metrics / training step", setting=setting,
-                   ours="3 × weight_distance (as run_lockstep)", baseline="one SGD step",
+                   ours="lockstep_distances (as run_lockstep)", baseline="one SGD step",
                    quantity="seconds", ours_value=t_ours, baseline_value=step,
                    ratio=f"{100 * t_ours / step:.3g}%", target="≤5%", status=status(t_ours / step <= 0.05),
-                   notes=f"prototype fused pass: {100 * t_fused / step:.3g}% of a step")
+                   notes=(f"previous measurement step, 3 × weight_distance: {100 * t_three / step:.3g}% "
+                          f"of a step ({t_three / t_ours:.3g}× the one-pass time)"))
         report.add(row=2, benchmark="per-step metrics vs reference code", setting=setting,
-                   ours="3 × weight_distance (as run_lockstep)",
+                   ours="lockstep_distances (as run_lockstep)",
                    baseline="weights_to_list_fast + np.linalg.norm", quantity="seconds",
                    ours_value=t_ours, baseline_value=t_ref, ratio=f"{t_ref / t_ours:.3g}×",
                    target="", status="n/a",
                    notes=f"reference = {t_ref / step:.3g} training steps per measurement")
-        ours_tm = res["ours: 3 × metrics.weight_distance"]
-        ref_tm = res["reference: weights_to_list_fast + np.linalg.norm"]
+        ours_tm = res[OURS]
+        ref_tm = res[REF]
         cpu = dev.type == "cpu"
         report.add(row=5, benchmark="peak memory of the per-step metrics", setting=setting,
-                   ours="3 × weight_distance", baseline="weights_to_list_fast + np.linalg.norm",
+                   ours="lockstep_distances", baseline="weights_to_list_fast + np.linalg.norm",
                    quantity="MB" + (" (RSS)" if cpu else " (CUDA allocated)"),
                    ours_value=mb(ours_tm.peak_mem_max), baseline_value=mb(ref_tm.peak_mem_max),
                    ratio=(f"{ref_tm.peak_mem_max / ours_tm.peak_mem_max:.3g}×"
                           if ours_tm.peak_mem_max > 0 else "ours ≈ 0"), status="n/a",
                    notes=("Python-side (tracemalloc): "
-                          f"{mb(py['ours: 3 × metrics.weight_distance']):.3g} MB vs "
-                          f"{mb(py['reference: weights_to_list_fast + np.linalg.norm']):.3g} MB"
+                          f"{mb(py[OURS]):.3g} MB vs {mb(py[REF]):.3g} MB"
                           if py else "no tracemalloc pass in --quick mode")
                    + ("" if cpu else "; the reference's Python lists live in host memory, "
                       "not counted by the CUDA counter"))

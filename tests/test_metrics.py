@@ -1,5 +1,6 @@
 """Verification error, weight distances, unlearning error, correlations (paper §1.2, §1.4)."""
 
+import copy
 import math
 
 import numpy as np
@@ -42,6 +43,95 @@ def test_weight_distance_offset_equals_explicit_sum():
         metrics.weight_distance(a, [torch.zeros(3)])
     with pytest.raises(ValueError, match="offset"):
         metrics.weight_distance(a, b, offset=[torch.zeros(1)])
+
+
+def lockstep_weights(dtype=torch.float32, seed=0):
+    """w_t, w′_t, w_0 and u with tensors above, at and below the CPU block size, mixed shapes."""
+    block = metrics._BLOCK
+    shapes = [(3, 4), (300, 300), (block,), (1, 1, 3, 3), (2 * block + 5,), (7,), (64, 3, 3, 3)]
+    assert any(math.prod(s) > block for s in shapes) and any(math.prod(s) <= block for s in shapes)
+    g = torch.Generator().manual_seed(seed)
+    w_t, w_r, w_0, u = ([torch.randn(s, generator=g, dtype=dtype) * scale for s in shapes]
+                        for scale in (1.0, 1.0, 1.0, 0.1))
+    return w_t, w_r, w_0, u
+
+
+def flat64(ws):
+    return np.concatenate([w.double().numpy().ravel() for w in ws])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lockstep_distances_match_weight_distance_and_numpy(dtype):
+    w_t, w_r, w_0, u = lockstep_weights(dtype)
+    big, small = metrics._partition([w_t, w_r, w_0, u])
+    assert big and small  # both the blockwise and the foreach path are exercised
+    d = metrics.lockstep_distances(w_t, w_r, w_0, undo=u)
+    # the same values as the three weight_distance calls run_lockstep used to make
+    assert d == (metrics.weight_distance(w_t, w_r, offset=u), metrics.weight_distance(w_t, w_0),
+                 metrics.weight_distance(w_t, w_r))
+    assert d._fields == ("ve", "delta_w", "dist_retrained")
+    # and an independent float64 computation on flat vectors
+    a, r, w0, du = flat64(w_t), flat64(w_r), flat64(w_0), flat64(u)
+    rel = 1e-6 if dtype == torch.float32 else 1e-12
+    assert d.ve == pytest.approx(np.linalg.norm(a + du - r), rel=rel)
+    assert d.delta_w == pytest.approx(np.linalg.norm(a - w0), rel=rel)
+    assert d.dist_retrained == pytest.approx(np.linalg.norm(a - r), rel=rel)
+    assert len({d.ve, d.delta_w, d.dist_retrained}) == 3  # three different quantities
+
+
+def test_lockstep_distances_foreach_path_for_mixed_dtypes():
+    # a float64 undo on float32 weights sends every tensor, large ones too, through foreach ops
+    w_t, w_r, w_0, _ = lockstep_weights()
+    u = [torch.randn(w.shape, dtype=torch.float64) * 0.1 for w in w_t]
+    assert metrics._partition([w_t, w_r, w_0, u])[0] == []
+    d = metrics.lockstep_distances(w_t, w_r, w_0, undo=u)
+    a, r, w0, du = flat64(w_t), flat64(w_r), flat64(w_0), flat64(u)
+    assert d.ve == pytest.approx(np.linalg.norm(a + du - r), rel=1e-6)
+    assert d.delta_w == pytest.approx(np.linalg.norm(a - w0), rel=1e-6)
+    assert d.dist_retrained == pytest.approx(np.linalg.norm(a - r), rel=1e-6)
+
+
+def test_lockstep_distances_zero_for_identical_weights_and_no_undo():
+    w_t, w_r, w_0, u = lockstep_weights()
+    same = [w.clone() for w in w_t]
+    zero = [torch.zeros_like(w) for w in w_t]
+    assert metrics.lockstep_distances(w_t, same, same, undo=zero) == (0.0, 0.0, 0.0)
+    assert metrics.lockstep_distances(w_t, same, w_0, undo=None).ve == 0.0
+    # undo=None: VE is the distance to M′ itself, not the norm of anything else
+    d = metrics.lockstep_distances(w_t, w_r, w_0)
+    assert d.ve == d.dist_retrained == metrics.weight_distance(w_t, w_r)
+    assert d.delta_w == metrics.weight_distance(w_t, w_0)
+    # only u left: VE = ‖u‖
+    assert metrics.lockstep_distances(w_t, same, w_0, undo=u).ve == pytest.approx(
+        np.linalg.norm(flat64(u)), rel=1e-6)
+
+
+def test_lockstep_distances_accept_models():
+    a, b = two_models()
+    c = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(1.0)
+    n = sum(p.numel() for p in a.parameters())
+    d = metrics.lockstep_distances(a, b, c)
+    assert d.delta_w == pytest.approx(math.sqrt(n), rel=1e-6)
+    assert d.dist_retrained == pytest.approx(metrics.verification_error(a, b), rel=1e-12)
+
+
+def test_lockstep_distances_reject_mismatched_inputs():
+    w_t, w_r, w_0, u = lockstep_weights()
+    with pytest.raises(ValueError, match="w_retrained must hold the same number"):
+        metrics.lockstep_distances(w_t, w_r[:-1], w_0, u)
+    with pytest.raises(ValueError, match="w_retrained must hold the same number"):
+        metrics.lockstep_distances(w_t, w_r[::-1], w_0, u)
+    with pytest.raises(ValueError, match="w_initial must match"):
+        metrics.lockstep_distances(w_t, w_r, w_0 + [torch.zeros(2)], u)
+    with pytest.raises(ValueError, match="w_initial must match"):
+        metrics.lockstep_distances(w_t, w_r, [w.reshape(-1) for w in w_0], u)
+    with pytest.raises(ValueError, match="undo must match"):
+        metrics.lockstep_distances(w_t, w_r, w_0, u[1:])
+    with pytest.raises(ValueError, match="undo must match"):
+        metrics.lockstep_distances(w_t, w_r, w_0, [x.T if x.dim() == 2 else x for x in u])
 
 
 def test_unlearning_error_formula():

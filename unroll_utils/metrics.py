@@ -6,13 +6,14 @@ device and accumulated in float64, so no flat copy of the model is ever built on
 reference code flattened 11–20M weights through Python lists, §5 item 11): fused ``torch._foreach``
 ops, except for CPU tensors larger than 2^16 elements, which go block by block through one
 cache-resident scratch buffer, so a distance over ResNet-18's 11M weights allocates no model-sized
-temporary.
+temporary. :func:`lockstep_distances` gives the three distances of a lock-step measurement (VE,
+‖w_t − w_0‖, ‖w_t − w′_t‖) in one such pass, streaming each weight tensor from memory once.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +55,12 @@ def _as_list(x) -> list[torch.Tensor]:
     return list(x)
 
 
+def _check_matching(ref: list[torch.Tensor], other: list[torch.Tensor], message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``other`` has as many tensors as ``ref``, shape for shape."""
+    if len(ref) != len(other) or any(x.shape != y.shape for x, y in zip(ref, other)):
+        raise ValueError(message)
+
+
 def weight_distance(a, b, offset=None) -> float:
     """‖a − b (+ offset)‖₂ over all tensors, accumulated in float64.
 
@@ -69,66 +76,149 @@ def weight_distance(a, b, offset=None) -> float:
         ValueError: if the two sides do not have the same number and shapes of tensors.
     """
     la, lb = _as_list(a), _as_list(b)
-    if len(la) != len(lb) or any(x.shape != y.shape for x, y in zip(la, lb)):
-        raise ValueError("a and b must hold the same number of tensors with the same shapes")
+    _check_matching(la, lb, "a and b must hold the same number of tensors with the same shapes")
     lo = None
     if offset is not None:
         lo = _as_list(offset)
-        if len(lo) != len(la) or any(x.shape != y.shape for x, y in zip(la, lo)):
-            raise ValueError("offset must match a and b in number and shapes of tensors")
+        _check_matching(la, lo, "offset must match a and b in number and shapes of tensors")
+    lists = [la, lb] + ([lo] if lo is not None else [])
     with torch.no_grad():
-        # large CPU tensors go block by block; the rest (all tensors on accelerators) through
-        # fused foreach ops, which are cheaper for many small tensors
-        big = [i for i, x in enumerate(la) if x.numel() > _BLOCK]
-        if big and not _cpu_blockwise(la, lb, lo, big):
-            big = []
-        small = [i for i in range(len(la)) if i not in set(big)] if big else range(len(la))
+        big, small = _partition(lists)
         norms: list[torch.Tensor] = []
         if small:
             diff = torch._foreach_sub([la[i].detach() for i in small], [lb[i].detach() for i in small])
             if lo is not None:
                 torch._foreach_add_(diff, [lo[i].detach() for i in small])
             norms += list(torch._foreach_norm(diff, 2, dtype=torch.float64))
-        if big:
-            norms += _blockwise_norms([la[i] for i in big], [lb[i] for i in big],
-                                      [lo[i] for i in big] if lo is not None else None)
-        return float(torch.stack(norms).square().sum().sqrt())
+        for d, (x, y, *o) in _blocks([[t[i] for i in big] for t in lists]):
+            torch.sub(x, y, out=d)
+            if o:
+                d.add_(o[0])
+            norms.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+        return _total(norms)
+
+
+class LockstepDistances(NamedTuple):
+    """The weight distances of one lock-step measurement, in weight units (float64 accumulation).
+
+    Fields are named as the columns of :func:`unroll_utils.trajectory.run_lockstep`'s table.
+    """
+
+    ve: float              # ‖(w_t + u) − w′_t‖₂, the verification error of M″ = M + u
+    delta_w: float         # ‖w_t − w_0‖₂, the Δw of the unlearning error
+    dist_retrained: float  # ‖w_t − w′_t‖₂, the VE of doing no unlearning at all
+
+
+def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDistances:
+    """VE, ‖w_t − w_0‖₂ and ‖w_t − w′_t‖₂ in one pass over the weights (paper §1.4, §5 item 11).
+
+    The values of ``weight_distance(w_orig, w_retrained, offset=undo)``,
+    ``weight_distance(w_orig, w_initial)`` and ``weight_distance(w_orig, w_retrained)`` (bit for
+    bit when all tensors of a position share one dtype, as a model's do), but each weight tensor is
+    streamed from memory once instead of three times: per block of a large CPU tensor,
+    d = w_t − w′_t gives ‖w_t − w′_t‖, d += u gives VE and d = w_t − w_0 gives Δw, all in one
+    cache-resident scratch buffer; smaller tensors, and all tensors on accelerators, go through
+    fused ``torch._foreach`` ops as in :func:`weight_distance`. Identical weights (and u = 0) give
+    exactly 0.0.
+
+    Args:
+        w_orig: w_t, the weights of the original model M: a model, a single (P,) tensor or a list
+            of tensors (e.g. :func:`model_weights`).
+        w_retrained: w′_t, the naively retrained model M′, same number and shapes of tensors.
+        w_initial: w_0, the weights both runs started from, same number and shapes of tensors.
+        undo: u, the unlearning correction added to w_t (M″ = w_t + u, never materialised), same
+            number and shapes of tensors; None means no correction (VE = ‖w_t − w′_t‖).
+
+    Returns:
+        :class:`LockstepDistances` ``(ve, delta_w, dist_retrained)``, floats in weight units (not
+        normalised by the parameter count).
+
+    Raises:
+        ValueError: if ``w_retrained``, ``w_initial`` or ``undo`` do not have the same number and
+            shapes of tensors as ``w_orig``.
+    """
+    lw, lr, l0 = _as_list(w_orig), _as_list(w_retrained), _as_list(w_initial)
+    _check_matching(lw, lr, "w_orig and w_retrained must hold the same number of tensors with the "
+                            "same shapes")
+    _check_matching(lw, l0, "w_initial must match w_orig in number and shapes of tensors")
+    lu = None
+    if undo is not None:
+        lu = _as_list(undo)
+        _check_matching(lw, lu, "undo must match w_orig in number and shapes of tensors")
+    lists = [lw, lr, l0] + ([lu] if lu is not None else [])
+    n_ve: list[torch.Tensor] = []
+    n_dw: list[torch.Tensor] = []
+    n_dr: list[torch.Tensor] = []
+    with torch.no_grad():
+        big, small = _partition(lists)
+        if small:  # same ops, in the same order, as the three weight_distance calls
+            w = [lw[i].detach() for i in small]
+            diff = torch._foreach_sub(w, [lr[i].detach() for i in small])
+            n_dr += torch._foreach_norm(diff, 2, dtype=torch.float64)
+            if lu is not None:
+                torch._foreach_add_(diff, [lu[i].detach() for i in small])
+                n_ve += torch._foreach_norm(diff, 2, dtype=torch.float64)
+            del diff
+            diff = torch._foreach_sub(w, [l0[i].detach() for i in small])
+            n_dw += torch._foreach_norm(diff, 2, dtype=torch.float64)
+            del diff
+        for d, (x, y, z, *u) in _blocks([[t[i] for i in big] for t in lists]):
+            torch.sub(x, y, out=d)
+            n_dr.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+            if u:
+                d.add_(u[0])
+                n_ve.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+            torch.sub(x, z, out=d)
+            n_dw.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+        dist_retrained = _total(n_dr)
+        return LockstepDistances(ve=_total(n_ve) if lu is not None else dist_retrained,
+                                 delta_w=_total(n_dw), dist_retrained=dist_retrained)
 
 
 _BLOCK = 1 << 16  # elements per CPU block (256 KiB in float32): the difference stays in cache
 
 
-def _cpu_blockwise(la, lb, lo, idx) -> bool:
-    """Tensors ``idx`` are CPU floats with matching dtypes: the blockwise path applies to them."""
-    groups = ((la[i], lb[i]) + ((lo[i],) if lo is not None else ()) for i in idx)
-    return all(t.device.type == "cpu" and t.is_floating_point() and t.dtype == g[0].dtype
-               for g in groups for t in g)
+def _partition(lists: list[list[torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """Indices for the blockwise CPU path and for the foreach path, tensor by tensor.
+
+    Tensors larger than ``_BLOCK`` go blockwise if, in every list, they are CPU floats with the
+    dtype of the first list's tensor; otherwise every tensor goes through the foreach path.
+    """
+    ref = lists[0]
+    big = [i for i, x in enumerate(ref) if x.numel() > _BLOCK]
+    if not all(t[i].device.type == "cpu" and t[i].is_floating_point() and t[i].dtype == ref[i].dtype
+               for i in big for t in lists):
+        big = []
+    taken = set(big)
+    return big, [i for i in range(len(ref)) if i not in taken]
 
 
-def _blockwise_norms(la, lb, lo) -> list[torch.Tensor]:
-    """Per-block float64 norms of (a − b + offset), computed through one reused scratch buffer.
+def _blocks(lists: list[list[torch.Tensor]]):
+    """Walk matching CPU tensors block by block through one reused scratch buffer per dtype.
 
     The foreach path materialises the whole difference (45 MB for ResNet-18, fresh pages at every
     call); here each block of ``_BLOCK`` elements is differenced into a cache-sized buffer and
     reduced at once. Same float64 accumulation, same result up to the summation order.
+
+    Yields:
+        ``(d, slices)``: ``d`` an uninitialised scratch view of the block's length (first list's
+        dtype), ``slices`` the block of every list's tensor, flattened and detached.
     """
-    norms: list[torch.Tensor] = []
     scratch: dict[torch.dtype, torch.Tensor] = {}
-    for i, (x, y) in enumerate(zip(la, lb)):
-        x, y = x.detach().reshape(-1), y.detach().reshape(-1)
-        o = lo[i].detach().reshape(-1) if lo is not None else None
-        buf = scratch.get(x.dtype)
+    for tensors in zip(*lists):
+        flat = [t.detach().reshape(-1) for t in tensors]
+        dtype, n = flat[0].dtype, flat[0].numel()
+        buf = scratch.get(dtype)
         if buf is None:
-            buf = scratch[x.dtype] = torch.empty(_BLOCK, dtype=x.dtype)
-        n = x.numel()
+            buf = scratch[dtype] = torch.empty(_BLOCK, dtype=dtype)
         for s in range(0, max(n, 1), _BLOCK):  # an empty tensor contributes one zero norm
             e = min(s + _BLOCK, n)
-            d = buf[: e - s]
-            torch.sub(x[s:e], y[s:e], out=d)
-            if o is not None:
-                d.add_(o[s:e])
-            norms.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
-    return norms
+            yield buf[: e - s], [f[s:e] for f in flat]
+
+
+def _total(norms: list[torch.Tensor]) -> float:
+    """√(Σ norm²) of per-tensor or per-block float64 norms."""
+    return float(torch.stack(norms).square().sum().sqrt())
 
 
 def verification_error(w_unlearned, w_retrained) -> float:

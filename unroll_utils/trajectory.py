@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from . import hessian, results
 from .losses import make_loss
-from .metrics import accuracy, model_weights, snapshot, unlearning_error, weight_distance
+from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
+                      weight_distance)
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
 ORDERS = ("forget_first", "index", "shuffle")
@@ -321,7 +322,8 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         :class:`LockStepResult`. Table columns: ``t`` (SGD steps of M since w_0), ``epoch``,
         ``times_seen`` (steps that contained forget points so far), ``loss`` (M's batch loss),
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
-        unlearning), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
+        unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
+        pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
         ``eig_residual``, ``eig_hvps``, ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
@@ -419,12 +421,11 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         nonlocal eigvec
         last = t == total_steps
         u = current_undo()
-        w_m = model_weights(m_orig, cfg.include_buffers)
-        w_r = model_weights(m_retr, cfg.include_buffers)
+        dist = lockstep_distances(model_weights(m_orig, cfg.include_buffers),
+                                  model_weights(m_retr, cfg.include_buffers),
+                                  model_weights(initial, cfg.include_buffers), undo=extended(u))
         row = {"t": t, "epoch": epoch, "times_seen": times_seen, "loss": loss_value,
-               "ve": weight_distance(w_m, w_r, offset=extended(u)),
-               "delta_w": weight_distance(w_m, model_weights(initial, cfg.include_buffers)),
-               "dist_retrained": weight_distance(w_m, w_r),
+               "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
                "eigenvalue": math.nan, "eig_residual": math.nan, "eig_hvps": 0,
                "sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
                "rolling_unlearning_error": math.nan}
