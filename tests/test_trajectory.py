@@ -169,6 +169,21 @@ def test_sigma_and_unlearning_error_columns():
         [sum(sig[: i + 1]) / (i + 1) for i in range(len(sig))])
 
 
+def test_eigenvalue_stop_rule_gives_the_same_sigma_with_fewer_hvps():
+    x, y = toy_data(dtype=torch.float64)
+    net = tiny_net(torch.float64)
+    c = dict(sigma_every=2, sigma_points=32, sigma_tol=1e-4)
+    res = run_lockstep(net, x, y, torch.arange(16), cfg(**c), progress=False).table
+    eig = run_lockstep(net, x, y, torch.arange(16), cfg(sigma_stop="eigenvalue", **c),
+                       progress=False).table
+    assert eig["ve"].equals(res["ve"])  # σ never feeds back into training
+    assert eig["eigenvalue"].tolist() == pytest.approx(res["eigenvalue"].tolist(), rel=1e-4)
+    assert (eig["eig_error_bound"] <= 1e-4 * eig["eigenvalue"].abs()).all()
+    assert eig["eig_hvps"].sum() < res["eig_hvps"].sum()
+    with pytest.raises(ValueError, match="sigma_stop"):
+        LockStepConfig(sigma_method="power", sigma_stop="eigenvalue").validate()
+
+
 def test_accuracy_columns_and_unlearned_model():
     x, y = toy_data()
     res = run_lockstep(tiny_net(), x, y, torch.arange(16), cfg(epochs=1), test_x=x[:20],
@@ -211,7 +226,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
                                          ("order", "random"), ("undo_at", "w1"),
                                          ("sigma_tol", 2.0), ("eval_every", 0),
                                          ("sigma_convention", "sv"), ("augment", "mixup"),
-                                         ("undo_form", "newton")])
+                                         ("undo_form", "newton"), ("sigma_stop", "change")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         LockStepConfig(**{field: value}).validate()

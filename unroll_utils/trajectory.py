@@ -66,7 +66,10 @@ class LockStepConfig:
         sigma_points: size of the fixed Hessian batch, ≥ 1.
         sigma_convention: ``"sqrt_eig"`` (reference, σ = sqrt(λ_max)) or ``"abs_eig"``.
         sigma_method: ``"lanczos"`` or ``"power"``.
-        sigma_tol: relative residual tolerance of the eigen-solve, in (0, 1).
+        sigma_tol: relative tolerance of the eigen-solve's stopping rule, in (0, 1).
+        sigma_stop: ``"residual"`` (‖Hv − λv‖ ≤ tol·|λ|, default) or ``"eigenvalue"`` (Lanczos
+            only: estimated eigenvalue error ≤ tol·|λ|; about half the HVPs per warm-started
+            solve, see :func:`unroll_utils.hessian.lanczos_top_eigen`).
         sigma_max_iter: HVP budget per σ, ≥ 1.
         sigma_warm_start: start each solve from the previous eigenvector.
         sigma_bn_mode: ``"eval"`` (reference) or ``"train"``.
@@ -97,6 +100,7 @@ class LockStepConfig:
     sigma_convention: str = "sqrt_eig"
     sigma_method: str = "lanczos"
     sigma_tol: float = 1e-3
+    sigma_stop: str = "residual"
     sigma_max_iter: int = 100
     sigma_warm_start: bool = True
     sigma_bn_mode: str = "eval"
@@ -130,6 +134,9 @@ class LockStepConfig:
              f"one of {hessian.SIGMA_CONVENTIONS}")
         need(self.sigma_method in hessian.METHODS, "sigma_method", f"one of {hessian.METHODS}")
         need(0 < self.sigma_tol < 1, "sigma_tol", "in (0, 1)")
+        need(self.sigma_stop in hessian.STOP_RULES
+             and (self.sigma_stop == "residual" or self.sigma_method == "lanczos"), "sigma_stop",
+             f"one of {hessian.STOP_RULES}, and 'residual' unless sigma_method='lanczos'")
         need(self.sigma_max_iter >= 1, "sigma_max_iter", ">= 1")
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
@@ -324,7 +331,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
         unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
-        ``eig_residual``, ``eig_hvps``, ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
+        ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``, ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
         (``_unlearned``), in [0, 1].
@@ -426,7 +433,8 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                                   model_weights(initial, cfg.include_buffers), undo=extended(u))
         row = {"t": t, "epoch": epoch, "times_seen": times_seen, "loss": loss_value,
                "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
-               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_hvps": 0,
+               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
+               "eig_hvps": 0,
                "sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
                "rolling_unlearning_error": math.nan}
         if cfg.sigma_every and (t == 1 or t % cfg.sigma_every == 0 or last):
@@ -436,13 +444,14 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
                 xh, yh = xb, yb
             sigma, eig = hessian.estimate_sigma(
                 m_orig, loss_fn, xh, yh, convention=cfg.sigma_convention, method=cfg.sigma_method,
-                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter,
+                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
                 init=eigvec if cfg.sigma_warm_start else None,
                 generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)),
                 bn_mode=cfg.sigma_bn_mode)
             sigmas.append(sigma)
             eigvec = eig.eigenvector
-            row.update(eigenvalue=eig.eigenvalue, eig_residual=eig.residual, eig_hvps=eig.n_hvp)
+            row.update(eigenvalue=eig.eigenvalue, eig_residual=eig.residual,
+                       eig_error_bound=eig.error_bound, eig_hvps=eig.n_hvp)
         if sigmas:
             row["sigma"], row["sigma_mean"] = sigmas[-1], float(np.mean(sigmas))
             row["unlearning_error"] = unlearning_error(cfg.lr, t - 1, row["delta_w"], sigmas[-1])
