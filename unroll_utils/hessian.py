@@ -146,7 +146,8 @@ class HessianOperator:
             v: (P,) vector (any float dtype, any device).
 
         Returns:
-            (P,) float64 tensor on ``v``'s device.
+            (P,) tensor on ``v``'s device, in ``v``'s dtype if that is float32 or float64, else
+            float64.
 
         Raises:
             ValueError: if ``v`` has the wrong length.
@@ -156,7 +157,8 @@ class HessianOperator:
         vv = v.to(device=self.device, dtype=self.dtype)
         hv = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=vv, retain_graph=True)
         self.n_hvp += 1
-        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=torch.float64)
+        out = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float64
+        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=out)
 
     __call__ = matvec
 
@@ -197,7 +199,8 @@ def _check_solver_args(which: str, tol: float, max_iter: int, stop: str = "resid
 def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float = 1e-3,
                       max_iter: int = 100, init: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, device=None,
-                      stop: str = "residual") -> TopEigen:
+                      stop: str = "residual",
+                      basis_dtype: torch.dtype = torch.float64) -> TopEigen:
     """Top eigenpair of a symmetric operator by Lanczos with full reorthogonalisation.
 
     Each iteration spends one ``matvec``; the Ritz pair (θ, y) is refreshed from the tridiagonal
@@ -212,10 +215,13 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
       *eigenvalue* accuracy of tol with fewer HVPs; the gap estimate is a heuristic (a cluster of
       eigenvalues next to the top one that the Krylov space has not yet seen can fool both rules).
 
-    The Krylov basis is kept in float64 and grows by doubling (memory ≈ iterations × P × 8 bytes).
+    The Krylov basis is kept in ``basis_dtype`` (float64 by default; float32 halves the memory
+    traffic of the reorthogonalisation, which is most of the solver's own cost for large models,
+    and is ample when tol ≫ 1e-7) and grows by doubling (memory ≈ iterations × P × 4 or 8 bytes).
 
     Args:
-        matvec: v (P,) float64 → H v (P,) float64, H symmetric.
+        matvec: v (P,) → H v (P,), H symmetric; v comes in ``basis_dtype``, the result may be any
+            float dtype (it is copied into the work vector, never modified).
         n: P, the dimension.
         which: ``"LA"`` algebraically largest (default) or ``"LM"`` largest magnitude.
         tol: relative residual tolerance in (0, 1).
@@ -225,36 +231,37 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
             (default: a fresh generator seeded 0, so the global RNG is never consumed).
         device: where vectors live (default CPU).
         stop: ``"residual"`` (default) or ``"eigenvalue"`` (see above).
+        basis_dtype: ``torch.float64`` (default) or ``torch.float32``.
 
     Returns:
         :class:`TopEigen` with ``method="lanczos"`` and ``error_bound`` = min(ρ, ρ²/δ) (ρ alone
         before a gap estimate exists).
 
     Raises:
-        ValueError: bad ``which``, ``tol``, ``max_iter``, ``stop`` or ``init``.
+        ValueError: bad ``which``, ``tol``, ``max_iter``, ``stop``, ``basis_dtype`` or ``init``.
     """
     _check_solver_args(which, tol, max_iter, stop)
+    if basis_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"basis_dtype must be torch.float32 or torch.float64; got {basis_dtype}")
     device = device if device is not None else (init.device if init is not None else "cpu")
-    q = _start_vector(n, init, generator, device)
-    # the basis grows by doubling, so memory follows the iterations used, not max_iter
-    basis = torch.empty(min(max_iter, n, 8), n, dtype=torch.float64, device=device)
+    rows = min(max_iter, n)
+    # the basis starts at 16 rows (enough for most solves) and grows by doubling, so memory
+    # follows the iterations used, not max_iter
+    basis = torch.empty(min(rows, 16), n, dtype=basis_dtype, device=device)
+    basis[0] = _start_vector(n, init, generator, device)
+    w = torch.empty(n, dtype=basis_dtype, device=device)  # the one work vector, reused
     alphas: list[float] = []
     betas: list[float] = []
     theta, s, resid, bound, converged = 0.0, np.ones(1), float("inf"), float("inf"), False
-    for k in range(min(max_iter, n)):
-        if k == basis.shape[0]:
-            grown = torch.empty(min(2 * k, max_iter, n), n, dtype=torch.float64, device=device)
-            grown[:k] = basis
-            basis = grown
-        basis[k] = q
-        w = matvec(q).to(device=device, dtype=torch.float64)
+    for k in range(rows):
+        q = basis[k]
+        w.copy_(matvec(q))  # matvec's output is never modified
         alpha = float(torch.dot(q, w))
         alphas.append(alpha)
-        # full reorthogonalisation, twice ("twice is enough"); the first pass writes a new
-        # tensor (matvec's output is never modified), the second works in place: no model-sized
-        # temporaries beyond that one (they dominated the cost for 11M-parameter models on CPU)
+        # full reorthogonalisation, twice ("twice is enough"), in place: no model-sized
+        # temporaries (they dominated the cost for 11M-parameter models on CPU)
         krylov = basis[: k + 1]
-        w = torch.addmv(w, krylov.T, krylov @ w, alpha=-1.0)
+        w.addmv_(krylov.T, krylov @ w, alpha=-1.0)
         w.addmv_(krylov.T, krylov @ w, alpha=-1.0)
         beta = float(w.norm())
         evals, evecs = _tridiag_eigh(alphas, betas)
@@ -275,9 +282,15 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
             converged, bound = True, 0.0
             break
         betas.append(beta)
-        q = w.div_(beta)  # w is this loop's own tensor
+        if k + 1 == rows:
+            break
+        if k + 1 == basis.shape[0]:
+            grown = torch.empty(min(2 * (k + 1), rows), n, dtype=basis_dtype, device=device)
+            grown[: k + 1] = basis
+            basis = grown
+        torch.div(w, beta, out=basis[k + 1])
     m = len(alphas)
-    vec = basis[:m].T @ torch.as_tensor(s, dtype=torch.float64, device=device)
+    vec = (basis[:m].T @ torch.as_tensor(s, dtype=basis_dtype, device=device)).double()
     vec = vec / vec.norm()
     return TopEigen(theta, vec, float(resid), m, bool(converged), "lanczos", which,
                     error_bound=float(bound), stop=stop)
@@ -343,7 +356,8 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
                            *, method: str = "lanczos", which: str = "LA", tol: float = 1e-3,
                            max_iter: int = 100, init: torch.Tensor | None = None,
                            generator: torch.Generator | None = None,
-                           bn_mode: str = "eval", stop: str = "residual") -> TopEigen:
+                           bn_mode: str = "eval", stop: str = "residual",
+                           basis_dtype: torch.dtype | None = None) -> TopEigen:
     """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) at the model's current weights.
 
     Args:
@@ -360,6 +374,8 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
         bn_mode: ``"eval"`` (running statistics; the reference code's choice) or ``"train"``.
         stop: ``"residual"`` (‖Hv − λv‖ ≤ tol·|λ|, default) or ``"eigenvalue"`` (Lanczos only:
             estimated eigenvalue error ≤ tol·|λ|, fewer HVPs; see :func:`lanczos_top_eigen`).
+        basis_dtype: Lanczos basis precision; default: float32 for a float32 model with
+            tol ≥ 1e-5 (its round-off, ~1e-7·‖H‖, is far below tol), float64 otherwise.
 
     Returns:
         :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
@@ -377,7 +393,9 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
         raise ValueError(f"stop={stop!r} needs method='lanczos' (power iteration has no gap "
                          "estimate); use stop='residual' with method='power'")
     op = HessianOperator(model, loss_fn, inputs, targets, bn_mode=bn_mode)
-    kwargs = {"stop": stop} if method == "lanczos" else {}
+    if basis_dtype is None:
+        basis_dtype = torch.float32 if op.dtype == torch.float32 and tol >= 1e-5 else torch.float64
+    kwargs = {"stop": stop, "basis_dtype": basis_dtype} if method == "lanczos" else {}
     solver = lanczos_top_eigen if method == "lanczos" else power_top_eigen
     res = solver(op.matvec, op.numel, which=which, tol=tol, max_iter=max_iter, init=init,
                  generator=generator, device=op.device, **kwargs)
