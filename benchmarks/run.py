@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [
         (1, "σ: Lanczos/power vs PyHessian", lambda: sigma.run(ctx, report)),
         (1, "σ along a trajectory", lambda: sigma.run_trajectory(ctx, report)),
+        (1, "HVP forms", lambda: sigma.run_hvp_forms(ctx, report)),
         (2, "per-step metric cost", lambda: step_times.update(metrics_cost.run(ctx, report))),
         (3, "lock-step throughput", lambda: throughput.run_lockstep_row(ctx, report)),
         (4, "unlearning vs retraining", lambda: throughput.run_unlearning_row(ctx, report, step_times)),

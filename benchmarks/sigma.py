@@ -408,3 +408,95 @@ def run_trajectory(ctx: Context, report: Report, models=("small_cnn", "resnet18"
                        status=_status_lb(ok_acc, r_sec, 5, False),
                        notes="sums of one timed call per step (forward + create-graph backward "
                              "included)")
+
+
+def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18"),
+                  block: int = 4) -> None:
+    """Cost of one HVP in the forms a σ solver could use, timed side by side (eval mode).
+
+    * the library's form (:class:`HessianOperator`: the create-graph gradient is built once, each
+      HVP is one double-backward pass through it; PyHessian's form too);
+    * forward-over-reverse with ``torch.func`` (``jvp`` of ``grad``: forward and backward are
+      recomputed per HVP, no graph is kept);
+    * ``block`` HVPs at once: ``autograd.grad(..., is_grads_batched=True)`` on the kept graph,
+      and ``vmap`` of the ``torch.func`` form — what a block solver (LOBPCG, block Lanczos) would
+      use. The ratio per HVP says whether batching helps on this device.
+    All forms are checked against the library's to 1e-4 (relative).
+    """
+    from torch.func import functional_call, grad, jvp, vmap
+
+    s = ctx.settings
+    dev = ctx.device
+    loss_fn = F.cross_entropy
+    for name in models:
+        hb = s.resnet_hessian_batch if name == "resnet18" else s.cnn_hessian_batch
+        xh, yh = ctx.batch(name, 0, hb)
+        setting = f"{MODEL_LABEL[name]}, {data_label(name, hb)}"
+        model = ctx.model(name).eval()
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        buffers = dict(model.named_buffers())
+        op = HessianOperator(model, loss_fn, xh, yh)
+        g = torch.Generator().manual_seed(s.seed + 500)
+        vecs = torch.randn(block, op.numel, generator=g).to(dev)
+        vecs = vecs / vecs.norm(dim=1, keepdim=True)
+
+        def unflat(v: torch.Tensor) -> dict:
+            out, i = {}, 0
+            for n in names:
+                k = params[n].numel()
+                out[n] = v[..., i:i + k].reshape(*v.shape[:-1], *params[n].shape)
+                i += k
+            return out
+
+        def flat(d: dict) -> torch.Tensor:
+            lead = next(iter(d.values())).shape[: d[names[0]].dim() - params[names[0]].dim()]
+            return torch.cat([d[n].reshape(*lead, -1) for n in names], dim=-1)
+
+        gfn = grad(lambda p: loss_fn(functional_call(model, {**p, **buffers}, (xh,)), yh))
+
+        def func_hvp(vd: dict) -> dict:
+            return jvp(gfn, (params,), (vd,))[1]
+
+        def batched_graph():
+            rows = torch.autograd.grad(op._flat_grad, op._params, grad_outputs=vecs,
+                                       retain_graph=True, is_grads_batched=True)
+            return torch.cat([r.reshape(block, -1) for r in rows], dim=1)
+
+        ref = torch.stack([op.matvec(v) for v in vecs])
+        checks = {"torch.func jvp(grad)": flat(func_hvp(unflat(vecs[0])))[None],
+                  f"{block} HVPs batched (is_grads_batched)": batched_graph(),
+                  f"{block} HVPs vmapped (torch.func)": flat(vmap(func_hvp)(unflat(vecs)))}
+        errs = {k: float((v.double() - ref[: v.shape[0]].double()).norm()
+                         / ref[: v.shape[0]].double().norm()) for k, v in checks.items()}
+        cases = {
+            "HVP: kept create-graph gradient, double backward (library, PyHessian)":
+                Case(lambda i: op.matvec(vecs[0])),
+            "HVP: torch.func jvp(grad) (recomputes forward and backward)":
+                Case(lambda i: func_hvp(unflat(vecs[0]))),
+            f"{block} HVPs batched: is_grads_batched on the kept graph": Case(lambda i: batched_graph()),
+            f"{block} HVPs vmapped: torch.func": Case(lambda i: vmap(func_hvp)(unflat(vecs))),
+        }
+        budget = s.resnet_budget_s if name == "resnet18" else None
+        res = timed_interleaved(cases, dev, repeats=s.repeats, warmup=1, budget_s=budget)
+        base = res[next(iter(cases))].median
+        err_of = dict(zip(list(cases)[1:], errs.values()))
+        for case, tm in res.items():
+            per = tm.median / (block if case.startswith(str(block)) else 1)
+            note = f"{per / base:.3g}× the library's time per HVP"
+            if case in err_of:
+                note += f"; agrees to {err_of[case]:.1e}"
+            report.detail(row=1, setting=setting, case=case, n=tm.n, seconds=tm.median,
+                          spread=tm.spread, hvps=block if case.startswith(str(block)) else 1,
+                          peak_mem_mb=mb(tm.peak_mem_max), notes=note)
+        best = min(res, key=lambda c: res[c].median / (block if c.startswith(str(block)) else 1))
+        report.notes.append(
+            f"HVP forms, {setting}: the cheapest per HVP is '{best}'; "
+            + "; per HVP, relative to the library's form: "
+            + ", ".join(f"'{c}' {res[c].median / (block if c.startswith(str(block)) else 1) / base:.2f}×"
+                        for c in list(res)[1:])
+            + ". A block solver would also need more HVPs in all than Lanczos' 2–9 here.")
+        if max(errs.values()) > 1e-4:
+            report.notes.append(f"HVP forms, {setting}: forms disagree by up to "
+                                f"{max(errs.values()):.1e} (relative)")
+        del op
