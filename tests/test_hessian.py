@@ -257,18 +257,13 @@ def test_stop_rule_arguments():
     assert power.error_bound == power.residual and power.stop == "residual"
 
 
-def test_float32_basis_agrees_with_float64_and_grows_past_its_first_block():
+
+def test_basis_grows_past_its_first_block():
     rng = np.random.default_rng(5)
     spectrum = np.concatenate([[1.0, 0.97], rng.uniform(-0.5, 0.9, 3000)])  # slow: > 16 HVPs
     mv, n = _diag_operator(spectrum)
-    r64 = hessian.lanczos_top_eigen(mv, n, tol=1e-4, max_iter=200,
+    res = hessian.lanczos_top_eigen(mv, n, tol=1e-6, max_iter=200,
                                     generator=torch.Generator().manual_seed(2))
-    r32 = hessian.lanczos_top_eigen(mv, n, tol=1e-4, max_iter=200, basis_dtype=torch.float32,
-                                    generator=torch.Generator().manual_seed(2))
-    assert r64.n_hvp > 16 and r64.converged and r32.converged
-    assert r64.eigenvalue == pytest.approx(1.0, rel=1e-6)
-    assert r32.eigenvalue == pytest.approx(1.0, rel=1e-5)
-    assert r32.eigenvector.dtype == torch.float64
-    assert abs(float(r32.eigenvector[0])) == pytest.approx(1.0, abs=1e-3)
-    with pytest.raises(ValueError, match="basis_dtype"):
-        hessian.lanczos_top_eigen(mv, n, basis_dtype=torch.float16)
+    assert res.n_hvp > 16 and res.converged
+    assert res.eigenvalue == pytest.approx(1.0, rel=1e-9)
+    assert abs(float(res.eigenvector[0])) == pytest.approx(1.0, abs=1e-5)
