@@ -5,8 +5,9 @@ excluded, as in the reference code, unless asked for). Distances are computed on
 device and accumulated in float64, so no flat copy of the model is ever built on the host (the
 reference code flattened 11–20M weights through Python lists, §5 item 11): fused ``torch._foreach``
 ops, except for CPU tensors larger than 2^16 elements, which go block by block through one
-cache-resident scratch buffer, so a distance over ResNet-18's 11M weights allocates no model-sized
-temporary. :func:`lockstep_distances` gives the three distances of a lock-step measurement (VE,
+cache-resident scratch buffer (each block's sum of squares is one BLAS dot product in the weights'
+own precision, the blocks are summed in float64), so a distance over ResNet-18's 11M weights
+allocates no model-sized temporary. :func:`lockstep_distances` gives the three distances of a lock-step measurement (VE,
 ‖w_t − w_0‖, ‖w_t − w′_t‖) in one such pass, streaming each weight tensor from memory once.
 """
 
@@ -62,7 +63,8 @@ def _check_matching(ref: list[torch.Tensor], other: list[torch.Tensor], message:
 
 
 def weight_distance(a, b, offset=None) -> float:
-    """‖a − b (+ offset)‖₂ over all tensors, accumulated in float64.
+    """‖a − b (+ offset)‖₂ over all tensors: per-tensor (or per-block, see the module docstring)
+    sums of squares added up in float64.
 
     Args:
         a, b: models, single (P,) tensors, or lists of tensors with matching shapes.
@@ -94,7 +96,7 @@ def weight_distance(a, b, offset=None) -> float:
             torch.sub(x, y, out=d)
             if o:
                 d.add_(o[0])
-            norms.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+            norms.append(_block_norm(d))
         return _total(norms)
 
 
@@ -164,12 +166,12 @@ def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDis
             del diff
         for d, (x, y, z, *u) in _blocks([[t[i] for i in big] for t in lists]):
             torch.sub(x, y, out=d)
-            n_dr.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+            n_dr.append(_block_norm(d))
             if u:
                 d.add_(u[0])
-                n_ve.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+                n_ve.append(_block_norm(d))
             torch.sub(x, z, out=d)
-            n_dw.append(torch.linalg.vector_norm(d, 2, dtype=torch.float64))
+            n_dw.append(_block_norm(d))
         dist_retrained = _total(n_dr)
         return LockstepDistances(ve=_total(n_ve) if lu is not None else dist_retrained,
                                  delta_w=_total(n_dw), dist_retrained=dist_retrained)
@@ -214,6 +216,13 @@ def _blocks(lists: list[list[torch.Tensor]]):
         for s in range(0, max(n, 1), _BLOCK):  # an empty tensor contributes one zero norm
             e = min(s + _BLOCK, n)
             yield buf[: e - s], [f[s:e] for f in flat]
+
+
+def _block_norm(d: torch.Tensor) -> torch.Tensor:
+    """‖d‖₂ of one cache-resident block as a float64 scalar: one BLAS dot product in d's dtype
+    (3–6× faster than a float64-accumulating norm on the CPU; its rounding, ~1e-7 relative for
+    float32, is that of the float32 differences themselves)."""
+    return torch.dot(d, d).to(torch.float64).sqrt()
 
 
 def _total(norms: list[torch.Tensor]) -> float:
