@@ -2,12 +2,12 @@
 
 Weights are handled as lists of tensors in ``model.parameters()`` order (BatchNorm running buffers
 excluded, as in the reference code, unless asked for). Distances are computed on the weights'
-device and accumulated in float64, so no flat copy of the model is ever built on the host (the
-reference code flattened 11–20M weights through Python lists, §5 item 11): fused ``torch._foreach``
-ops, except for CPU tensors larger than 2^16 elements, which go block by block through one
-cache-resident scratch buffer (each block's sum of squares is one BLAS dot product in the weights'
-own precision, the blocks are summed in float64), so a distance over ResNet-18's 11M weights
-allocates no model-sized temporary. :func:`lockstep_distances` gives the three distances of a lock-step measurement (VE,
+device, with sums of squares added up in float64, so no flat copy of the model is ever built on the
+host (the reference code flattened 11–20M weights through Python lists, §5 item 11): fused
+``torch._foreach`` ops, except for CPU tensors larger than 2^16 elements, which go block by block
+through one cache-resident scratch buffer (each block's sum of squares is one BLAS dot product in
+the weights' own precision), so a distance over ResNet-18's 11M weights allocates no model-sized
+temporary. :func:`lockstep_distances` gives the three distances of a lock-step measurement (VE,
 ‖w_t − w_0‖, ‖w_t − w′_t‖) in one such pass, streaming each weight tensor from memory once.
 """
 

@@ -331,7 +331,8 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
         unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
-        ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``, ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
+        ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``,
+        ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
         (``_unlearned``), in [0, 1].
