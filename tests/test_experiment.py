@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from unroll_utils.__main__ import main
 from unroll_utils.experiment import MainJobConfig, main_job
@@ -31,6 +32,15 @@ def test_main_job_writes_results_and_resumes(tmp_path):
     s3 = main_job(MainJobConfig(**{**SMALL, "lr": 0.02}), tmp_path, progress=False)
     assert not s3["table"]["ve"].equals(table["ve"])
     assert len(list(tmp_path.glob("checkpoint-*.pt"))) == 2
+    # another intra-op thread count changes the reduction order: it never reuses a checkpoint
+    assert payload["summary"]["environment"]["intra_op_threads"] == torch.get_num_threads()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        main_job(cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(list(tmp_path.glob("checkpoint-*.pt"))) == 3
 
 
 def test_cli_runs_and_prints_the_table(tmp_path, capsys):

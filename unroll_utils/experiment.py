@@ -112,14 +112,17 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
 
     Args:
         config: a :class:`MainJobConfig`.
-        out_dir: output folder (created). ``checkpoint-<config hash>.pt`` there lets a killed run
-            resume; a run with other options starts afresh.
+        out_dir: output folder (created). ``checkpoint-<hash>.pt`` there lets a killed run
+            resume; the hash covers the config and the environment that decides the numbers
+            (device type, torch version, intra-op thread count), so a run with other options or
+            another thread count starts afresh.
         progress: tqdm progress bars.
-        resume: resume from ``out_dir/checkpoint.pt`` when it matches the config.
+        resume: resume from that checkpoint when it exists.
 
     Returns:
         Summary dict: correlations of e and rolling e with VE, final VE/accuracies, wall time,
-        and ``table`` (the DataFrame).
+        ``environment`` (device type, torch version, intra-op threads) and ``table`` (the
+        DataFrame).
 
     Raises:
         ValueError: invalid parameter (named), or missing dataset files (FileNotFoundError).
@@ -151,16 +154,21 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
                       seed=cfg.seed, loss=cfg.loss, lam=cfg.lam, progress=progress)
         return {k: v.cpu() for k, v in net.state_dict().items()}
 
-    key = "w0_" + results.fingerprint({f.name: getattr(cfg, f.name) for f in fields(cfg)
-                                       if f.name.startswith(("dataset", "model", "width", "n_train", "pretrain",
-                                                             "seed", "loss", "lam"))})
+    # the float reduction order, hence the numbers, depend on the device, the torch build and the
+    # intra-op thread count: a cache or checkpoint made under others is not reused
+    environment = {"device": device.type, "torch": torch.__version__,
+                   "intra_op_threads": torch.get_num_threads()}
+    key = "w0_" + results.fingerprint({**{f.name: getattr(cfg, f.name) for f in fields(cfg)
+                                          if f.name.startswith(("dataset", "model", "width", "n_train",
+                                                                "pretrain", "seed", "loss", "lam"))},
+                                       **environment})
     w0 = results.load_or_run(key, pretrain, out / "cache")
     model = models.build_model(cfg.model, in_channels=ds.input_shape[0],
                                num_classes=ds.num_classes, seed=cfg.seed, **arch)
     model.load_state_dict(w0)
     model.to(device)
     # one checkpoint per configuration: a changed option starts a fresh run, the same one resumes
-    ckpt = out / f"checkpoint-{results.fingerprint(asdict(cfg))}.pt"
+    ckpt = out / f"checkpoint-{results.fingerprint({**asdict(cfg), **environment})}.pt"
     if not resume and ckpt.exists():
         ckpt.unlink()
     if ckpt.exists() and progress:
@@ -179,6 +187,7 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
         "test_acc": float(last["test_acc"]), "test_acc_retrained": float(last["test_acc_retrained"]),
         "test_acc_unlearned": float(last["test_acc_unlearned"]), "n_forget": int(forget.numel()),
         "n_train": n, "steps": res.steps_done, "wall_seconds": time.perf_counter() - start,
+        "environment": environment,
     }
     results.save_table(table, out / "results", config=asdict(cfg), summary=summary)
     plot.setup(svg=False)
