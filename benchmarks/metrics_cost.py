@@ -26,7 +26,7 @@ from unroll_utils.unlearning import forget_gradient
 
 from .common import Case, mb, python_peak, timed_interleaved
 from .context import MODEL_LABEL, Context
-from .report import Report, status
+from .report import Report, ratio_text, status
 
 
 def weights_to_list_fast(weights) -> list:
@@ -142,7 +142,7 @@ def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> dict:
         report.add(row=2, benchmark="per-step metrics vs reference code", setting=setting,
                    ours="lockstep_distances (as run_lockstep)",
                    baseline="weights_to_list_fast + np.linalg.norm", quantity="seconds",
-                   ours_value=t_ours, baseline_value=t_ref, ratio=f"{t_ref / t_ours:.3g}×",
+                   ours_value=t_ours, baseline_value=t_ref, ratio=ratio_text(t_ref / t_ours),
                    target="", status="n/a",
                    notes=f"reference = {t_ref / step:.3g} training steps per measurement")
         ours_tm = res[OURS]

@@ -109,9 +109,14 @@ def ratio_value(text) -> float | None:
     try:
         if t.endswith("%"):
             return float(t[:-1]) / 100
-        return float(t.rstrip("×"))
+        return float(t.rstrip("×").replace(",", ""))
     except ValueError:
         return None
+
+
+def ratio_text(x: float) -> str:
+    """A ratio for the table: 3 significant digits, whole numbers with separators from 1,000 on."""
+    return f"{x:,.0f}×" if abs(x) >= 1000 else f"{x:.3g}×"
 
 
 def status(ok: bool | None) -> str:

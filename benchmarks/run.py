@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                       "(default on CUDA)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--out", default="benchmarks/out")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's own choice)")
-    p.add_argument("--rows", default="1,2,3,4", help="comma-separated rows to run (5 = memory, "
-                   "collected by every row)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch.set_num_threads, >= 1 (default: torch's own choice)")
+    p.add_argument("--rows", type=_rows, default="1,2,3,4", help="comma-separated rows to run, "
+                   "from 1,2,3,4 (row 5, memory, is collected by every row)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    rows = {int(r) for r in args.rows.split(",") if r.strip()}
+    rows = args.rows
     t_suite = time.perf_counter()
 
     settings = Settings.make(device, quick, args.seed)
@@ -104,6 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 1 if any(r["status"] == "ERROR" for r in report.summary) else 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
+def _rows(text: str) -> set[int]:
+    """``--rows``: a non-empty comma-separated subset of 1,2,3,4."""
+    parts = [r.strip() for r in text.split(",") if r.strip()]
+    if not parts or not all(r in ("1", "2", "3", "4") for r in parts):
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated subset of 1,2,3,4 (row 5, memory, comes with every row); "
+            f"got {text!r}")
+    return {int(r) for r in parts}
 
 
 def _notes(ctx: Context) -> list[str]:

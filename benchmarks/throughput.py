@@ -27,7 +27,7 @@ from unroll_utils.unlearning import forget_gradient, single_gradient_unlearning
 
 from .common import Case, Timing, mb, timed, timed_interleaved
 from .context import CIFAR10_STEPS_PER_EPOCH, MODEL_LABEL, Context
-from .report import Report, status
+from .report import Report, ratio_text, status
 
 
 def _data(ctx: Context, name: str, n: int):
@@ -150,7 +150,7 @@ def run_unlearning_row(ctx: Context, report: Report, step_times: dict[str, Timin
     report.add(row=4, benchmark="unlearning vs naive retraining", setting="small CNN, MNIST fine-tuning "
                f"({n} points, b=32, {s.finetune_epochs} epoch)", ours="single gradient unlearning",
                baseline=f"retrain M′ ({len(retrain_batches)} steps, measured)", quantity="seconds",
-               ours_value=t_cnn, baseline_value=t_retrain, ratio=f"{t_retrain / t_cnn:.3g}×",
+               ours_value=t_cnn, baseline_value=t_retrain, ratio=ratio_text(t_retrain / t_cnn),
                target="", status="n/a", notes="real retraining run")
     t_res = res[f"single gradient unlearning ({MODEL_LABEL['resnet18']})"].median
     step = step_times["resnet18"]
@@ -161,7 +161,7 @@ def run_unlearning_row(ctx: Context, report: Report, step_times: dict[str, Timin
                f"fine-tuning (50,000 points, b=32, {s.finetune_epochs} epoch)",
                ours="single gradient unlearning (measured, synthetic x*)",
                baseline=f"retrain M′: {steps} steps × measured step time (extrapolated)",
-               quantity="seconds", ours_value=t_res, baseline_value=t_cifar, ratio=f"{ratio:.3g}×",
+               quantity="seconds", ours_value=t_res, baseline_value=t_cifar, ratio=ratio_text(ratio),
                target="≥1000×", status=status(ratio >= 1000),
                notes=(f"step time {step.median:.3g} s (median of {step.n}, row 2); "
                       f"ratio ≈ {steps} × step/unlearn = {steps} × {step.median / t_res:.3g}; "

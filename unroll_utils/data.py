@@ -161,8 +161,8 @@ def load_cifar(name: str = "cifar10", root=None, download: bool = False,
         cls = _unverified(cls)
     root = Path(root).expanduser() if root is not None else data_root()
     guide = (f"Place {cls.filename} (from {cls.url}) in {root} and extract it there "
-             f"(it creates {root / cls.base_folder}), or pass download=True, or set UNROLL_DATA "
-             f"to the folder that holds it.")
+             f"(it creates {root / cls.base_folder}), or set UNROLL_DATA to the folder that holds "
+             f"it, or (from Python) call load_cifar(..., download=True).")
     if download:
         try:
             cls(str(root), train=True, download=True)
