@@ -94,6 +94,27 @@ def reference_extremes(matvec, n: int, *, tol: float, max_iter: int, device,
     return out
 
 
+def _pyhessian_default(model, loss_fn, xh, yh, dev, *, lam_lm: float, rel_acc: float, cap: int):
+    """PyHessian's default loop (maxIter=100, tol=1e-3), continued until within ``rel_acc`` of
+    ``lam_lm`` or ``cap`` HVPs; timed from the constructor. Returns the :class:`PowerTrace`."""
+    h = PyHessianEigen(model, loss_fn, xh, yh, dev, t0=time.perf_counter())
+    tr = h.eigenvalues(maxIter=100, tol=1e-3, continue_until=lambda lam: _rel(lam, lam_lm) <= rel_acc,
+                       max_total_hvp=cap, sync=lambda: sync(dev))
+    h.release()
+    return tr
+
+
+def _at_equal_accuracy(tr, lam_lm: float, rel_acc: float) -> tuple[int, float, float, bool]:
+    """(HVPs, seconds, error, reached) of a PyHessian trace at equal accuracy: its default run if
+    that was within ``rel_acc``, else the oracle stop of the continuation; ``reached`` is False
+    (a lower bound, error inf) when the continuation never got there."""
+    if _rel(tr.eigenvalue, lam_lm) <= rel_acc:
+        return tr.n_hvp, tr.seconds, _rel(tr.eigenvalue, lam_lm), True
+    if tr.reached is not None:
+        return tr.reached, tr.reached_seconds, rel_acc, True
+    return len(tr.estimates), tr.elapsed[-1], math.inf, False
+
+
 def _residual(matvec, v: torch.Tensor) -> float:
     """‖Hv − θv‖ / |θ| with θ = vᵀHv (v unit)."""
     hv = matvec(v)
@@ -161,13 +182,8 @@ def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> None:
             return model
 
         def pyh_fn(model):
-            t0 = time.perf_counter()
-            h = PyHessianEigen(model, loss_fn, xh, yh, dev, t0=t0)
-            tr = h.eigenvalues(maxIter=100, tol=1e-3,
-                               continue_until=lambda lam: _rel(lam, lam_lm) <= s.rel_acc,
-                               max_total_hvp=cap, sync=lambda: sync(dev))
-            h.release()
-            return tr
+            return _pyhessian_default(model, loss_fn, xh, yh, dev, lam_lm=lam_lm,
+                                      rel_acc=s.rel_acc, cap=cap)
 
         cases = {
             "ours: Lanczos, cold start (tol 1e-3)": ours(method="lanczos", tol=s.rel_acc, max_iter=100),
@@ -191,18 +207,9 @@ def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> None:
         pyh_hvp = statistics.median([t.n_hvp for t in traces])
         pyh_sec = statistics.median([t.seconds for t in traces])
         pyh_err = max(_rel(t.eigenvalue, lam_lm) for t in traces)
-        eq_hvp, eq_sec, lower_bound = [], [], False
-        for t in traces:
-            if _rel(t.eigenvalue, lam_lm) <= s.rel_acc:
-                eq_hvp.append(t.n_hvp)
-                eq_sec.append(t.seconds)
-            elif t.reached is not None:
-                eq_hvp.append(t.reached)
-                eq_sec.append(t.reached_seconds)
-            else:  # never reached within the cap: a lower bound
-                lower_bound = True
-                eq_hvp.append(len(t.estimates))
-                eq_sec.append(t.elapsed[-1])
+        equal = [_at_equal_accuracy(t, lam_lm, s.rel_acc) for t in traces]
+        eq_hvp, eq_sec = [e[0] for e in equal], [e[1] for e in equal]
+        lower_bound = not all(e[3] for e in equal)  # never reached within the cap somewhere
         pyh_eq_hvp, pyh_eq_sec = statistics.median(eq_hvp), statistics.median(eq_sec)
         la_note = "" if math.isclose(lam_la, lam_lm, rel_tol=1e-9) else (
             f"; PyHessian targets the largest-magnitude eigenvalue {lam_lm:.4g}, ours the largest "
@@ -363,19 +370,11 @@ def run_trajectory(ctx: Context, report: Report, models=("small_cnn", "resnet18"
                     vec[rule] = r.eigenvector
                     hv, err = r.n_hvp, _rel(r.eigenvalue, lam_la)
                 else:
-                    torch.manual_seed(s.seed + 400 + t)
-                    h = PyHessianEigen(model, loss_fn, xh, yh, dev, t0=t0)
-                    tr = h.eigenvalues(maxIter=100, tol=1e-3,
-                                       continue_until=lambda lam: _rel(lam, lam_lm) <= s.rel_acc,
-                                       max_total_hvp=cap, sync=lambda: sync(dev))
-                    h.release()
+                    torch.manual_seed(s.seed + 400 + t)  # PyHessian's start: global RNG
+                    tr = _pyhessian_default(model, loss_fn, xh, yh, dev, lam_lm=lam_lm,
+                                            rel_acc=s.rel_acc, cap=cap)
                     model.train()  # PyHessian leaves the model in eval mode; training goes on
-                    if _rel(tr.eigenvalue, lam_lm) <= s.rel_acc:
-                        hv, sec, err = tr.n_hvp, tr.seconds, _rel(tr.eigenvalue, lam_lm)
-                    elif tr.reached is not None:
-                        hv, sec, err = tr.reached, tr.reached_seconds, s.rel_acc
-                    else:
-                        hv, sec, err = len(tr.estimates), tr.elapsed[-1], math.inf
+                    hv, sec, err, _ = _at_equal_accuracy(tr, lam_lm, s.rel_acc)
                 tot = totals[label]
                 tot["hvps"] += hv
                 tot["seconds"] += sec

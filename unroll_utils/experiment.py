@@ -89,12 +89,9 @@ class MainJobConfig:
         return self
 
     def lockstep_config(self) -> LockStepConfig:
-        return LockStepConfig(
-            lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, momentum=self.momentum,
-            weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, order=self.order,
-            seed=self.seed, undo_at=self.undo_at, eval_every=self.eval_every,
-            sigma_every=self.sigma_every, sigma_points=self.sigma_points,
-            sigma_convention=self.sigma_convention)
+        """The lock-step part: every field this config shares by name with LockStepConfig."""
+        return LockStepConfig(**{f.name: getattr(self, f.name) for f in fields(LockStepConfig)
+                                 if hasattr(self, f.name)})
 
 
 def resolve_device(name: str) -> torch.device:
