@@ -7,7 +7,8 @@ Modules are named by the paper's nouns: ``data`` (datasets, forget sets), ``mode
 ``losses`` (SD loss), ``hessian`` (top Hessian eigenvalue, sigma), ``unlearning``
 (single gradient unlearning), ``trajectory`` (the lock-step trainer of M, M' and M''),
 ``metrics`` (verification error, unlearning error), ``results`` (atomic tables,
-checkpoints), ``plot`` (the one plotting helper).
+checkpoints), ``plot`` (the one plotting helper), ``params`` (validation of notebook
+parameters).
 """
 
 __version__ = "0.1.0"

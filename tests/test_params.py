@@ -1,0 +1,89 @@
+"""Notebook parameter coercion (unroll_utils.params): the papermill spellings users type."""
+
+import math
+
+import pytest
+
+from unroll_utils import params
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (True, True), (False, False), ("false", False), ("False", False), ("TRUE", True), ("yes", True),
+    ("no", False), ("1", True), ("0", False), ("", False), (1, True), (0, False), (1.0, True), ("on", True),
+])
+def test_flag_spellings(raw, expected):
+    assert params.flag("SMOKE", raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", 2, 0.5, None, [True]])
+def test_flag_rejects_naming_the_parameter(raw):
+    with pytest.raises(params.ParameterError, match=r"parameter SMOKE must be a boolean"):
+        params.flag("SMOKE", raw)
+
+
+def test_smoke_from_env(monkeypatch):
+    monkeypatch.setenv("UNROLL_SMOKE", "1")
+    assert params.smoke_from_env() is True
+    monkeypatch.setenv("UNROLL_SMOKE", "false")
+    assert params.smoke_from_env() is False
+    monkeypatch.delenv("UNROLL_SMOKE")
+    assert params.smoke_from_env() is False
+
+
+@pytest.mark.parametrize("raw, expected", [(1000, 1000), (1000.0, 1000), (1e3, 1000), ("1e3", 1000),
+                                           ("4000", 4000), ("4_000", 4000), (" 12 ", 12)])
+def test_integer_coercions(raw, expected):
+    v = params.integer("N_TRAIN", raw, low=1)
+    assert v == expected and type(v) is int
+
+
+@pytest.mark.parametrize("raw", [1000.5, "abc", True, math.nan, math.inf, None, "1.5"])
+def test_integer_rejects(raw):
+    with pytest.raises(params.ParameterError, match=r"parameter N_TRAIN must be an integer >= 1"):
+        params.integer("N_TRAIN", raw, low=1)
+
+
+def test_integer_range_and_default():
+    assert params.integer("N", None, low=1, high=10, default=7) == 7
+    assert params.integer("N", 3, low=1, high=10, default=7) == 3  # explicit value beats the default
+    with pytest.raises(params.ParameterError, match=r"N must be an integer in \[1, 10\], got 11"):
+        params.integer("N", 11, low=1, high=10)
+
+
+@pytest.mark.parametrize("raw, expected", [("1e-3", 1e-3), (0.01, 0.01), (1, 1.0), ("0.5", 0.5)])
+def test_real_coercions(raw, expected):
+    v = params.real("LR", raw, low=0, low_open=True)
+    assert v == expected and type(v) is float
+
+
+@pytest.mark.parametrize("raw, pattern", [
+    (0, r"LR must be a finite number > 0, got 0"), ("x", r"LR must be a finite number > 0, got 'x'"),
+    (math.nan, r"finite number > 0"), (True, r"finite number > 0"),
+])
+def test_real_rejects(raw, pattern):
+    with pytest.raises(params.ParameterError, match=pattern):
+        params.real("LR", raw, low=0, low_open=True)
+
+
+def test_real_half_open_interval():
+    assert params.real("MOMENTUM", 0.0, low=0, high=1, high_open=True) == 0.0
+    with pytest.raises(params.ParameterError, match=r"MOMENTUM must be a finite number in \[0, 1\)"):
+        params.real("MOMENTUM", 1.0, low=0, high=1, high_open=True)
+
+
+def test_choice():
+    assert params.choice("PRESET", None, ["smoke", "small"], default="small") == "small"
+    with pytest.raises(params.ParameterError, match=r"PRESET must be one of \['smoke', 'small'\], got 'big'"):
+        params.choice("PRESET", "big", ["smoke", "small"])
+
+
+def test_sequence():
+    item = lambda n, x: params.real(n, x, low=0)  # noqa: E731
+    assert params.sequence("LAMS", "0, 1, 5e-1", item) == [0.0, 1.0, 0.5]
+    assert params.sequence("LAMS", "[0,2]", item) == [0.0, 2.0]
+    assert params.sequence("LAMS", 3, item) == [3.0]
+    assert params.sequence("LAMS", None, item, default=[1, 2]) == [1.0, 2.0]
+    with pytest.raises(params.ParameterError, match=r"LAMS\[1\] must be a finite number >= 0"):
+        params.sequence("LAMS", [1, -2], item)
+    with pytest.raises(params.ParameterError, match=r"LAMS must be a list of at least 1"):
+        params.sequence("LAMS", [], item)

@@ -1,0 +1,154 @@
+"""Validation of notebook parameters, as papermill and the environment deliver them.
+
+A notebook's ``parameters`` cell holds literals; papermill may replace any of them with a value
+of another type (``-p SMOKE false`` injects the *string* ``"false"``, ``-p N_TRAIN 1e3`` the float
+``1000.0``, ``-y "LR: 1e-3"`` the string ``"1e-3"``). The cell right after it passes every
+parameter through one of the functions below, which
+
+- accept the value in the usual spellings (booleans from ``true/false/yes/no/on/off/1/0`` in any
+  case, integral floats as ints, numeric strings as numbers),
+- return it with the right Python type, and
+- raise :class:`ParameterError` (a ``ValueError``) naming the parameter, the expected type and
+  the allowed range otherwise.
+
+Sizes that a preset changes (``smoke`` for CI) default to ``None`` in the parameters cell; the
+preset fills in only those, so a size the user passed explicitly is never overridden::
+
+    SMOKE = params.flag("SMOKE", SMOKE)
+    N_TRAIN = params.integer("N_TRAIN", N_TRAIN, low=100, default=1000 if SMOKE else 4000)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any, Callable, Sequence
+
+__all__ = ["ParameterError", "flag", "smoke_from_env", "integer", "real", "choice", "sequence"]
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off", ""}
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has the wrong type or lies outside its allowed range."""
+
+
+def _fail(name: str, expected: str, value: Any) -> None:
+    raise ParameterError(f"parameter {name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {high}"
+    return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _check_range(name: str, kind: str, v, low, high, low_open: bool, high_open: bool):
+    if ((low is not None and (v < low or (low_open and v == low)))
+            or (high is not None and (v > high or (high_open and v == high)))):
+        _fail(name, kind + _range_text(low, high, low_open, high_open), v)
+    return v
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool: ``True``/``False``, 0/1, or a string such as ``"false"``, ``"Yes"``,
+    ``"1"`` (case-insensitive; ``""`` is False). Raises :class:`ParameterError` otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return bool(value)
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    _fail(name, "a boolean (True/False, 1/0, 'true'/'false', 'yes'/'no')", value)
+
+
+def smoke_from_env(variable: str = "UNROLL_SMOKE") -> bool:
+    """The CI switch: ``os.environ[variable]`` read as :func:`flag` (unset = False)."""
+    return flag(variable, os.environ.get(variable, "0"))
+
+
+def _number(name: str, value: Any, expected: str) -> float | int:
+    if isinstance(value, bool):
+        _fail(name, expected, value)
+    if isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+    _fail(name, expected, value)
+
+
+def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+            default: int | None = None) -> int:
+    """``value`` as an int in [low, high] (either bound may be None). ``None`` gives ``default``
+    (when that is not None either). Integral floats (``1000.0``, ``1e3``) and numeric strings are
+    accepted; ``True``/``False``, fractions and NaN are not. Raises :class:`ParameterError`."""
+    if value is None and default is not None:
+        value = default
+    expected = "an integer" + _range_text(low, high, False, False)
+    v = _number(name, value, expected)
+    if isinstance(v, float):
+        if not math.isfinite(v) or v != int(v):
+            _fail(name, expected, value)
+        v = int(v)
+    return _check_range(name, "an integer", int(v), low, high, False, False)
+
+
+def real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+         low_open: bool = False, high_open: bool = False, default: float | None = None) -> float:
+    """``value`` as a finite float in the interval given by ``low``/``high`` (open ends with
+    ``low_open``/``high_open``). ``None`` gives ``default``. Numeric strings such as ``"1e-3"`` are
+    accepted; booleans, NaN and infinities are not. Raises :class:`ParameterError`."""
+    if value is None and default is not None:
+        value = default
+    expected = "a finite number" + _range_text(low, high, low_open, high_open)
+    v = float(_number(name, value, expected))
+    if not math.isfinite(v):
+        _fail(name, expected, value)
+    return _check_range(name, "a finite number", v, low, high, low_open, high_open)
+
+
+def choice(name: str, value: Any, choices: Sequence[str], *, default: str | None = None) -> str:
+    """``value`` as one of ``choices`` (strings, matched exactly). ``None`` gives ``default``.
+    Raises :class:`ParameterError` listing the choices."""
+    if value is None and default is not None:
+        value = default
+    if not isinstance(value, str) or value not in choices:
+        _fail(name, f"one of {list(choices)}", value)
+    return value
+
+
+def sequence(name: str, value: Any, item: Callable[[str, Any], Any], *, min_len: int = 1,
+             default: Sequence | None = None) -> list:
+    """``value`` as a list whose items pass ``item(name, x)`` (e.g.
+    ``lambda n, x: real(n, x, low=0)``). A comma-separated string (``"0,1,5"``) or a single
+    number is accepted; ``None`` gives ``default``. Raises :class:`ParameterError` naming the
+    item (``LAMS[2]``) or the length."""
+    if value is None and default is not None:
+        value = default
+    if isinstance(value, str):
+        value = [s for s in value.replace("[", "").replace("]", "").split(",") if s.strip()]
+    elif isinstance(value, (numbers.Number, bool)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        _fail(name, "a list", value)
+    if len(value) < min_len:
+        _fail(name, f"a list of at least {min_len} item(s)", value)
+    return [item(f"{name}[{i}]", x) for i, x in enumerate(value)]
