@@ -11,7 +11,7 @@ from torch import nn
 
 from unroll_utils.data import load_mnist_subset
 from unroll_utils.models import build_model, count_parameters
-from unroll_utils.trajectory import train_sgd
+from unroll_utils.training import train_sgd
 
 # CIFAR-10 at b=32: 50,000 / 32 → 1,563 steps per epoch (paper §2.2), x* is batch 0 and M′ skips it.
 CIFAR10_TRAIN = 50_000

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unroll_utils.metrics import lockstep_distances, model_weights, weight_distance
-from unroll_utils.trajectory import make_optimizer, sgd_step
+from unroll_utils.training import make_optimizer, sgd_step
 from unroll_utils.unlearning import forget_gradient
 
 from .common import Case, mb, python_peak, timed_interleaved

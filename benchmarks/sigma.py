@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from unroll_utils.hessian import HessianOperator, top_hessian_eigenvalue
-from unroll_utils.trajectory import make_optimizer, sgd_step
+from unroll_utils.training import make_optimizer, sgd_step
 
 from .common import Case, mb, sync, timed_interleaved
 from .context import MODEL_LABEL, Context, data_label

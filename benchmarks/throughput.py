@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from unroll_utils.data import select_forget_set
-from unroll_utils.trajectory import (LockStepConfig, batch_order, make_optimizer, run_lockstep,
-                                     sgd_step, train_sgd)
+from unroll_utils.training import batch_order, make_optimizer, sgd_step, train_sgd
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient, single_gradient_unlearning
 
 from .common import Case, Timing, mb, timed, timed_interleaved

@@ -253,3 +253,69 @@ def test_batch_difference_undo_is_exact_at_t1_for_a_point_sharing_its_batch():
     whole = [run_lockstep(net, x, y, torch.arange(16), cfg(undo_form=f, epochs=1),
                           progress=False).table["ve"] for f in ("paper", "batch_difference")]
     assert whole[0].tolist() == pytest.approx(whole[1].tolist(), rel=1e-9, abs=1e-15)
+
+
+# --- the LockStep class: explicit state, step-by-step driving, in-memory state round trip ---
+
+from unroll_utils.trajectory import LockStep, SigmaTracker  # noqa: E402
+
+
+def _tables_and_weights_equal(a, b):
+    assert a.table.equals(b.table)
+    for ma, mb in ((a.model, b.model), (a.retrained, b.retrained)):
+        assert all(torch.equal(p, q) for p, q in zip(ma.parameters(), mb.parameters()))
+    assert all(torch.equal(u, v) for u, v in zip(a.undo, b.undo))
+
+
+@pytest.mark.parametrize("undo_at", ["w0", "current", "checkpoint"])
+def test_lockstep_class_driven_by_hand_matches_run_lockstep(undo_at):
+    x, y = toy_data()
+    net = tiny_net()
+    c = cfg(undo_at=undo_at, checkpoint_freq=3, sigma_every=3, sigma_points=32, eval_every=1)
+    expected = run_lockstep(net, x, y, torch.arange(16), c, progress=False)
+    run = LockStep(net, x, y, torch.arange(16), c)
+    losses = []
+    while not run.done:
+        losses.append(run.step())
+        if run.measurement_due():
+            run.measure()
+    _tables_and_weights_equal(run.result(), expected)
+    assert losses[0] == expected.table["loss"].iloc[0] and run.t == expected.total_steps == 10
+    with pytest.raises(RuntimeError, match="done"):
+        run.step()
+
+
+def test_lockstep_state_dict_round_trip_is_bit_identical():
+    x, y = toy_data()
+    net = tiny_net()
+    c = cfg(undo_at="final", sigma_every=2, sigma_points=32, augment="crop_flip", momentum=0.9)
+    expected = run_lockstep(net, x, y, torch.arange(16), c, progress=False)
+    first = LockStep(net, x, y, torch.arange(16), c)
+    first.run(progress=False, stop_after=6)
+    state = copy.deepcopy(first.state_dict())
+    second = LockStep(net, x, y, torch.arange(16), c)
+    second.load_state_dict(state)
+    assert second.t == 6
+    _tables_and_weights_equal(second.run(progress=False), expected)
+    other = LockStep(net, x, y, torch.arange(16), cfg(lr=0.01))
+    with pytest.raises(ValueError, match="another configuration"):
+        other.load_state_dict(state)
+
+
+def test_lockstep_measure_needs_a_step():
+    x, y = toy_data()
+    with pytest.raises(RuntimeError, match="step"):
+        LockStep(tiny_net(), x, y, torch.arange(16), cfg()).measure()
+
+
+def test_sigma_tracker_schedule_and_errors():
+    c = cfg(sigma_every=4, lr=0.1)
+    tracker = SigmaTracker(c, make_loss("ce"), None, None)
+    assert [t for t in range(1, 11) if tracker.due(t, last=(t == 10))] == [1, 4, 8, 10]
+    assert math.isnan(tracker.errors(3, 2.0)["unlearning_error"])
+    tracker.sigmas = [2.0, 4.0]
+    e = tracker.errors(5, 3.0)
+    # e = (η²/2)·(t − 1)·‖w_t − w_0‖·σ with the latest σ, rolling e with the mean σ (paper §1.4)
+    assert e["unlearning_error"] == pytest.approx(0.01 / 2 * 4 * 3.0 * 4.0)
+    assert e["rolling_unlearning_error"] == pytest.approx(0.01 / 2 * 4 * 3.0 * 3.0)
+    assert not SigmaTracker(cfg(sigma_every=0), make_loss("ce"), None, None).due(1, last=True)

@@ -19,7 +19,8 @@ import torch
 
 from . import data, models, plot, results
 from .metrics import correlations
-from .trajectory import LockStepConfig, require, run_lockstep, train_sgd
+from .training import require, train_sgd
+from .trajectory import LockStepConfig, run_lockstep
 
 FORGET_KINDS = ("batch", "random", "class")
 

@@ -8,6 +8,11 @@ as M′ skips the x* batch in the reference code). Single gradient unlearning
 logged: verification error ‖w″_t − w′_t‖, ‖w_t − w_0‖, ‖w_t − w′_t‖, σ, the unlearning error e and
 its rolling variant, and accuracies. Results are a tidy :class:`pandas.DataFrame`; long runs
 checkpoint atomically and resume bit-identically.
+
+The run is a small state machine, :class:`LockStep`, with the σ bookkeeping in
+:class:`SigmaTracker` and the unlearning correction in :class:`UndoAccumulator`;
+:func:`run_lockstep` is the one-call form. The training primitives live in
+:mod:`unroll_utils.training` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ from . import hessian, results
 from .losses import make_loss
 from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
                       weight_distance)
+from .training import (AUGMENTS, ORDERS, SGDConfig, _sub_seed, augmentation_draws, batch_order,
+                       check_sgd_fields, crop_flip, make_optimizer, require, sgd_step, train_sgd)
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
-ORDERS = ("forget_first", "index", "shuffle")
-AUGMENTS = ("none", "crop_flip")
+__all__ = [
+    "LockStepConfig", "LockStepResult", "LockStep", "SigmaTracker", "UndoAccumulator",
+    "run_lockstep", "with_undo", "SIGMA_BATCHES",
+    # training primitives, re-exported from unroll_utils.training
+    "ORDERS", "AUGMENTS", "SGDConfig", "require", "batch_order", "augmentation_draws", "crop_flip",
+    "sgd_step", "make_optimizer", "train_sgd",
+]
+
 SIGMA_BATCHES = ("fixed", "current")
 
 
@@ -112,16 +125,7 @@ class LockStepConfig:
         def need(ok: bool, name: str, allowed: str) -> None:
             require(self, ok, name, allowed)
 
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
-        need(self.batch_size >= 1, "batch_size", ">= 1")
-        need(self.epochs >= 1, "epochs", ">= 1")
-        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(self.loss in ("ce", "sd"), "loss", "one of ('ce', 'sd')")
-        need(self.lam >= 0 and (self.loss == "sd" or self.lam == 0), "lam",
-             ">= 0, and 0 unless loss='sd'")
-        need(self.order in ORDERS, "order", f"one of {ORDERS}")
-        need(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
+        check_sgd_fields(self)
         need(self.undo_at in UNDO_POINTS, "undo_at", f"one of {UNDO_POINTS}")
         need(self.undo_bn_mode in hessian.BN_MODES, "undo_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.undo_form in UNDO_FORMS, "undo_form", f"one of {UNDO_FORMS}")
@@ -141,138 +145,6 @@ class LockStepConfig:
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
         return self
-
-
-def require(config, ok: bool, name: str, allowed: str) -> None:
-    """Raise ValueError naming ``config.<name>``, its allowed range and its value, unless ``ok``."""
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}; got {getattr(config, name)!r}")
-
-
-def with_undo(model: nn.Module, undo: list[torch.Tensor]) -> nn.Module:
-    """M″: a copy of ``model`` with the single gradient unlearning correction added (w″ = w + u)."""
-    unlearned = copy.deepcopy(model)
-    with torch.no_grad():
-        torch._foreach_add_(list(unlearned.parameters()), undo)
-    return unlearned
-
-
-def _sub_seed(seed: int, *stream: int) -> int:
-    """An independent 63-bit seed for (seed, stream...) from numpy's SeedSequence."""
-    return int(np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch: int,
-                seed: int) -> list[torch.Tensor]:
-    """The batches (int64 index tensors) M sees in one epoch.
-
-    Args:
-        n: dataset size; forget: sorted forget indices; batch_size: b; order: see
-        :class:`LockStepConfig`; epoch: 0-based epoch (only ``"shuffle"`` depends on it);
-        seed: run seed.
-
-    Returns:
-        ceil(n/b) index tensors covering [0, n) once; the last may hold fewer than b points.
-
-    Raises:
-        ValueError: unknown ``order``.
-    """
-    if order == "forget_first":
-        is_forget = torch.zeros(n, dtype=torch.bool)
-        is_forget[forget] = True
-        perm = torch.cat([forget, torch.nonzero(~is_forget).flatten()])
-    elif order == "index":
-        perm = torch.arange(n)
-    elif order == "shuffle":
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_sub_seed(seed, 0, epoch)))
-    else:
-        raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
-    return list(torch.split(perm, batch_size))
-
-
-def augmentation_draws(n: int, epoch: int, seed: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-point crop offsets (n, 2) in [0, 2·pad] and flips (n,) for one epoch, from ``seed``."""
-    g = torch.Generator().manual_seed(_sub_seed(seed, 1, epoch))
-    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
-    flips = torch.rand(n, generator=g) < 0.5
-    return shifts, flips
-
-
-def crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Random-crop-with-padding and horizontal flip of a batch, with given draws.
-
-    Args:
-        x: (B, C, H, W); shifts: (B, 2) int offsets in [0, 2·pad]; flips: (B,) bool.
-
-    Returns:
-        (B, C, H, W), zero padding in the (normalised) input space.
-    """
-    b, _, h, w = x.shape
-    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    shifts = shifts.to(x.device)
-    rows = shifts[:, 0, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = shifts[:, 1, None] + torch.arange(w, device=x.device)  # (B, W)
-    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, x: torch.Tensor,
-             y: torch.Tensor) -> float:
-    """One training step (model in train mode); returns the batch loss."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
-def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.SGD:
-    """``torch.optim.SGD`` with the run's hyper-parameters (a fresh state per model)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int,
-              batch_size: int, seed: int = 0, loss: str = "ce", lam: float = 0.0,
-              momentum: float = 0.0, weight_decay: float = 0.0, augment: str = "none",
-              progress: bool = True) -> list[float]:
-    """Plain SGD training in place (e.g. the pretraining that produces w_0, paper §2.1).
-
-    Args:
-        model: trained in place, on its own device. x: (N, ...), y: (N,) on that device.
-        lr, epochs, batch_size, seed, loss, lam, momentum, weight_decay, augment: as
-            :class:`LockStepConfig` (the order is a seeded shuffle per epoch).
-
-    Returns:
-        Mean training loss per epoch.
-
-    Raises:
-        ValueError: invalid hyper-parameters (named).
-    """
-    cfg = LockStepConfig(lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
-                         weight_decay=weight_decay, loss=loss, lam=lam, augment=augment,
-                         seed=seed).validate()
-    loss_fn = make_loss(loss, lam)
-    opt = make_optimizer(model, lr, momentum, weight_decay)
-    n = x.shape[0]
-    empty = torch.empty(0, dtype=torch.long)
-    losses = []
-    steps = epochs * math.ceil(n / batch_size)
-    with tqdm(total=steps, desc="pretrain", disable=not progress, mininterval=1.0, leave=False) as bar:
-        for epoch in range(epochs):
-            shifts, flips = augmentation_draws(n, epoch, cfg.seed) if augment == "crop_flip" else (None, None)
-            total = 0.0
-            for idx in batch_order(n, empty, batch_size, "shuffle", epoch, cfg.seed):
-                xb = x[idx.to(x.device)]
-                if shifts is not None:
-                    xb = crop_flip(xb, shifts[idx], flips[idx])
-                total += sgd_step(model, opt, loss_fn, xb, y[idx.to(y.device)]) * len(idx)
-                bar.update(1)
-            losses.append(total / n)
-    return losses
 
 
 @dataclass
@@ -301,6 +173,363 @@ class LockStepResult:
     def unlearned_model(self) -> nn.Module:
         """M″: a copy of M with w″ = w_t + u loaded (buffers are M's)."""
         return with_undo(self.model, self.undo)
+
+
+def with_undo(model: nn.Module, undo: list[torch.Tensor]) -> nn.Module:
+    """M″: a copy of ``model`` with the single gradient unlearning correction added (w″ = w + u)."""
+    unlearned = copy.deepcopy(model)
+    with torch.no_grad():
+        torch._foreach_add_(list(unlearned.parameters()), undo)
+    return unlearned
+
+
+class SigmaTracker:
+    """The σ bookkeeping of a lock-step run (paper §1.4): when σ is measured, on which batch, the
+    warm start from the previous eigenvector, and the running mean behind rolling e.
+
+    Args:
+        config: the validated :class:`LockStepConfig` (``sigma_*`` fields, ``lr``, ``seed``).
+        loss_fn: the training objective, whose Hessian is taken.
+        fixed_x, fixed_y: the fixed Hessian batch (the first ``sigma_points`` training points),
+            used when ``sigma_batch="fixed"``.
+    """
+
+    def __init__(self, config: LockStepConfig, loss_fn, fixed_x: torch.Tensor,
+                 fixed_y: torch.Tensor) -> None:
+        self.config, self.loss_fn = config, loss_fn
+        self.fixed_x, self.fixed_y = fixed_x, fixed_y
+        self.sigmas: list[float] = []
+        self.eigvec: torch.Tensor | None = None
+
+    def due(self, t: int, last: bool) -> bool:
+        """σ is measured at t = 1, every ``sigma_every`` steps and at the last step (never if 0)."""
+        every = self.config.sigma_every
+        return bool(every) and (t == 1 or t % every == 0 or last)
+
+    def measure(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> dict:
+        """Solve for the top Hessian eigenvalue of ``model`` on the configured batch (``xb``/``yb``
+        is the current batch); record σ. Returns the row fields ``eigenvalue``, ``eig_residual``,
+        ``eig_error_bound``, ``eig_hvps``."""
+        cfg = self.config
+        xh, yh = (self.fixed_x, self.fixed_y) if cfg.sigma_batch == "fixed" else (xb, yb)
+        sigma, eig = hessian.estimate_sigma(
+            model, self.loss_fn, xh, yh, convention=cfg.sigma_convention, method=cfg.sigma_method,
+            tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+            init=self.eigvec if cfg.sigma_warm_start else None,
+            generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)),
+            bn_mode=cfg.sigma_bn_mode)
+        self.sigmas.append(sigma)
+        self.eigvec = eig.eigenvector
+        return {"eigenvalue": eig.eigenvalue, "eig_residual": eig.residual,
+                "eig_error_bound": eig.error_bound, "eig_hvps": eig.n_hvp}
+
+    def errors(self, t: int, delta_w: float) -> dict:
+        """σ (latest), its running mean, e and rolling e at step t (e with t − 1 second-order
+        terms, paper §1.4); NaN before the first measurement."""
+        if not self.sigmas:
+            return {"sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
+                    "rolling_unlearning_error": math.nan}
+        sigma, mean = self.sigmas[-1], float(np.mean(self.sigmas))
+        lr = self.config.lr
+        return {"sigma": sigma, "sigma_mean": mean,
+                "unlearning_error": unlearning_error(lr, t - 1, delta_w, sigma),
+                "rolling_unlearning_error": unlearning_error(lr, t - 1, delta_w, mean)}
+
+    def state_dict(self) -> dict:
+        return {"sigmas": self.sigmas, "eigvec": self.eigvec}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigmas, self.eigvec = state["sigmas"], state["eigvec"]
+
+
+class UndoAccumulator:
+    """The single gradient unlearning correction u (w″ = w_t + u) of a lock-step run, for every
+    ``undo_at`` point of :mod:`unroll_utils.unlearning` (paper §1.3).
+
+    ``"w0"`` adds η·∇L(w_0; x*∩B) (cached per distinct batch) at every step that saw forget points;
+    ``"current"`` adds η·∇L(w_t; x*∩B) right after M's step; ``"final"`` and ``"checkpoint"``
+    remember each distinct forget-holding batch with its summed η and evaluate the gradients when u
+    is asked for (at the current weights, or at the last checkpoint every ``checkpoint_freq`` steps).
+    """
+
+    def __init__(self, config: LockStepConfig, loss_fn, params: list[torch.Tensor]) -> None:
+        self.config, self.loss_fn, self.params = config, loss_fn, params
+        self.undo = [torch.zeros_like(p) for p in params]
+        self.at_w0: dict[bytes, list[torch.Tensor]] = {}
+        self.occurrences: dict[bytes, dict] = {}  # "final"/"checkpoint": batch tensors and Σ η
+        self.ckpt_weights = snapshot(params)
+
+    def record(self, key: bytes, xb: torch.Tensor, yb: torch.Tensor, fmask: torch.Tensor,
+               model: nn.Module, initial: nn.Module) -> None:
+        """Account for one step of M on batch (xb, yb) whose forget points are ``fmask``."""
+        cfg = self.config
+        if cfg.undo_at == "w0":
+            if key not in self.at_w0:
+                self.at_w0[key] = forget_gradient(initial, self.loss_fn, xb, yb, fmask,
+                                                  bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
+            torch._foreach_add_(self.undo, self.at_w0[key], alpha=cfg.lr)
+        elif cfg.undo_at == "current":
+            g = forget_gradient(model, self.loss_fn, xb, yb, fmask, bn_mode=cfg.undo_bn_mode,
+                                form=cfg.undo_form)
+            torch._foreach_add_(self.undo, g, alpha=cfg.lr)
+        else:
+            occ = self.occurrences.setdefault(key, {"x": xb, "y": yb, "mask": fmask, "eta": 0.0})
+            occ["eta"] += cfg.lr
+
+    def after_step(self, t: int) -> None:
+        """Move the checkpoint to the current weights every ``checkpoint_freq`` steps."""
+        if self.config.undo_at == "checkpoint" and t % self.config.checkpoint_freq == 0:
+            with torch.no_grad():
+                torch._foreach_copy_(self.ckpt_weights, self.params)
+
+    def current(self, model: nn.Module) -> list[torch.Tensor]:
+        """u for M (``model``) now, in ``model.parameters()`` order."""
+        cfg = self.config
+        if cfg.undo_at in ("w0", "current"):
+            return self.undo
+        at = None if cfg.undo_at == "final" else self.ckpt_weights
+        u = [torch.zeros_like(p) for p in self.params]
+        for occ in self.occurrences.values():
+            g = forget_gradient(model, self.loss_fn, occ["x"], occ["y"], occ["mask"], weights=at,
+                                bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
+            torch._foreach_add_(u, g, alpha=occ["eta"])
+        return u
+
+    def state_dict(self) -> dict:
+        return {"undo": self.undo, "ckpt_weights": self.ckpt_weights, "undo_at_w0": self.at_w0,
+                "occurrences": self.occurrences}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.undo, state["undo"])
+            torch._foreach_copy_(self.ckpt_weights, state["ckpt_weights"])
+        self.at_w0, self.occurrences = state["undo_at_w0"], state["occurrences"]
+
+
+class LockStep:
+    """A lock-step run of M and M′ from the same w_0, with single gradient unlearning (M″) and the
+    paper's measurements, as a small state machine (paper §1.1–§1.4, §2.2–§2.4).
+
+    ``step()`` trains M and M′ on the next batch of the recorded order; ``measure()`` appends a
+    table row for the current step; ``run()`` loops over both with checkpoints and a progress bar;
+    ``state_dict()``/``load_state_dict()`` save and restore everything a bit-identical resume
+    needs. :func:`run_lockstep` is the one-call form.
+
+    Args:
+        model: the network at w_0 (not modified; M, M′ and a frozen w_0 copy are deep copies).
+        train_x: (N, ...) inputs; train_y: (N,) int64 labels (moved to the model's device).
+        forget: sorted unique int64 forget indices in [0, N) (see
+            :func:`unroll_utils.data.select_forget_set`); at least one point must remain.
+        config: a :class:`LockStepConfig`.
+        test_x, test_y: optional test set for accuracies.
+
+    Raises:
+        ValueError: invalid config (named field), bad forget set or mismatched data.
+    """
+
+    def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
+                 forget: torch.Tensor, config: LockStepConfig, *,
+                 test_x: torch.Tensor | None = None, test_y: torch.Tensor | None = None) -> None:
+        cfg = self.config = config.validate()
+        self.device = next(model.parameters()).device
+        n = self.n = train_x.shape[0]
+        if train_y.shape != (n,):
+            raise ValueError(f"train_y must have shape ({n},); got {tuple(train_y.shape)}")
+        self.forget = _checked_forget(forget, n)
+        if (test_x is None) != (test_y is None):
+            raise ValueError("test_x and test_y must be given together")
+        self.x, self.y = train_x.to(self.device), train_y.to(self.device)
+        self.test_x, self.test_y = test_x, test_y
+        self.is_forget = torch.zeros(n, dtype=torch.bool)
+        self.is_forget[self.forget] = True
+        self.loss_fn = make_loss(cfg.loss, cfg.lam)
+        self.per_epoch = math.ceil(n / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.per_epoch
+        self.initial = copy.deepcopy(model).requires_grad_(False)
+        self.model, self.retrained = copy.deepcopy(model), copy.deepcopy(model)
+        self.opt_model = make_optimizer(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.opt_retrained = make_optimizer(self.retrained, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.undo = UndoAccumulator(cfg, self.loss_fn, list(self.model.parameters()))
+        self.sigma = SigmaTracker(cfg, self.loss_fn, self.x[: cfg.sigma_points],
+                                  self.y[: cfg.sigma_points])
+        self.rows: list[dict] = []
+        self.t, self.times_seen = 0, 0
+        self.fingerprint = results.fingerprint({"config": asdict(cfg), "n": n,
+                                                "forget": self.forget.tolist(),
+                                                "x_shape": list(train_x.shape)})
+        self._epoch_plan: tuple | None = None  # (epoch, batches, shifts, flips)
+        self._last: tuple | None = None  # (xb, yb, loss, epoch) of the last step
+
+    @property
+    def done(self) -> bool:
+        """All ``epochs`` × ceil(N/b) steps are done."""
+        return self.t >= self.total_steps
+
+    def _plan(self, epoch: int) -> tuple:
+        """The epoch's batches and augmentation draws (computed once per epoch)."""
+        if self._epoch_plan is None or self._epoch_plan[0] != epoch:
+            cfg = self.config
+            shifts, flips = (augmentation_draws(self.n, epoch, cfg.seed)
+                             if cfg.augment == "crop_flip" else (None, None))
+            batches = batch_order(self.n, self.forget, cfg.batch_size, cfg.order, epoch, cfg.seed)
+            self._epoch_plan = (epoch, batches, shifts, flips)
+        return self._epoch_plan
+
+    def step(self) -> float:
+        """One SGD step of M on the next batch and of M′ on the same batch without its forget
+        points (skipped when nothing is left); updates the unlearning correction. Returns M's
+        batch loss. Raises RuntimeError when the run is already done."""
+        if self.done:
+            raise RuntimeError(f"the run is done ({self.total_steps} steps)")
+        epoch, i = divmod(self.t, self.per_epoch)
+        _, batches, shifts, flips = self._plan(epoch)
+        idx = batches[i]
+        xb, yb = self.x[idx.to(self.device)], self.y[idx.to(self.device)]
+        if shifts is not None:
+            xb = crop_flip(xb, shifts[idx], flips[idx])
+        fmask = self.is_forget[idx].to(self.device)
+        loss_value = sgd_step(self.model, self.opt_model, self.loss_fn, xb, yb)
+        keep = ~fmask
+        if bool(keep.any()):
+            sgd_step(self.retrained, self.opt_retrained, self.loss_fn, xb[keep], yb[keep])
+        self.t += 1
+        if bool(fmask.any()):
+            self.times_seen += 1
+            key = idx.numpy().tobytes() + (epoch.to_bytes(4, "little") if shifts is not None else b"")
+            self.undo.record(key, xb, yb, fmask, self.model, self.initial)
+        self.undo.after_step(self.t)
+        self._last = (xb, yb, loss_value, epoch)
+        return loss_value
+
+    def measurement_due(self) -> bool:
+        """The schedule: t = 1, every ``eval_every`` and ``sigma_every`` steps, and the last step."""
+        cfg, t = self.config, self.t
+        return (t == 1 or t % cfg.eval_every == 0 or t == self.total_steps
+                or bool(cfg.sigma_every and t % cfg.sigma_every == 0))
+
+    def current_undo(self) -> list[torch.Tensor]:
+        """u with w″_t = w_t + u, in ``model.parameters()`` order."""
+        return self.undo.current(self.model)
+
+    def measure(self) -> dict:
+        """Append (and return) the table row of the current step: distances, σ when due, e,
+        accuracies when due (columns in :func:`run_lockstep`). Call after :meth:`step`."""
+        if self._last is None:
+            raise RuntimeError("measure() needs a step() first")
+        cfg, t = self.config, self.t
+        xb, yb, loss_value, epoch = self._last
+        last = t == self.total_steps
+        u = self.current_undo()
+        dist = lockstep_distances(model_weights(self.model, cfg.include_buffers),
+                                  model_weights(self.retrained, cfg.include_buffers),
+                                  model_weights(self.initial, cfg.include_buffers),
+                                  undo=self._with_buffers(u))
+        row = {"t": t, "epoch": epoch, "times_seen": self.times_seen, "loss": loss_value,
+               "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
+               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
+               "eig_hvps": 0}
+        if self.sigma.due(t, last):
+            row.update(self.sigma.measure(self.model, xb, yb))
+        row.update(self.sigma.errors(t, row["delta_w"]))
+        if self.test_x is not None and (last or (cfg.accuracy_every and t % cfg.accuracy_every == 0)):
+            row.update(self._accuracies(u))
+        self.rows.append(row)
+        return row
+
+    def _with_buffers(self, ws: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Pad a parameters-only list with zeros for the buffers (include_buffers=True)."""
+        if not self.config.include_buffers:
+            return ws
+        return ws + [torch.zeros_like(b) for b in self.model.buffers() if b.is_floating_point()]
+
+    def _accuracies(self, u: list[torch.Tensor]) -> dict:
+        """Test and forget-set accuracy of M, M′ (``_retrained``) and M″ (``_unlearned``)."""
+        unlearned = with_undo(self.model, u)
+        forget = self.forget.to(self.device)
+        fx, fy = self.x[forget], self.y[forget]
+        tx, ty = self.test_x.to(self.device), self.test_y.to(self.device)
+        out = {}
+        for suffix, m in (("", self.model), ("_retrained", self.retrained), ("_unlearned", unlearned)):
+            out["test_acc" + suffix] = accuracy(m, tx, ty)
+            out["forget_acc" + suffix] = accuracy(m, fx, fy)
+        return out
+
+    def state_dict(self) -> dict:
+        """Everything a bit-identical resume needs (the checkpoint format of :func:`run_lockstep`)."""
+        return {"fingerprint": self.fingerprint, "t": self.t, "times_seen": self.times_seen,
+                "initial": self.initial.state_dict(), "model": self.model.state_dict(),
+                "retrained": self.retrained.state_dict(), "opt_model": self.opt_model.state_dict(),
+                "opt_retrained": self.opt_retrained.state_dict(), **self.undo.state_dict(),
+                **self.sigma.state_dict(), "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`. Raises ValueError if it was written by another
+        configuration or forget set, or from another w_0."""
+        if state["fingerprint"] != self.fingerprint:
+            raise ValueError("the state was written by another configuration or forget set")
+        initial = copy.deepcopy(self.initial)
+        initial.load_state_dict(state["initial"])
+        if weight_distance(initial, self.initial) != 0.0:
+            raise ValueError("model is not at the checkpoint's w_0; pass the same initial model")
+        self.initial = initial
+        self.model.load_state_dict(state["model"])
+        self.retrained.load_state_dict(state["retrained"])
+        self.opt_model.load_state_dict(state["opt_model"])
+        self.opt_retrained.load_state_dict(state["opt_retrained"])
+        self.undo.load_state_dict(state)
+        self.sigma.load_state_dict(state)
+        self.rows, self.t, self.times_seen = state["rows"], state["t"], state["times_seen"]
+
+    def _save(self, path: str | Path | None) -> None:
+        if path is not None:
+            results.save_checkpoint(self.state_dict(), path)
+
+    def result(self) -> LockStepResult:
+        """The table and models as they are now."""
+        return LockStepResult(pd.DataFrame(self.rows), self.config, self.model, self.retrained,
+                              self.initial, self.current_undo(), self.forget, self.t,
+                              self.total_steps, complete=self.done)
+
+    def run(self, *, checkpoint_path: str | Path | None = None, checkpoint_every: int = 100,
+            progress: bool = True, stop_after: int | None = None) -> LockStepResult:
+        """Step and measure to the end (or ``stop_after`` more steps), checkpointing atomically to
+        ``checkpoint_path`` every ``checkpoint_every`` steps and at the end; an existing checkpoint
+        of the same run is resumed first. See :func:`run_lockstep`."""
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+        if checkpoint_path is not None and Path(checkpoint_path).exists():
+            try:
+                self.load_state_dict(results.load_checkpoint(checkpoint_path, map_location=self.device))
+            except ValueError as err:
+                if "another configuration" not in str(err):
+                    raise
+                raise ValueError(f"checkpoint {checkpoint_path} was written by another configuration "
+                                 "or forget set; delete it or choose another checkpoint_path") from None
+        stop_at = self.t + stop_after if stop_after is not None else None
+        with tqdm(total=self.total_steps, initial=self.t, desc="lock-step", disable=not progress,
+                  mininterval=1.0, leave=False) as bar:
+            while not self.done:
+                if stop_at is not None and self.t >= stop_at:
+                    self._save(checkpoint_path)
+                    return self.result()
+                self.step()
+                if self.measurement_due():
+                    self.measure()
+                if self.t % checkpoint_every == 0:
+                    self._save(checkpoint_path)
+                bar.update(1)
+        self._save(checkpoint_path)
+        return self.result()
+
+
+def _checked_forget(forget, n: int) -> torch.Tensor:
+    """``forget`` as a CPU int64 tensor of sorted unique indices in [0, n), 1 ≤ m ≤ n − 1."""
+    forget = torch.as_tensor(forget, dtype=torch.long).cpu()
+    if forget.numel() == 0 or forget.numel() >= n:
+        raise ValueError(f"forget must hold between 1 and {n - 1} indices; got {forget.numel()}")
+    if not bool((forget[1:] > forget[:-1]).all()) or int(forget[0]) < 0 or int(forget[-1]) >= n:
+        raise ValueError(f"forget must be sorted, unique indices in [0, {n - 1}]")
+    return forget
 
 
 def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
@@ -341,179 +570,6 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         ValueError: invalid config (named field), bad forget set, mismatched data, a checkpoint
             written by another configuration, or a ``model`` that is not the checkpoint's w_0.
     """
-    cfg = config.validate()
-    device = next(model.parameters()).device
-    n = train_x.shape[0]
-    if train_y.shape != (n,):
-        raise ValueError(f"train_y must have shape ({n},); got {tuple(train_y.shape)}")
-    forget = torch.as_tensor(forget, dtype=torch.long).cpu()
-    if forget.numel() == 0 or forget.numel() >= n:
-        raise ValueError(f"forget must hold between 1 and {n - 1} indices; got {forget.numel()}")
-    if not bool((forget[1:] > forget[:-1]).all()) or int(forget[0]) < 0 or int(forget[-1]) >= n:
-        raise ValueError(f"forget must be sorted, unique indices in [0, {n - 1}]")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
-    if (test_x is None) != (test_y is None):
-        raise ValueError("test_x and test_y must be given together")
-    x, y = train_x.to(device), train_y.to(device)
-    is_forget = torch.zeros(n, dtype=torch.bool)
-    is_forget[forget] = True
-    loss_fn = make_loss(cfg.loss, cfg.lam)
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * per_epoch
-
-    initial = copy.deepcopy(model).requires_grad_(False)
-    m_orig, m_retr = copy.deepcopy(model), copy.deepcopy(model)
-    opt_orig = make_optimizer(m_orig, cfg.lr, cfg.momentum, cfg.weight_decay)
-    opt_retr = make_optimizer(m_retr, cfg.lr, cfg.momentum, cfg.weight_decay)
-    params = list(m_orig.parameters())
-    undo = [torch.zeros_like(p) for p in params]
-    undo_at_w0: dict[bytes, list[torch.Tensor]] = {}
-    occurrences: dict[bytes, dict] = {}  # for "final"/"checkpoint": batch tensors and Σ η
-    ckpt_weights = snapshot(params)
-    sigmas: list[float] = []
-    eigvec: torch.Tensor | None = None
-    rows: list[dict] = []
-    times_seen, t = 0, 0
-    fp = results.fingerprint({"config": asdict(cfg), "n": n, "forget": forget.tolist(),
-                              "x_shape": list(train_x.shape)})
-
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        st = results.load_checkpoint(checkpoint_path, map_location=device)
-        if st["fingerprint"] != fp:
-            raise ValueError(f"checkpoint {checkpoint_path} was written by another configuration or "
-                             "forget set; delete it or choose another checkpoint_path")
-        initial.load_state_dict(st["initial"])
-        if weight_distance(initial, model) != 0.0:
-            raise ValueError("model is not at the checkpoint's w_0; pass the same initial model")
-        m_orig.load_state_dict(st["model"])
-        m_retr.load_state_dict(st["retrained"])
-        opt_orig.load_state_dict(st["opt_model"])
-        opt_retr.load_state_dict(st["opt_retrained"])
-        with torch.no_grad():
-            torch._foreach_copy_(undo, st["undo"])
-            torch._foreach_copy_(ckpt_weights, st["ckpt_weights"])
-        undo_at_w0, occurrences = st["undo_at_w0"], st["occurrences"]
-        sigmas, eigvec, rows = st["sigmas"], st["eigvec"], st["rows"]
-        times_seen, t = st["times_seen"], st["t"]
-
-    def save_state() -> None:
-        if checkpoint_path is None:
-            return
-        results.save_checkpoint({
-            "fingerprint": fp, "t": t, "times_seen": times_seen, "initial": initial.state_dict(),
-            "model": m_orig.state_dict(), "retrained": m_retr.state_dict(),
-            "opt_model": opt_orig.state_dict(), "opt_retrained": opt_retr.state_dict(),
-            "undo": undo, "ckpt_weights": ckpt_weights, "undo_at_w0": undo_at_w0,
-            "occurrences": occurrences, "sigmas": sigmas, "eigvec": eigvec, "rows": rows,
-        }, checkpoint_path)
-
-    def extended(ws: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Pad a parameters-only list with zeros for the buffers (include_buffers=True)."""
-        if not cfg.include_buffers:
-            return ws
-        return ws + [torch.zeros_like(b) for b in m_orig.buffers() if b.is_floating_point()]
-
-    def current_undo() -> list[torch.Tensor]:
-        if cfg.undo_at in ("w0", "current"):
-            return undo
-        at = None if cfg.undo_at == "final" else ckpt_weights
-        u = [torch.zeros_like(p) for p in params]
-        for occ in occurrences.values():
-            g = forget_gradient(m_orig, loss_fn, occ["x"], occ["y"], occ["mask"], weights=at,
-                                bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
-            torch._foreach_add_(u, g, alpha=occ["eta"])
-        return u
-
-    def measure(xb: torch.Tensor, yb: torch.Tensor, loss_value: float, epoch: int) -> None:
-        nonlocal eigvec
-        last = t == total_steps
-        u = current_undo()
-        dist = lockstep_distances(model_weights(m_orig, cfg.include_buffers),
-                                  model_weights(m_retr, cfg.include_buffers),
-                                  model_weights(initial, cfg.include_buffers), undo=extended(u))
-        row = {"t": t, "epoch": epoch, "times_seen": times_seen, "loss": loss_value,
-               "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
-               "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
-               "eig_hvps": 0,
-               "sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
-               "rolling_unlearning_error": math.nan}
-        if cfg.sigma_every and (t == 1 or t % cfg.sigma_every == 0 or last):
-            if cfg.sigma_batch == "fixed":
-                xh, yh = x[: cfg.sigma_points], y[: cfg.sigma_points]
-            else:
-                xh, yh = xb, yb
-            sigma, eig = hessian.estimate_sigma(
-                m_orig, loss_fn, xh, yh, convention=cfg.sigma_convention, method=cfg.sigma_method,
-                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                init=eigvec if cfg.sigma_warm_start else None,
-                generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)),
-                bn_mode=cfg.sigma_bn_mode)
-            sigmas.append(sigma)
-            eigvec = eig.eigenvector
-            row.update(eigenvalue=eig.eigenvalue, eig_residual=eig.residual,
-                       eig_error_bound=eig.error_bound, eig_hvps=eig.n_hvp)
-        if sigmas:
-            row["sigma"], row["sigma_mean"] = sigmas[-1], float(np.mean(sigmas))
-            row["unlearning_error"] = unlearning_error(cfg.lr, t - 1, row["delta_w"], sigmas[-1])
-            row["rolling_unlearning_error"] = unlearning_error(cfg.lr, t - 1, row["delta_w"],
-                                                               row["sigma_mean"])
-        if test_x is not None and (last or (cfg.accuracy_every and t % cfg.accuracy_every == 0)):
-            scratch = with_undo(m_orig, u)
-            fx, fy = x[forget.to(device)], y[forget.to(device)]
-            tx, ty = test_x.to(device), test_y.to(device)
-            for suffix, m in (("", m_orig), ("_retrained", m_retr), ("_unlearned", scratch)):
-                row["test_acc" + suffix] = accuracy(m, tx, ty)
-                row["forget_acc" + suffix] = accuracy(m, fx, fy)
-        rows.append(row)
-
-    stop_at = t + stop_after if stop_after is not None else None
-    with tqdm(total=total_steps, initial=t, desc="lock-step", disable=not progress,
-              mininterval=1.0, leave=False) as bar:
-        for epoch in range(t // per_epoch, cfg.epochs):
-            shifts, flips = (augmentation_draws(n, epoch, cfg.seed) if cfg.augment == "crop_flip"
-                             else (None, None))
-            for i, idx in enumerate(batch_order(n, forget, cfg.batch_size, cfg.order, epoch, cfg.seed)):
-                if epoch * per_epoch + i < t:
-                    continue  # done before the resume
-                if stop_at is not None and t >= stop_at:
-                    save_state()
-                    return LockStepResult(pd.DataFrame(rows), cfg, m_orig, m_retr, initial,
-                                          current_undo(), forget, t, total_steps, complete=False)
-                xb, yb = x[idx.to(device)], y[idx.to(device)]
-                if shifts is not None:
-                    xb = crop_flip(xb, shifts[idx], flips[idx])
-                fmask = is_forget[idx].to(device)
-                loss_value = sgd_step(m_orig, opt_orig, loss_fn, xb, yb)
-                keep = ~fmask
-                if bool(keep.any()):
-                    sgd_step(m_retr, opt_retr, loss_fn, xb[keep], yb[keep])
-                t += 1
-                if bool(fmask.any()):
-                    times_seen += 1
-                    key = idx.numpy().tobytes() + (epoch.to_bytes(4, "little") if shifts is not None else b"")
-                    if cfg.undo_at == "w0":
-                        if key not in undo_at_w0:
-                            undo_at_w0[key] = forget_gradient(
-                                initial, loss_fn, xb, yb, fmask, bn_mode=cfg.undo_bn_mode,
-                                form=cfg.undo_form)
-                        torch._foreach_add_(undo, undo_at_w0[key], alpha=cfg.lr)
-                    elif cfg.undo_at == "current":
-                        g = forget_gradient(m_orig, loss_fn, xb, yb, fmask,
-                                            bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
-                        torch._foreach_add_(undo, g, alpha=cfg.lr)
-                    else:
-                        occ = occurrences.setdefault(key, {"x": xb, "y": yb, "mask": fmask, "eta": 0.0})
-                        occ["eta"] += cfg.lr
-                if cfg.undo_at == "checkpoint" and t % cfg.checkpoint_freq == 0:
-                    with torch.no_grad():
-                        torch._foreach_copy_(ckpt_weights, params)
-                if t == 1 or t % cfg.eval_every == 0 or t == total_steps or (
-                        cfg.sigma_every and t % cfg.sigma_every == 0):
-                    measure(xb, yb, loss_value, epoch)
-                if t % checkpoint_every == 0:
-                    save_state()
-                bar.update(1)
-    save_state()
-    return LockStepResult(pd.DataFrame(rows), cfg, m_orig, m_retr, initial, current_undo(),
-                          forget, t, total_steps, complete=True)
+    run = LockStep(model, train_x, train_y, forget, config, test_x=test_x, test_y=test_y)
+    return run.run(checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                   progress=progress, stop_after=stop_after)

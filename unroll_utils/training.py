@@ -1,0 +1,197 @@
+"""Training primitives shared by every trajectory: data order, augmentation, SGD steps (paper §2.0–§2.1).
+
+The batches of an epoch (:func:`batch_order`), the per-point augmentation draws
+(:func:`augmentation_draws`, :func:`crop_flip`), one SGD step (:func:`sgd_step`), the optimiser
+(:func:`make_optimizer`) and plain SGD training (:func:`train_sgd`, the pretraining that produces
+w_0). Every draw comes from an explicit seed, so that M and M′ (:mod:`unroll_utils.trajectory`)
+see bit-identical batches and augmentations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .losses import make_loss
+
+ORDERS = ("forget_first", "index", "shuffle")
+AUGMENTS = ("none", "crop_flip")
+LOSSES = ("ce", "sd")
+
+
+def require(config, ok: bool, name: str, allowed: str) -> None:
+    """Raise ValueError naming ``config.<name>``, its allowed range and its value, unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}; got {getattr(config, name)!r}")
+
+
+def check_sgd_fields(config) -> None:
+    """Validate the SGD fields every training configuration shares (``lr``, ``batch_size``,
+    ``epochs``, ``momentum``, ``weight_decay``, ``loss``, ``lam``, ``order``, ``augment``).
+
+    Raises:
+        ValueError: naming the first bad field, its allowed range and its value.
+    """
+    def need(ok: bool, name: str, allowed: str) -> None:
+        require(config, ok, name, allowed)
+
+    need(math.isfinite(config.lr) and config.lr > 0, "lr", "a finite number > 0")
+    need(config.batch_size >= 1, "batch_size", ">= 1")
+    need(config.epochs >= 1, "epochs", ">= 1")
+    need(0 <= config.momentum < 1, "momentum", "in [0, 1)")
+    need(config.weight_decay >= 0, "weight_decay", ">= 0")
+    need(config.loss in LOSSES, "loss", f"one of {LOSSES}")
+    need(config.lam >= 0 and (config.loss == "sd" or config.lam == 0), "lam",
+         ">= 0, and 0 unless loss='sd'")
+    need(config.order in ORDERS, "order", f"one of {ORDERS}")
+    need(config.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Hyper-parameters of plain SGD training (:func:`train_sgd`).
+
+    Attributes:
+        lr: η > 0. batch_size: b ≥ 1. epochs: ≥ 1. momentum: in [0, 1). weight_decay: ≥ 0.
+        loss: ``"ce"`` or ``"sd"`` (SD loss with ``lam`` ≥ 0). order: see :func:`batch_order`.
+        augment: ``"none"`` or ``"crop_flip"``. seed: seeds the order and the augmentation.
+    """
+
+    lr: float = 0.01
+    batch_size: int = 32
+    epochs: int = 1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    lam: float = 0.0
+    order: str = "shuffle"
+    augment: str = "none"
+    seed: int = 0
+
+    def validate(self) -> "SGDConfig":
+        """Raise ValueError naming the first bad field and its allowed range; return self."""
+        check_sgd_fields(self)
+        return self
+
+
+def _sub_seed(seed: int, *stream: int) -> int:
+    """An independent 63-bit seed for (seed, stream...) from numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch: int,
+                seed: int) -> list[torch.Tensor]:
+    """The batches (int64 index tensors) M sees in one epoch.
+
+    Args:
+        n: dataset size; forget: sorted forget indices; batch_size: b; order: see
+        :class:`SGDConfig`; epoch: 0-based epoch (only ``"shuffle"`` depends on it);
+        seed: run seed.
+
+    Returns:
+        ceil(n/b) index tensors covering [0, n) once; the last may hold fewer than b points.
+
+    Raises:
+        ValueError: unknown ``order``.
+    """
+    if order == "forget_first":
+        is_forget = torch.zeros(n, dtype=torch.bool)
+        is_forget[forget] = True
+        perm = torch.cat([forget, torch.nonzero(~is_forget).flatten()])
+    elif order == "index":
+        perm = torch.arange(n)
+    elif order == "shuffle":
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_sub_seed(seed, 0, epoch)))
+    else:
+        raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+    return list(torch.split(perm, batch_size))
+
+
+def augmentation_draws(n: int, epoch: int, seed: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point crop offsets (n, 2) in [0, 2·pad] and flips (n,) for one epoch, from ``seed``."""
+    g = torch.Generator().manual_seed(_sub_seed(seed, 1, epoch))
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
+    flips = torch.rand(n, generator=g) < 0.5
+    return shifts, flips
+
+
+def crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random-crop-with-padding and horizontal flip of a batch, with given draws.
+
+    Args:
+        x: (B, C, H, W); shifts: (B, 2) int offsets in [0, 2·pad]; flips: (B,) bool.
+
+    Returns:
+        (B, C, H, W), zero padding in the (normalised) input space.
+    """
+    b, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    shifts = shifts.to(x.device)
+    rows = shifts[:, 0, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = shifts[:, 1, None] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, x: torch.Tensor,
+             y: torch.Tensor) -> float:
+    """One training step (model in train mode); returns the batch loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.SGD:
+    """``torch.optim.SGD`` with the run's hyper-parameters (a fresh state per model)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int,
+              batch_size: int, seed: int = 0, loss: str = "ce", lam: float = 0.0,
+              momentum: float = 0.0, weight_decay: float = 0.0, augment: str = "none",
+              progress: bool = True) -> list[float]:
+    """Plain SGD training in place (e.g. the pretraining that produces w_0, paper §2.1).
+
+    Args:
+        model: trained in place, on its own device. x: (N, ...), y: (N,) on that device.
+        lr, epochs, batch_size, seed, loss, lam, momentum, weight_decay, augment: as
+            :class:`SGDConfig` (the order is a seeded shuffle per epoch).
+
+    Returns:
+        Mean training loss per epoch.
+
+    Raises:
+        ValueError: invalid hyper-parameters (named).
+    """
+    cfg = SGDConfig(lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
+                    weight_decay=weight_decay, loss=loss, lam=lam, augment=augment,
+                    seed=seed).validate()
+    loss_fn = make_loss(loss, lam)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
+    n = x.shape[0]
+    empty = torch.empty(0, dtype=torch.long)
+    losses = []
+    steps = epochs * math.ceil(n / batch_size)
+    with tqdm(total=steps, desc="pretrain", disable=not progress, mininterval=1.0, leave=False) as bar:
+        for epoch in range(epochs):
+            shifts, flips = augmentation_draws(n, epoch, cfg.seed) if augment == "crop_flip" else (None, None)
+            total = 0.0
+            for idx in batch_order(n, empty, batch_size, "shuffle", epoch, cfg.seed):
+                xb = x[idx.to(x.device)]
+                if shifts is not None:
+                    xb = crop_flip(xb, shifts[idx], flips[idx])
+                total += sgd_step(model, opt, loss_fn, xb, y[idx.to(y.device)]) * len(idx)
+                bar.update(1)
+            losses.append(total / n)
+    return losses
