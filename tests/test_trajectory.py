@@ -319,3 +319,46 @@ def test_sigma_tracker_schedule_and_errors():
     assert e["unlearning_error"] == pytest.approx(0.01 / 2 * 4 * 3.0 * 4.0)
     assert e["rolling_unlearning_error"] == pytest.approx(0.01 / 2 * 4 * 3.0 * 3.0)
     assert not SigmaTracker(cfg(sigma_every=0), make_loss("ce"), None, None).due(1, last=True)
+
+
+# --- a batch of one point and BatchNorm (refused up front, never a crash mid-run) ---
+
+from unroll_utils.training import find_lone_point_batch, train_sgd, trains_on_one_point  # noqa: E402
+
+
+def bn1d_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_one_point_probe():
+    x, _ = toy_data(4)
+    assert not trains_on_one_point(bn1d_net(), x[:1])
+    assert trains_on_one_point(tiny_net(), x[:1])  # BatchNorm2d on 6x6 maps trains on one point
+    net = bn1d_net()
+    before = copy.deepcopy(net.state_dict())
+    trains_on_one_point(net, x[:1])
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # buffers untouched
+
+
+def test_lone_last_batch_with_batchnorm1d_is_refused_naming_batch_size():
+    x, y = toy_data(9)
+    with pytest.raises(ValueError, match=r"batch_size=8 with 9 training points leaves a last batch"):
+        run_lockstep(bn1d_net(), x, y, torch.arange(8), cfg(batch_size=8, epochs=1), progress=False)
+    with pytest.raises(ValueError, match=r"batch_size=8 with 9 training points"):
+        train_sgd(bn1d_net(), x, y, lr=0.1, epochs=1, batch_size=8, progress=False)
+
+
+def test_lone_retained_point_for_m_prime_is_refused():
+    x, y = toy_data(16)
+    # batch 0 = x* (8 points), batch 1 = 7 forget points + 1 retained point: M′ would see one point
+    with pytest.raises(ValueError, match=r"M′ would train on one retained point in batch 1 of epoch 0"):
+        run_lockstep(bn1d_net(), x, y, torch.arange(15), cfg(batch_size=8, epochs=1), progress=False)
+
+
+def test_lone_point_batches_still_run_where_batchnorm_allows_them():
+    x, y = toy_data(9)
+    r = run_lockstep(tiny_net(), x, y, torch.arange(8), cfg(batch_size=8, epochs=1), progress=False)
+    assert r.complete and r.steps_done == 2
+    assert find_lone_point_batch(9, torch.arange(8), 8, "forget_first", 1, 0) is not None
+    assert find_lone_point_batch(10, torch.arange(8), 8, "forget_first", 1, 0) is None

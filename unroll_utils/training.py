@@ -9,6 +9,7 @@ see bit-identical batches and augmentations.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -172,15 +173,17 @@ def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, 
         Mean training loss per epoch.
 
     Raises:
-        ValueError: invalid hyper-parameters (named).
+        ValueError: invalid hyper-parameters (named); a batch of one point that the model's
+            BatchNorm cannot train on (see :func:`check_lone_point_batches`).
     """
     cfg = SGDConfig(lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
                     weight_decay=weight_decay, loss=loss, lam=lam, augment=augment,
                     seed=seed).validate()
     loss_fn = make_loss(loss, lam)
-    opt = make_optimizer(model, lr, momentum, weight_decay)
     n = x.shape[0]
     empty = torch.empty(0, dtype=torch.long)
+    check_lone_point_batches(model, x, empty, batch_size, "shuffle", epochs, cfg.seed)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
     losses = []
     steps = epochs * math.ceil(n / batch_size)
     with tqdm(total=steps, desc="pretrain", disable=not progress, mininterval=1.0, leave=False) as bar:
@@ -195,3 +198,61 @@ def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, 
                 bar.update(1)
             losses.append(total / n)
     return losses
+
+
+def trains_on_one_point(model: nn.Module, x_one: torch.Tensor) -> bool:
+    """Whether ``model`` can take a training-mode forward pass on a batch of one point.
+
+    BatchNorm fails on one point when it sees one value per channel (``BatchNorm1d`` after a
+    linear layer, ``BatchNorm2d`` on 1×1 maps); ``BatchNorm2d`` on larger maps works. The probe runs
+    on a deep copy under ``no_grad``, so the model's buffers are untouched.
+
+    Args:
+        model: the network. x_one: (1, ...) one input on the model's device.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return True
+    probe = copy.deepcopy(model).train()
+    try:
+        with torch.no_grad():
+            probe(x_one)
+    except ValueError as err:
+        if "more than 1 value per channel" in str(err):
+            return False
+        raise
+    return True
+
+
+def find_lone_point_batch(n: int, forget: torch.Tensor, batch_size: int, order: str, epochs: int,
+                          seed: int) -> str | None:
+    """Where M (all points) or M′ (the retained points) would train on exactly one point, as a
+    phrase for an error message, or None. ``"shuffle"`` orders are checked in every epoch."""
+    is_forget = torch.zeros(n, dtype=torch.bool)
+    is_forget[forget] = True
+    for epoch in range(epochs if order == "shuffle" else 1):
+        for i, idx in enumerate(batch_order(n, forget, batch_size, order, epoch, seed)):
+            if len(idx) == 1:
+                return (f"batch_size={batch_size} with {n} training points leaves a last batch of "
+                        f"one point (n % batch_size == 1)")
+            kept = int((~is_forget[idx]).sum())
+            if kept == 1:
+                return (f"the naively retrained model M′ would train on one retained point in batch "
+                        f"{i} of epoch {epoch} (the rest of that batch is in the forget set)")
+    return None
+
+
+def check_lone_point_batches(model: nn.Module, x: torch.Tensor, forget: torch.Tensor,
+                             batch_size: int, order: str, epochs: int, seed: int) -> None:
+    """Refuse up front a run in which a batch of one point would reach a BatchNorm layer that
+    cannot train on it (rather than crash mid-run).
+
+    Raises:
+        ValueError: naming ``batch_size`` (and the forget set for M′) and how to fix it.
+    """
+    if trains_on_one_point(model, x[:1]):
+        return
+    where = find_lone_point_batch(x.shape[0], forget, batch_size, order, epochs, seed)
+    if where is not None:
+        raise ValueError(f"{where}, and this model's BatchNorm cannot train on one point (one value "
+                         "per channel); choose a batch_size (or forget set) that leaves no batch of "
+                         "one point")

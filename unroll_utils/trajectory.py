@@ -33,7 +33,8 @@ from .losses import make_loss
 from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
                       weight_distance)
 from .training import (AUGMENTS, ORDERS, SGDConfig, _sub_seed, augmentation_draws, batch_order,
-                       check_sgd_fields, crop_flip, make_optimizer, require, sgd_step, train_sgd)
+                       check_lone_point_batches, check_sgd_fields, crop_flip, make_optimizer,
+                       require, sgd_step, train_sgd)
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
 __all__ = [
@@ -53,7 +54,8 @@ class LockStepConfig:
 
     Attributes:
         lr: η > 0, constant SGD learning rate.
-        batch_size: b ≥ 1 (the last batch may be smaller, down to 1 point).
+        batch_size: b ≥ 1 (the last batch may be smaller, down to 1 point, unless the model has a
+            BatchNorm layer that cannot train on one point: then the run is refused up front).
         epochs: passes over the data, ≥ 1.
         momentum, weight_decay: SGD options in [0, 1) and ≥ 0 (0 = the plain SGD of the theory;
             the reference Exp A used 0.9 and 5e-4, under which the η-scaled undo under-corrects).
@@ -324,7 +326,9 @@ class LockStep:
         test_x, test_y: optional test set for accuracies.
 
     Raises:
-        ValueError: invalid config (named field), bad forget set or mismatched data.
+        ValueError: invalid config (named field), bad forget set, mismatched data, or a batch of
+            one point (for M, or M′ after removing the forget points) that the model's BatchNorm
+            cannot train on (:func:`unroll_utils.training.check_lone_point_batches`).
     """
 
     def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
@@ -339,6 +343,8 @@ class LockStep:
         if (test_x is None) != (test_y is None):
             raise ValueError("test_x and test_y must be given together")
         self.x, self.y = train_x.to(self.device), train_y.to(self.device)
+        check_lone_point_batches(model, self.x, self.forget, cfg.batch_size, cfg.order, cfg.epochs,
+                                 cfg.seed)
         self.test_x, self.test_y = test_x, test_y
         self.is_forget = torch.zeros(n, dtype=torch.bool)
         self.is_forget[self.forget] = True
