@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import submitit
+import submitit.helpers
 import yaml
 
 from unroll_utils import results
@@ -483,6 +485,15 @@ def run_point(run: Run) -> dict:
     return run.execute()
 
 
+class SubmititJob(submitit.helpers.Checkpointable):
+    """The submitit job body. Being ``Checkpointable``, a job that SLURM stops at its time limit (or
+    preempts) is requeued by submitit (up to 3 times) with the same run, which then resumes from the
+    notebook's checkpoints."""
+
+    def __call__(self, run: Run) -> dict:
+        return run.execute()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Executors
 
@@ -512,8 +523,6 @@ def submitit_executor(grid: Grid, kind: str):
     grid's ``executor.slurm`` keys map to ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``,
     ``mem_gb`` and ``slurm_array_parallelism``, and ``extra`` is passed through.
     """
-    import submitit
-
     cluster = "slurm" if kind == "slurm" else "local"
     executor = submitit.AutoExecutor(folder=grid.output / ".submitit" / "%j", cluster=cluster)
     options = {"timeout_min": grid.executor.time_min, "name": f"sweep-{grid.path.stem}"}
@@ -528,7 +537,7 @@ def submitit_executor(grid: Grid, kind: str):
 def _run_submitit(runs: list[Run], grid: Grid, wait: bool, report: Callable[[dict], None],
                   echo: Callable[[str], None]) -> list:
     executor = submitit_executor(grid, grid.executor.kind)
-    jobs = executor.map_array(run_point, runs)
+    jobs = executor.map_array(SubmititJob(), runs)
     echo(f"submitted {len(jobs)} job(s) ({grid.executor.kind}); logs in {grid.output / '.submitit'}")
     if not wait:
         return jobs
