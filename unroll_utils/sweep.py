@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -468,7 +468,11 @@ class Run:
         _write_json(target, record)
 
     def _papermill(self) -> None:
+        import logging
+
         import papermill
+
+        logging.getLogger("papermill").setLevel(logging.ERROR)  # parameters were checked by load_grid
 
         params = dict(self.parameters)
         if self.writes_results:
@@ -594,7 +598,7 @@ def status(grid: Grid) -> pd.DataFrame:
         for marker, key in (("done.json", "wall_s"), ("failed.json", "error")):
             if (run.path / marker).exists():
                 value = json.loads((run.path / marker).read_text(encoding="utf-8"))[key]
-                row[key] = value.strip().splitlines()[-1][:120] if key == "error" else value
+                row[key] = value.strip().splitlines()[-1][:120] if key == "error" else round(value, 1)
         rows.append(row)
     return pd.DataFrame(rows, columns=["run", "state", *grid.swept, "wall_s", "error"])
 
