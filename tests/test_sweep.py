@@ -103,6 +103,11 @@ def test_grid_points_types_and_yaml_numbers(tmp_path):
     names = [r.name for r in grid.runs()]
     assert len(set(names)) == 8 and all(len(n) == 16 for n in names)
     assert sweep.status(grid)["state"].tolist() == ["pending"] * 8
+    assert grid.executor.cell_timeout_s == 3600  # time_min (60) by default
+    stopped = grid.runs()[1]  # a run killed part-way leaves its started marker: run executes it again
+    stopped.path.mkdir(parents=True)
+    (stopped.path / "started.json").write_text("{}")
+    assert sweep.status(grid)["state"].tolist()[:3] == ["pending", "started", "pending"]
 
 
 def test_notebook_parameters_read_lines_papermill_skips(tmp_path):

@@ -178,7 +178,7 @@ class ExecutorOptions:
     kind: ``local`` (a pool of ``workers`` processes on this machine), ``submitit-local`` (submitit's
         LocalExecutor: the SLURM code path, on this machine) or ``slurm`` (one SLURM array job).
     time_min: wall-clock limit of one run in minutes (submitit executors).
-    cell_timeout_s: papermill's per-cell execution timeout in seconds (None: no limit).
+    cell_timeout_s: papermill's per-cell execution timeout in seconds (default: ``time_min`` in seconds).
     slurm: ``partition``, ``gpus``, ``cpus``, ``mem_gb``, ``array_parallelism`` and ``extra`` (any other
         ``submitit.AutoExecutor`` parameter, e.g. ``{slurm_account: x, slurm_qos: y}``).
     """
@@ -186,7 +186,7 @@ class ExecutorOptions:
     kind: str = "local"
     workers: int = 1
     time_min: int = 60
-    cell_timeout_s: int | None = None
+    cell_timeout_s: int = 3600
     slurm: dict = field(default_factory=dict)
 
 
@@ -302,10 +302,10 @@ def _check_executor(raw: Any) -> ExecutorOptions:
     for key in ("gpus", "cpus", "array_parallelism"):
         if key in slurm and not (key == "gpus" and slurm[key] == 0):
             _positive_int(f"executor.slurm.{key}", slurm[key])
+    time_min = _positive_int("executor.time_min", raw.get("time_min", 60))
+    cell_timeout_s = _positive_int("executor.cell_timeout_s", raw.get("cell_timeout_s"), True)
     return ExecutorOptions(kind=kind, workers=_positive_int("executor.workers", raw.get("workers", 1)),
-                           time_min=_positive_int("executor.time_min", raw.get("time_min", 60)),
-                           cell_timeout_s=_positive_int("executor.cell_timeout_s", raw.get("cell_timeout_s"), True),
-                           slurm=dict(slurm))
+                           time_min=time_min, cell_timeout_s=cell_timeout_s or 60 * time_min, slurm=dict(slurm))
 
 
 def _check_figures(raw: Any) -> list[dict]:
@@ -363,7 +363,7 @@ def load_grid(path: str | os.PathLike, kind: str | None = None, workers: int | N
     declared = notebook_parameters(notebook)
     fixed, axes, seeds = _check_names(raw, declared, notebook)
     executor = _check_executor({**(raw.get("executor") or {}), **({"kind": kind} if kind else {}),
-                                **({"workers": workers} if workers else {})})
+                                **({"workers": workers} if workers is not None else {})})
     grid = Grid(path=path.resolve(), notebook=notebook, output=(path.parent / raw["output"]).resolve(),
                 parameters=fixed, axes=axes, seeds=seeds, env=_check_env(raw), executor=executor,
                 figures=_check_figures(raw.get("figures")),
@@ -582,7 +582,7 @@ def run_grid(grid: Grid, wait: bool = True, echo: Callable[[str], None] = print)
              f"{_describe(by_name[row['run']], grid.swept)}{wall}{err}")
 
     if todo and grid.executor.kind == "local":
-        _run_local(todo, grid.executor.workers, report)
+        _run_local(todo, min(grid.executor.workers, len(todo)), report)
     elif todo:
         jobs = _run_submitit(todo, grid, wait, report, echo)
         if not wait:
@@ -853,6 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (GridError, KeyError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        states = status(grid)["state"]
+        print(f"{(states == 'done').sum()} of {len(states)} run(s) complete; {len(table)} result row(s)")
         print(_show(table, max_rows=20))
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
