@@ -87,7 +87,8 @@ def test_bad_grid_is_rejected_naming_the_key_before_anything_runs(tmp_path, chan
     assert not (tmp_path / "out").exists()
 
 
-def test_grid_points_types_and_yaml_numbers(tmp_path):
+def test_grid_points_types_and_yaml_numbers(tmp_path, monkeypatch):
+    monkeypatch.delenv("UNROLL_SMOKE", raising=False)
     path = tmp_path / "grid.yaml"
     # 1e-3 is a float here (plain YAML 1.1 would read a string); an int for a float parameter becomes a float
     path.write_text(f"notebook: {FIXTURE}\noutput: out\nparameters: {{A: 3}}\n"
@@ -96,6 +97,10 @@ def test_grid_points_types_and_yaml_numbers(tmp_path):
     grid = sweep.load_grid(path)
     assert grid.axes == {"B": [0.001, 2.0], "TAG": ["a", "b"]} and grid.seeds == {"SEED": [0, 1]}
     assert grid.env == {"OMP_NUM_THREADS": "1", "FLAG": "true"}
+    monkeypatch.setenv("UNROLL_SMOKE", "1")  # a smoke switch in the shell makes other runs, in other folders
+    smoke = sweep.load_grid(path)
+    assert smoke.env["UNROLL_SMOKE"] == "1" and not {r.name for r in smoke.runs()} & {r.name for r in grid.runs()}
+    monkeypatch.delenv("UNROLL_SMOKE")
     assert grid.output == (tmp_path / "out").resolve() and grid.writes_results
     points = grid.points()
     assert len(points) == 8 and points[0] == {"A": 3, "B": 0.001, "TAG": "a", "SEED": 0}

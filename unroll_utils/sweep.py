@@ -60,6 +60,7 @@ SLURM_KEYS = {"partition": "slurm_partition", "gpus": "gpus_per_node", "cpus": "
 FIGURE_KEYS = ("y", "x", "hue", "rows", "ci", "logx", "logy", "name")
 RESERVED = ("RESULTS_DIR",)  # set by the runner, never by the grid
 KERNEL = "python3"
+INHERITED = ("UNROLL_SMOKE",)  # environment variables of the caller that change results (part of the run hash)
 _NONLITERAL = object()
 
 
@@ -333,6 +334,9 @@ def _check_env(raw: dict) -> dict[str, str]:
         env[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     if "UNROLL_CACHE" in env:
         raise GridError("env.UNROLL_CACHE: set by the runner (each run's cache folder), not by the grid")
+    for name in INHERITED:  # the runs inherit it from the shell: make it part of each run's identity
+        if name not in env and os.environ.get(name) is not None:
+            env[name] = os.environ[name]
     return env
 
 
