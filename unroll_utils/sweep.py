@@ -752,6 +752,9 @@ def _figure(grid: Grid, table: pd.DataFrame, spec: dict, folder: Path) -> list[P
     """Draw one figure spec (one file per facet combination) and save its summary table next to it."""
     import matplotlib.pyplot as plt
 
+    from unroll_utils import plot
+
+    plot.setup(svg=False)
     facets = _facets(grid, spec)
     summary = summarize(table, spec["y"], spec["x"], spec.get("hue"), facets, spec.get("rows", "auto"),
                         spec.get("ci", "t"))
