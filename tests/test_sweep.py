@@ -120,6 +120,7 @@ def test_notebook_parameters_read_lines_papermill_skips(tmp_path):
     assert list(declared) == ["SMOKE", "A", "B", "SEED", "TAG", "PRESET", "RESULTS_DIR"]
     assert (declared["A"].value, declared["B"].type_name, declared["SMOKE"].type_name) == (1, "float", "any")
     assert declared["A"].help == "an integer factor"
+    assert sweep.main(["params", str(FIXTURE)]) == 0
     nb = json.loads(FIXTURE.read_text())
     nb["cells"][1]["source"] = ['SMOKE = os.environ.get("X", "0") == "1"  # a comparison: papermill skips it\n',
                                 'N = 3  # comment with = sign\n']
@@ -216,6 +217,11 @@ def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeyp
             4 * t - high)
     assert (grid.output / "figures" / "ve_vs_t.png").stat().st_size > 1000
     assert {p.name for p in written} >= {"aggregate.csv", "aggregate.json", "ve_vs_t.png"}
+    # the command line: another figure, and a column that does not exist named in the error
+    assert sweep.main(["aggregate", str(tmp_path / "grid.yaml"), "--y", "ve", "--x", "t", "--ci", "bootstrap"]) == 0
+    boot, _, _ = sweep.results.load_table(grid.output / "figures" / "ve_vs_t")
+    assert boot["low"].tolist() == [1.0, 2.0, 3.0] and boot["high"].tolist() == [3.0, 6.0, 9.0]  # min, max of 3
+    assert sweep.main(["aggregate", str(tmp_path / "grid.yaml"), "--y", "acc"]) == 2
 
 
 def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
