@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import torch
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
@@ -96,11 +95,15 @@ def fingerprint(config: dict) -> str:
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` a state dict atomically."""
+    import torch  # here, so that tables and the sweep runner do not pay for importing torch
+
     return atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`."""
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
@@ -127,7 +130,7 @@ def load_or_run(key: str, fn: Callable[[], Any], cache_dir: str | os.PathLike,
         raise ValueError(f"key must match [A-Za-z0-9._=-]+; got {key!r}")
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists() and not overwrite:
-        return torch.load(path, weights_only=False)
+        return load_checkpoint(path, map_location=None)
     value = fn()
     save_checkpoint(value, path)
     return value
