@@ -226,6 +226,7 @@ def test_shipped_pipeline_end_to_end(tmp_path):
     assert ds.train_x.shape == (240, 384) and ds.test_x.shape == (120, 384)
     assert ds.name == "rotten_tomatoes/all-MiniLM-L6-v2/mean" and ds.num_classes == 2
     assert torch.isfinite(ds.train_x).all() and set(ds.train_y.tolist()) == {0, 1}
+    assert not ds.train_x.is_inference() and not ds.train_x.requires_grad  # usable in autograd
     # the MiniLM encoder through transformers with mean pooling gives the sentence-transformers
     # embedding of the package (after its final L2 normalisation): an independent implementation
     from sentence_transformers import SentenceTransformer

@@ -176,7 +176,7 @@ class TextEncoder:
                 f"or pass a local folder written by save_pretrained().") from e
         self._set_model(model)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features are later used in autograd (Hessians)
     def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
         """Features of ``texts``: (N, D) float32 on the CPU, row i for ``texts[i]``.
 
