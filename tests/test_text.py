@@ -225,6 +225,11 @@ def test_shipped_pipeline_end_to_end(tmp_path):
     ds = text.load_text_features(n_train=240, n_test=120, cache_dir=tmp_path, progress=False)
     assert ds.train_x.shape == (240, 384) and ds.test_x.shape == (120, 384)
     assert ds.name == "rotten_tomatoes/all-MiniLM-L6-v2/mean" and ds.num_classes == 2
+    for bad in ({"n_train": 1}, {"n_train": 12751}, {"n_train": 240, "n_test": 12600}):
+        with pytest.raises(ValueError, match="n_train|n_test"):
+            text.load_text_features(cache_dir=tmp_path, progress=False, **bad)
+    with pytest.raises(ValueError, match="pooling"):
+        text.load_text_features(pooling="max", cache_dir=tmp_path, progress=False)
     assert torch.isfinite(ds.train_x).all() and set(ds.train_y.tolist()) == {0, 1}
     assert not ds.train_x.is_inference() and not ds.train_x.requires_grad  # usable in autograd
     # the MiniLM encoder through transformers with mean pooling gives the sentence-transformers
