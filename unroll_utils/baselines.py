@@ -409,14 +409,14 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
         raise ValueError(f"methods must be a non-empty list of {list(METHODS)}; got {list(methods)}")
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
-    device = next(build(int(seeds[0])).parameters()).device
-    x, y = dataset.train_x.to(device), dataset.train_y.to(device)
-    tx, ty = dataset.test_x.to(device), dataset.test_y.to(device)
     rows = []
     for seed in tqdm(list(seeds), desc="seeds", disable=not progress, leave=False):
         cfg = TrainingConfig(**{**config.__dict__, "seed": int(seed)})
         sets = make_forget_sets(dataset.train_y, kinds, seed=int(seed), forget_class=forget_class)
         initial = build(int(seed))
+        device = next(initial.parameters()).device
+        x, y = dataset.train_x.to(device), dataset.train_y.to(device)
+        tx, ty = dataset.test_x.to(device), dataset.test_y.to(device)
         original = copy.deepcopy(initial)
         record = train_recorded(original, x, y, cfg, watch=torch.unique(torch.cat(list(sets.values()))))
         for kind, forget in sets.items():
