@@ -96,7 +96,8 @@ def test_prs_from_tiny_histograms():
     non, nony = _binary([1.0, 0.5, 0.5, 0.5], 0)
     m1, m1y = _binary([1.0, 0.5], 1)
     n1, n1y = _binary([0.5, 1.0], 1)
-    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=2)
+    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=2,
+                             log_bins=False)
     assert h.p_in[0] == pytest.approx([2 / 3, 1 / 3]) and h.p_out[0] == pytest.approx([1 / 4, 3 / 4])
     tgt, tgty = _binary([0.99, 0.5], 0)  # Mentr 0.0201 (bin 0) and ln 2 (bin 1)
     prs = P.privacy_risk_score(h, tgt, tgty)
@@ -111,23 +112,39 @@ def test_prs_from_tiny_histograms():
     assert P.privacy_risk_score(h, *_binary([0.01], 0)) == pytest.approx([4 / 13])
 
 
-def test_prs_empty_bin_gets_prior():
+def test_prs_empty_bin_uses_nearest_filled_bin():
     mem, memy = _binary([1.0, 0.5], 0)
     non, nony = _binary([0.5, 1.0, 1.0], 0)
     m1, m1y = _binary([1.0], 1)
     n1, n1y = _binary([0.5], 1)
-    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=3)
-    # a p_y whose Mentr lies in the middle third of [0, ln2]: no shadow point there
+    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=3,
+                             log_bins=False)
+    # p_in = (1/2, 0, 1/2), p_out = (2/3, 0, 1/3); a Mentr in the empty middle third of [0, ln2] is read at
+    # the nearest filled bin, the lower one first (Song & Mittal's code): 0.5 / (0.5 + 2/3) = 3/7
     py = optimize.brentq(lambda q: -2 * (1 - q) * math.log(q) - math.log(2) / 2, 0.5, 0.999)
     assert h.bin_of(P.modified_entropy(*_binary([py], 0)), np.array([0]))[0] == 1
-    assert P.privacy_risk_score(h, *_binary([py], 0)) == pytest.approx([0.5])
-    assert P.privacy_risk_score(h, *_binary([1.0], 0)) == pytest.approx([0.5 / (0.5 + 2 / 3)])
+    assert P.privacy_risk_score(h, *_binary([py], 0)) == pytest.approx([3 / 7])
+    assert P.privacy_risk_score(h, *_binary([0.5], 0)) == pytest.approx([0.5 / (0.5 + 1 / 3)])
     with pytest.raises(ValueError, match="prior"):
         P.privacy_risk_score(h, mem, memy, prior=1.0)
     with pytest.raises(ValueError, match="class 1"):
         P.RiskHistograms.fit(mem, memy, non, nony)
     with pytest.raises(ValueError, match="bins"):
         P.RiskHistograms.fit(mem, memy, non, nony, bins=0)
+
+
+def test_prs_log_bins_default():
+    # members p_y = 1 (Mentr 0, clipped to 1e-10), non-members p_y = 0.5 (Mentr ln 2): 5 log-spaced bins
+    mem, memy = _binary([1.0, 1.0], 0)
+    non, nony = _binary([0.5, 0.5], 0)
+    h = P.RiskHistograms.fit(np.r_[mem, mem], np.r_[memy, memy + 1], np.r_[non, non], np.r_[nony, nony + 1])
+    assert h.log_bins and h.edges.shape == (2, 6)
+    assert np.allclose(np.log10(h.edges[0]), np.linspace(-10, math.log10(math.log(2)), 6))
+    assert h.p_in[0].tolist() == [1, 0, 0, 0, 0] and h.p_out[0].tolist() == [0, 0, 0, 0, 1]
+    # Mentr(0.99) = 0.0201: log10 = -1.70, in the last bin (only non-members) -> 0
+    # Mentr(1 - 1e-8) = 3.7e-7: log10 = -6.43, bin 1 (empty) -> nearest filled is bin 0 (members) -> 1
+    prs = P.privacy_risk_score(h, *_binary([0.99, 1 - 1e-8], 0))
+    assert prs.tolist() == [0.0, 1.0]
 
 
 def test_predict_probs_eval_mode_and_restored():

@@ -11,7 +11,8 @@ reference code's defect) computed with the model in **eval mode** (the reference
   shadow (or reference) data to maximise the balanced in/out accuracy.
 - :func:`privacy_risk_score` — Song & Mittal's privacy risk score (§5.1 of their paper):
   PRS(z) = P(z is a member | m(z)), by Bayes' rule from the class-conditional histograms of the
-  modified entropy m on a shadow model's members and non-members, with a prior of 0.5.
+  modified entropy m on a shadow model's members and non-members, with a prior of 0.5 (5 log-spaced
+  bins per class by default, as in the authors' released code).
 
 Shapes: ``probs`` (N, C) float, rows summing to 1; ``labels`` (N,) int64 in [0, C−1].
 """
@@ -36,6 +37,8 @@ __all__ = ["ATTACK_METRICS", "predict_probs", "per_example_loss", "entropy", "mo
 ATTACK_METRICS = ("correctness", "confidence", "entropy", "modified_entropy")
 #: Probabilities are clipped to [LOG_FLOOR, 1] before a log, as Song & Mittal's code does (1e-30).
 LOG_FLOOR = 1e-30
+#: Modified entropies are clipped below at this value before log-spaced binning (Song & Mittal's code).
+LOG_BIN_FLOOR = 1e-10
 
 
 def _np(a) -> np.ndarray:
@@ -249,18 +252,25 @@ class RiskHistograms:
     """Per-class histograms of the modified entropy of a shadow model's members and non-members.
 
     Attributes:
-        edges: (C, bins+1) equal-width bin edges per class, from the class's smallest to largest
-            shadow value (Song & Mittal's ``np.histogram`` over the pooled in/out values).
+        edges: (C, bins+1) bin edges per class, from the class's smallest to largest shadow value
+            (pooled in and out), log-spaced (``log_bins``, values clipped below at 1e-10) or
+            equal-width.
         p_in, p_out: (C, bins) fraction of the class's shadow members / non-members in each bin.
+        log_bins: whether the edges are log-spaced.
+
+    Source: Song & Mittal 2021, §5.1; the defaults (5 log-spaced bins) and the rules for values
+    outside the range and for empty bins follow their released code
+    (inspire-group/membership-inference-evaluation, ``privacy_risk_score_utils.py``).
     """
 
     edges: np.ndarray
     p_in: np.ndarray
     p_out: np.ndarray
+    log_bins: bool = True
 
     @classmethod
     def fit(cls, member_probs, member_labels, nonmember_probs, nonmember_labels,
-            bins: int = 10) -> "RiskHistograms":
+            bins: int = 5, log_bins: bool = True) -> "RiskHistograms":
         """Histograms from shadow data: (N_in, C)/(N_in,) members, (N_out, C)/(N_out,) non-members.
 
         Raises:
@@ -271,17 +281,20 @@ class RiskHistograms:
         mp, my = _check_probs(member_probs, member_labels)
         np_, ny = _check_probs(nonmember_probs, nonmember_labels)
         va, vb = modified_entropy(mp, my), modified_entropy(np_, ny)
+        if log_bins:
+            va, vb = np.maximum(va, LOG_BIN_FLOOR), np.maximum(vb, LOG_BIN_FLOOR)
         n_cls = mp.shape[1]
         edges, p_in, p_out = np.zeros((n_cls, bins + 1)), np.zeros((n_cls, bins)), np.zeros((n_cls, bins))
         for c in range(n_cls):
             a, b = va[my == c], vb[ny == c]
             if a.size == 0 or b.size == 0:
                 raise ValueError(f"class {c} needs at least one shadow member and one non-member")
-            both = np.concatenate([a, b])
-            edges[c] = np.histogram_bin_edges(both, bins=bins, range=(both.min(), both.max()))
+            lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+            edges[c] = (np.logspace(np.log10(lo), np.log10(hi), bins + 1) if log_bins
+                        else np.linspace(lo, hi, bins + 1))
             p_in[c] = np.histogram(a, bins=edges[c])[0] / a.size
             p_out[c] = np.histogram(b, bins=edges[c])[0] / b.size
-        return cls(edges, p_in, p_out)
+        return cls(edges, p_in, p_out, bool(log_bins))
 
     def bin_of(self, values: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(N,) bin index of each value in its class's histogram; values outside the shadow range
@@ -292,6 +305,16 @@ class RiskHistograms:
             out[i] = np.searchsorted(self.edges[c], v, side="right") - 1
         return np.clip(out, 0, bins - 1)
 
+    def informative_bin(self, c: int, k: int) -> int:
+        """Bin k of class c if either histogram is non-zero there, else the nearest bin that is
+        (the lower one first on ties, as Song & Mittal's code); k itself if all bins are empty."""
+        filled = (self.p_in[c] + self.p_out[c]) > 0
+        for d in range(len(filled)):
+            for j in (k - d, k + d):
+                if 0 <= j < len(filled) and filled[j]:
+                    return j
+        return k
+
 
 def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float = 0.5) -> np.ndarray:
     """Song & Mittal's privacy risk score of each target point (USENIX Security 2021, §5.1, eq. (6)):
@@ -299,10 +322,11 @@ def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float =
         PRS(z) = P(in | m(z)) = π·P(m | in) / (π·P(m | in) + (1 − π)·P(m | out)),
 
     where m(z) is the modified entropy of the target model's softmax output on z = (x, y), the two
-    conditional probabilities are the shadow histograms of class y read at m(z)'s bin, and π is the
-    prior probability of membership (0.5 in the paper). A bin empty under both histograms carries no
-    evidence and gets the prior. This is the published definition, not the reference code's (which
-    fed raw logits to the modified entropy and could return 0/0, paper §5 item 4).
+    conditional probabilities are the shadow histograms of class y read at m(z)'s bin (a bin empty
+    under both histograms is replaced by the nearest non-empty one, as in their code), and π is the
+    prior probability of membership (0.5 in the paper). This is the published definition, not the
+    reference code's (which fed raw logits to the modified entropy and could return 0/0, paper §5
+    item 4).
 
     Args:
         histograms: from :meth:`RiskHistograms.fit` on shadow-model outputs.
@@ -310,7 +334,7 @@ def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float =
         prior: π in (0, 1).
 
     Returns:
-        (N,) float64 scores in [0, 1], in input order.
+        (N,) float64 scores in [0, 1], in input order (π where a class's histograms are all empty).
 
     Raises:
         ValueError: prior outside (0, 1), bad probabilities, or a class count that differs from the
@@ -322,6 +346,7 @@ def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float =
     if p.shape[1] != histograms.p_in.shape[0]:
         raise ValueError(f"probs has {p.shape[1]} classes, the histograms {histograms.p_in.shape[0]}")
     k = histograms.bin_of(modified_entropy(p, y), y)
+    k = np.array([histograms.informative_bin(c, j) for c, j in zip(y, k)], dtype=np.int64)
     a, b = prior * histograms.p_in[y, k], (1.0 - prior) * histograms.p_out[y, k]
     total = a + b
     return np.where(total > 0, a / np.where(total > 0, total, 1.0), prior)
