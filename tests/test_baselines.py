@@ -106,6 +106,10 @@ def test_forget_set_validation(digits, task):
     sets = B.make_forget_sets(y, ["random1", "random10", "class"], seed=0, forget_class=3)
     assert len(sets["random1"]) == 3 and len(sets["random10"]) == 30
     assert torch.equal(sets["class"], torch.nonzero(y == 3).flatten())
+    with pytest.raises(ValueError, match="lr"):
+        B.TrainingConfig(lr=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        B.TrainingConfig(loss="ce", lam=1.0)
     with pytest.raises(ValueError, match="alpha"):
         B.neggrad_plus(task, alpha=1.0)
     with pytest.raises(ValueError, match="epochs"):

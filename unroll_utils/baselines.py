@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from . import data as D
 from .losses import make_loss
 from .metrics import verification_error
 from .privacy import loss_attack_auc, per_example_loss, predict_probs
-from .trajectory import batch_order, make_optimizer, sgd_step, train_sgd
+from .trajectory import LockStepConfig, batch_order, make_optimizer, sgd_step, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 
 __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
@@ -58,6 +58,11 @@ class TrainingConfig:
     loss: str = "ce"
     lam: float = 0.0
     seed: int = 0
+
+    def __post_init__(self):
+        """Raise ValueError naming the first bad field (the checks of ``LockStepConfig.validate``)."""
+        LockStepConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
+                       weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, seed=self.seed).validate()
 
 
 @dataclass
@@ -168,8 +173,7 @@ def naive_retraining(task: UnlearningTask, epochs: int | None = None) -> nn.Modu
     """The reference: retrain from w_0 on the retain set (M′; the same batches as M minus the forget
     points). Hyper-parameter ``epochs`` (default: M's). Exact unlearning by construction.
     Source: paper §1.1 (naive retraining); Cao & Yang, IEEE S&P 2015."""
-    cfg = task.config if epochs is None else TrainingConfig(**{**task.config.__dict__,
-                                                               "epochs": _check_positive("epochs", epochs, True)})
+    cfg = task.config if epochs is None else replace(task.config, epochs=_check_positive("epochs", epochs, True))
     model = copy.deepcopy(task.initial)
     train_recorded(model, task.train_x, task.train_y, cfg, exclude=task.forget)
     return model
@@ -411,7 +415,7 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
         raise ValueError("seeds must hold at least one seed")
     rows = []
     for seed in tqdm(list(seeds), desc="seeds", disable=not progress, leave=False):
-        cfg = TrainingConfig(**{**config.__dict__, "seed": int(seed)})
+        cfg = replace(config, seed=int(seed))
         sets = make_forget_sets(dataset.train_y, kinds, seed=int(seed), forget_class=forget_class)
         initial = build(int(seed))
         device = next(initial.parameters()).device
