@@ -9,7 +9,8 @@ Modules are named by the paper's nouns: ``data`` (datasets, forget sets), ``mode
 ``trajectory`` (the lock-step run of M, M' and M''),
 ``metrics`` (verification error, unlearning error), ``results`` (atomic tables,
 checkpoints), ``plot`` (the one plotting helper), ``params`` (validation of notebook
-parameters).
+parameters). Above them, for running the paper as a baseline: ``privacy`` (membership inference,
+privacy risk score), ``baselines`` (forget-benchmark methods and runner), ``sisa`` (SISA training).
 """
 
 __version__ = "0.1.0"

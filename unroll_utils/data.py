@@ -26,6 +26,7 @@ from torchvision import datasets as tvd
 __all__ = [
     "TensorData", "load_mnist_subset", "load_digits_data", "data_root", "load_cifar",
     "load_dataset", "select_forget_set", "validate_forget_indices", "retain_indices",
+    "load_tiny_imagenet",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -35,7 +36,9 @@ CIFAR_STATS = {
     "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
                  (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
 }
-DATASETS = ("mnist", "digits", "cifar10", "cifar100")
+DATASETS = ("mnist", "digits", "cifar10", "cifar100", "tiny_imagenet")
+# Per-channel statistics of the Tiny-ImageNet training images (the values commonly used with it).
+TINY_IMAGENET_STATS = ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))
 
 
 @dataclass(frozen=True)
@@ -185,16 +188,88 @@ def load_cifar(name: str = "cifar10", root=None, download: bool = False,
     return TensorData(*out, 10 if name == "cifar10" else 100, name)
 
 
+def _read_images(paths: list[Path]) -> torch.Tensor:
+    """(N, 3, H, W) float32 in [0, 1] from image files (grayscale converted to RGB), via PIL."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_tiny_imagenet(root=None, max_per_class: int | None = None) -> TensorData:
+    """Tiny-ImageNet-200 from the standard ``tiny-imagenet-200`` folder, whole splits as tensors.
+
+    Layout read (as distributed at http://cs231n.stanford.edu/tiny-imagenet-200.zip):
+    ``wnids.txt`` (one WordNet id per line, 200 classes), ``train/<wnid>/images/*.JPEG`` (500 per
+    class) and ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (tab-separated: file name, wnid,
+    bounding box). Class c is the c-th wnid in sorted order (torchvision ``ImageFolder``'s rule). The
+    labelled ``val`` split is the test split (the official test split has no labels). Images (64×64
+    RGB, grayscale ones converted) are scaled to [0, 1] and normalised per channel with
+    :data:`TINY_IMAGENET_STATS`.
+
+    Args:
+        root: the folder that holds ``tiny-imagenet-200`` (default :func:`data_root`).
+        max_per_class: keep only the first (by file name) this many training images per class
+            (None: all 500; the full split is 100,000 × 3 × 64 × 64 float32 ≈ 4.9 GB).
+
+    Returns:
+        :class:`TensorData` with (N, 3, 64, 64) inputs, 200 classes (or as many as ``wnids.txt``
+        lists), name ``"tiny_imagenet"``.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing (the message names the folder
+            and where to get the archive; nothing is downloaded).
+        ValueError: ``max_per_class`` < 1, or an annotation names a wnid not in ``wnids.txt``.
+    """
+    root = Path(root).expanduser() if root is not None else data_root()
+    base = root / "tiny-imagenet-200"
+    guide = (f"Download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) and "
+             f"extract it in {root} (it creates {base}), or set UNROLL_DATA to the folder that holds it.")
+    needed = [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"Tiny-ImageNet not found: missing {missing}. {guide}")
+    if max_per_class is not None:
+        max_per_class = _int("max_per_class", max_per_class, 1)
+    wnids = sorted(w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip())
+    cls = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_y = [], []
+    for w in wnids:
+        files = sorted((base / "train" / w / "images").glob("*.JPEG"))[:max_per_class]
+        if not files:
+            raise FileNotFoundError(f"no training images in {base / 'train' / w / 'images'}. {guide}")
+        train_paths += files
+        train_y += [cls[w]] * len(files)
+    val_paths, val_y = [], []
+    for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+        if not line.strip():
+            continue
+        fname, w = line.split("\t")[:2]
+        if w not in cls:
+            raise ValueError(f"val_annotations.txt names wnid {w!r}, which is not in wnids.txt")
+        val_paths.append(base / "val" / "images" / fname)
+        val_y.append(cls[w])
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in TINY_IMAGENET_STATS)
+    return TensorData(((_read_images(train_paths) - mean) / std).contiguous(), torch.tensor(train_y),
+                      ((_read_images(val_paths) - mean) / std).contiguous(), torch.tensor(val_y),
+                      len(wnids), "tiny_imagenet")
+
+
 def load_dataset(name: str, **kwargs) -> TensorData:
     """Dispatch by name: "mnist" (:func:`load_mnist_subset`), "digits" (:func:`load_digits_data`),
-    "cifar10" / "cifar100" (:func:`load_cifar`); ``kwargs`` go to that loader.
-    Raises ValueError for any other name."""
+    "cifar10" / "cifar100" (:func:`load_cifar`), "tiny_imagenet" (:func:`load_tiny_imagenet`);
+    ``kwargs`` go to that loader. Raises ValueError for any other name."""
     if name == "mnist":
         return load_mnist_subset(**kwargs)
     if name == "digits":
         return load_digits_data(**kwargs)
     if name in CIFAR_STATS:
         return load_cifar(name, **kwargs)
+    if name == "tiny_imagenet":
+        return load_tiny_imagenet(**kwargs)
     raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}")
 
 

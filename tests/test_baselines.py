@@ -1,0 +1,142 @@
+"""Forget-benchmark methods: they change the weights, leave their inputs alone, and match closed forms."""
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unroll_utils import baselines as B
+from unroll_utils import data, models
+from unroll_utils.metrics import weight_distance
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits_data(n_train=300, seed=0)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def task(digits):
+    cfg = B.TrainingConfig(lr=0.1, epochs=2, batch_size=32, seed=0)
+    initial = models.build_model("small_cnn", in_channels=1, width=4, seed=0)
+    original = copy.deepcopy(initial)
+    forget = data.select_forget_set(300, "random", k=15, seed=0)
+    record = B.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
+    return B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, record)
+
+
+@pytest.mark.parametrize("name", list(B.METHODS))
+def test_method_changes_weights_and_leaves_inputs_untouched(task, name):
+    reference = B.naive_retraining(task)
+    before = {"original": _state(task.original), "initial": _state(task.initial), "reference": _state(reference)}
+    fn, hp, default = B.METHODS[name]
+    out = fn(task, **{hp: default})
+    assert out is not task.original and out is not task.initial
+    assert weight_distance(out, task.original) > 0
+    after = {"original": _state(task.original), "initial": _state(task.initial), "reference": _state(reference)}
+    assert all(_same(before[k], after[k]) for k in before), "a method modified its inputs"
+
+
+def test_naive_retraining_deterministic(task):
+    a, b = B.naive_retraining(task), B.naive_retraining(task)
+    assert weight_distance(a, b) == 0.0
+
+
+def test_amnesiac_removes_every_update_when_every_batch_held_forget_points(digits):
+    # one full batch per epoch: every step saw the forget set, so subtracting all updates gives w_0
+    cfg = B.TrainingConfig(lr=0.1, epochs=3, batch_size=300, seed=0)
+    initial = models.build_model("linear", in_features=64, seed=1)
+    original = copy.deepcopy(initial)
+    forget = torch.tensor([3, 7])
+    rec = B.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
+    assert rec.steps == 3 and len(rec.updates) == 3
+    t = B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, rec)
+    assert weight_distance(B.amnesiac(t), initial) < 1e-6
+    assert weight_distance(B.amnesiac(t), original) > 0.01
+    with pytest.raises(ValueError, match="record"):
+        B.amnesiac(B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg))
+
+
+def test_sgu_closed_form_linear_model(digits):
+    # w'' = w_T + eta * E * (m / b) * grad of the mean forget loss at w_0 (or at w_T), by hand
+    cfg = B.TrainingConfig(lr=0.05, epochs=2, batch_size=50, seed=0)
+    initial = models.build_model("linear", in_features=64, seed=2)
+    original = copy.deepcopy(initial)
+    B.train_recorded(original, digits.train_x, digits.train_y, cfg)
+    forget = torch.arange(0, 120, 3)  # 40 points (one gradient chunk of at most b = 50)
+    t = B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
+    xf, yf = digits.train_x[forget].reshape(40, -1), digits.train_y[forget]
+    for at, fn in ((initial, B.sgu_at_w0), (original, B.sgu_at_final)):
+        W = at.linear.weight.detach().clone().requires_grad_(True)
+        b = at.linear.bias.detach().clone().requires_grad_(True)
+        gW, gb = torch.autograd.grad(F.cross_entropy(xf @ W.T + b, yf), (W, b))
+        k = cfg.lr * cfg.epochs * 40 / 50
+        out = fn(t)
+        assert torch.allclose(out.linear.weight, original.linear.weight + k * gW, atol=1e-7)
+        assert torch.allclose(out.linear.bias, original.linear.bias + k * gb, atol=1e-7)
+    # scale multiplies the correction
+    d1 = weight_distance(B.sgu_at_w0(t, scale=1.0), original)
+    d2 = weight_distance(B.sgu_at_w0(t, scale=2.0), original)
+    assert d2 == pytest.approx(2 * d1, rel=1e-5)
+
+
+def test_forget_set_validation(digits, task):
+    x, y = digits.train_x, digits.train_y
+    for bad, msg in (([], "empty"), ([1, 1], "duplicates"), ([300], r"\[0, 299\]"), ([0.5], "integers")):
+        with pytest.raises(ValueError, match=msg):
+            B.UnlearningTask(task.original, task.initial, x, y, bad, task.config)
+    with pytest.raises(ValueError, match="retain set would be empty"):
+        B.UnlearningTask(task.original, task.initial, x, y, list(range(300)), task.config)
+    with pytest.raises(ValueError, match="cls"):
+        B.make_forget_sets(y, ["class"], seed=0, forget_class=10)
+    with pytest.raises(ValueError, match="forget kind"):
+        B.make_forget_sets(y, ["random0"], seed=0)
+    sets = B.make_forget_sets(y, ["random1", "random10", "class"], seed=0, forget_class=3)
+    assert len(sets["random1"]) == 3 and len(sets["random10"]) == 30
+    assert torch.equal(sets["class"], torch.nonzero(y == 3).flatten())
+    with pytest.raises(ValueError, match="lr"):
+        B.TrainingConfig(lr=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        B.TrainingConfig(loss="ce", lam=1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        B.neggrad_plus(task, alpha=1.0)
+    with pytest.raises(ValueError, match="epochs"):
+        B.fine_tuning(task, epochs=0)
+
+
+def test_summarize_t_interval():
+    table = pd.DataFrame({"kind": ["class"] * 3 + ["random1"], "method": ["m"] * 4,
+                          "ve": [1.0, 2.0, 3.0, 5.0]})
+    s = B.summarize(table, metrics=("ve",)).set_index("kind")
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
+    assert s.loc["class", "mean"] == 2.0
+    assert s.loc["class", "ci_low"] == pytest.approx(2 - half) and s.loc["class", "ci_high"] == pytest.approx(2 + half)
+    assert s.loc["random1", "n"] == 1 and np.isnan(s.loc["random1", "ci_low"])
+
+
+def test_run_forget_benchmark_table(digits):
+    tab = B.run_forget_benchmark(digits, lambda s: models.build_model("linear", in_features=64, seed=s),
+                                 kinds=("random5", "class"), methods=("fine_tuning", "sgu_w0", "amnesiac"),
+                                 seeds=(0, 1), config=B.TrainingConfig(lr=0.1, epochs=1), forget_class=2,
+                                 progress=False)
+    assert len(tab) == 2 * 2 * 5  # seeds x kinds x (original, naive_retraining, 3 methods)
+    ref = tab[tab.method == "naive_retraining"]
+    assert (ref.ve == 0).all() and (ref.time_rel == 1).all()
+    for col in ("forget_acc", "retain_acc", "test_acc", "mia_auc"):
+        assert tab[col].between(0, 1).all()
+    assert (tab[tab.kind == "class"].n_forget == int((digits.train_y == 2).sum())).all()
+    assert (tab[(tab.kind == "class") & (tab.method == "naive_retraining")].forget_acc == 0).all()
+    with pytest.raises(ValueError, match="methods"):
+        B.run_forget_benchmark(digits, lambda s: None, methods=("magic",))

@@ -1,0 +1,161 @@
+"""Membership inference and the privacy risk score on hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import optimize
+
+from unroll_utils import privacy as P
+
+
+def test_modified_entropy_by_hand():
+    p = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]])
+    # y=0: -(1-0.7) ln 0.7 - 0.2 ln 0.8 - 0.1 ln 0.9 ; y=1: -(1-0.2) ln 0.2 - 0.7 ln 0.3 - 0.1 ln 0.9
+    y0 = 0.3 * -math.log(0.7) + 0.2 * -math.log(0.8) + 0.1 * -math.log(0.9)
+    y1 = 0.8 * -math.log(0.2) + 0.7 * -math.log(0.3) + 0.1 * -math.log(0.9)
+    got = P.modified_entropy(p, np.array([0, 1]))
+    assert got == pytest.approx([y0, y1], rel=1e-12)
+    assert y0 == pytest.approx(0.1621672, abs=1e-7) and y1 == pytest.approx(2.1408673, abs=1e-7)
+    # a confident correct prediction has Mentr 0, a confident wrong one is large (log floor 1e-30)
+    assert P.modified_entropy(np.array([[1.0, 0.0]]), np.array([0]))[0] == 0.0
+    assert P.modified_entropy(np.array([[1.0, 0.0]]), np.array([1]))[0] == pytest.approx(2 * 30 * math.log(10))
+
+
+def test_entropy_confidence_correctness():
+    p = np.array([[0.5, 0.5], [0.9, 0.1]])
+    assert P.entropy(p) == pytest.approx([math.log(2), -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))])
+    assert P.confidence(p, np.array([1, 1])).tolist() == [0.5, 0.1]
+    assert P.correctness(p, np.array([1, 0])).tolist() == [0.0, 1.0]  # argmax of a tie is class 0
+    assert P.attack_values(p, np.array([0, 0]), "entropy") == pytest.approx(-P.entropy(p))
+    with pytest.raises(ValueError, match="metric"):
+        P.attack_values(p, np.array([0, 0]), "loss")
+
+
+def test_raw_logits_rejected():
+    with pytest.raises(ValueError, match="softmax"):
+        P.modified_entropy(np.array([[2.0, -1.0, 0.5]]), np.array([0]))
+    with pytest.raises(ValueError, match="labels"):
+        P.confidence(np.array([[0.5, 0.5]]), np.array([2]))
+
+
+def test_auc_known_separations():
+    assert P.roc_auc([3.0, 4.0, 5.0], [0.0, 1.0, 2.0]) == 1.0
+    assert P.roc_auc([1.0, 1.0, 1.0], [1.0, 1.0]) == 0.5
+    assert P.roc_auc([0.0, 1.0], [2.0, 3.0]) == 0.0
+    # one inversion out of 2x2 pairs: AUC = 3/4
+    assert P.roc_auc([1.0, 3.0], [0.0, 2.0]) == 0.75
+    # loss attack: members have the lower losses
+    assert P.loss_attack_auc([0.01, 0.02], [1.0, 2.0, 3.0]) == 1.0
+    with pytest.raises(ValueError, match="non-empty"):
+        P.roc_auc([], [1.0])
+
+
+def test_best_threshold_by_hand():
+    tau, acc = P.best_threshold([3.0, 4.0, 5.0], [1.0, 2.0, 3.5])
+    # tau=3: all members >= 3, 2/3 non-members below -> 5/6; tau=4 ties (2/3, 1); smallest kept
+    assert tau == 3.0 and acc == pytest.approx(5 / 6)
+
+
+def test_per_class_thresholds():
+    def two(conf, cls):  # 2-class probabilities with confidence `conf` in class `cls`
+        p = np.array([[1 - c, c] if cls == 1 else [c, 1 - c] for c in conf])
+        return p, np.full(len(conf), cls)
+
+    m0, m0y = two([0.9, 0.8], 0)
+    m1, m1y = two([0.4, 0.45], 1)
+    n0, n0y = two([0.5, 0.6], 0)
+    n1, n1y = two([0.2, 0.3], 1)
+    att = P.MetricAttack("confidence").fit(np.r_[m0, m1], np.r_[m0y, m1y], np.r_[n0, n1], np.r_[n0y, n1y])
+    assert att.thresholds == pytest.approx([0.8, 0.4])
+    assert att.balanced_accuracy(np.r_[m0, m1], np.r_[m0y, m1y], np.r_[n0, n1], np.r_[n0y, n1y]) == 1.0
+    q, qy = two([0.42], 1)
+    r, ry = two([0.7], 0)
+    assert att.predict(q, qy).tolist() == [True] and att.predict(r, ry).tolist() == [False]
+    # one pooled threshold cannot separate these shadow sets perfectly
+    _, pooled_acc = P.best_threshold(P.confidence(np.r_[m0, m1], np.r_[m0y, m1y]),
+                                     P.confidence(np.r_[n0, n1], np.r_[n0y, n1y]))
+    assert pooled_acc < 1.0
+    corr = P.MetricAttack("correctness").fit(m0, m0y, n0, n0y)
+    assert corr.predict(np.array([[0.6, 0.4], [0.3, 0.7]]), np.array([0, 0])).tolist() == [True, False]
+    with pytest.raises(ValueError, match="fit first"):
+        P.MetricAttack("entropy").predict(m0, m0y)
+
+
+def _binary(py, cls):
+    """2-class probabilities with p_y = py for label cls; Mentr = -2(1-py) ln py."""
+    py = np.asarray(py, dtype=np.float64)
+    p = np.stack([py, 1 - py], 1) if cls == 0 else np.stack([1 - py, py], 1)
+    return p, np.full(len(py), cls)
+
+
+def test_prs_from_tiny_histograms():
+    # class 0: members Mentr {0, 0, ln2}, non-members {0, ln2, ln2, ln2}; 2 bins on [0, ln2]
+    mem, memy = _binary([1.0, 1.0, 0.5], 0)
+    non, nony = _binary([1.0, 0.5, 0.5, 0.5], 0)
+    m1, m1y = _binary([1.0, 0.5], 1)
+    n1, n1y = _binary([0.5, 1.0], 1)
+    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=2,
+                             log_bins=False)
+    assert h.p_in[0] == pytest.approx([2 / 3, 1 / 3]) and h.p_out[0] == pytest.approx([1 / 4, 3 / 4])
+    tgt, tgty = _binary([0.99, 0.5], 0)  # Mentr 0.0201 (bin 0) and ln 2 (bin 1)
+    prs = P.privacy_risk_score(h, tgt, tgty)
+    assert prs == pytest.approx([8 / 11, 4 / 13])
+    # class 1: equal histograms -> no evidence, PRS = prior
+    assert P.privacy_risk_score(h, *_binary([0.7], 1)) == pytest.approx([0.5])
+    # another prior: pi*a / (pi*a + (1-pi)*b)
+    pi = 0.2
+    assert P.privacy_risk_score(h, tgt[:1], tgty[:1], prior=pi)[0] == pytest.approx(
+        pi * 2 / 3 / (pi * 2 / 3 + (1 - pi) / 4))
+    # outside the shadow range: clipped to the edge bins
+    assert P.privacy_risk_score(h, *_binary([0.01], 0)) == pytest.approx([4 / 13])
+
+
+def test_prs_empty_bin_uses_nearest_filled_bin():
+    mem, memy = _binary([1.0, 0.5], 0)
+    non, nony = _binary([0.5, 1.0, 1.0], 0)
+    m1, m1y = _binary([1.0], 1)
+    n1, n1y = _binary([0.5], 1)
+    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=3,
+                             log_bins=False)
+    # p_in = (1/2, 0, 1/2), p_out = (2/3, 0, 1/3); a Mentr in the empty middle third of [0, ln2] is read at
+    # the nearest filled bin, the lower one first (Song & Mittal's code): 0.5 / (0.5 + 2/3) = 3/7
+    py = optimize.brentq(lambda q: -2 * (1 - q) * math.log(q) - math.log(2) / 2, 0.5, 0.999)
+    assert h.bin_of(P.modified_entropy(*_binary([py], 0)), np.array([0]))[0] == 1
+    assert P.privacy_risk_score(h, *_binary([py], 0)) == pytest.approx([3 / 7])
+    assert P.privacy_risk_score(h, *_binary([0.5], 0)) == pytest.approx([0.5 / (0.5 + 1 / 3)])
+    with pytest.raises(ValueError, match="prior"):
+        P.privacy_risk_score(h, mem, memy, prior=1.0)
+    with pytest.raises(ValueError, match="class 1"):
+        P.RiskHistograms.fit(mem, memy, non, nony)
+    with pytest.raises(ValueError, match="bins"):
+        P.RiskHistograms.fit(mem, memy, non, nony, bins=0)
+
+
+def test_prs_log_bins_default():
+    # members p_y = 1 (Mentr 0, clipped to 1e-10), non-members p_y = 0.5 (Mentr ln 2): 5 log-spaced bins
+    mem, memy = _binary([1.0, 1.0], 0)
+    non, nony = _binary([0.5, 0.5], 0)
+    h = P.RiskHistograms.fit(np.r_[mem, mem], np.r_[memy, memy + 1], np.r_[non, non], np.r_[nony, nony + 1])
+    assert h.log_bins and h.edges.shape == (2, 6)
+    assert np.allclose(np.log10(h.edges[0]), np.linspace(-10, math.log10(math.log(2)), 6))
+    assert h.p_in[0].tolist() == [1, 0, 0, 0, 0] and h.p_out[0].tolist() == [0, 0, 0, 0, 1]
+    # Mentr(0.99) = 0.0201: log10 = -1.70, in the last bin (only non-members) -> 0
+    # Mentr(1 - 1e-8) = 3.7e-7: log10 = -6.43, bin 1 (empty) -> nearest filled is bin 0 (members) -> 1
+    prs = P.privacy_risk_score(h, *_binary([0.99, 1 - 1e-8], 0))
+    assert prs.tolist() == [0.0, 1.0]
+
+
+def test_predict_probs_eval_mode_and_restored():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    net.train()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    before = net[1].running_mean.clone()
+    p = P.predict_probs(net, x, batch_size=2)
+    assert net.training and torch.equal(net[1].running_mean, before)
+    with torch.no_grad():
+        net.eval()
+        ref = net(x).softmax(1)
+    assert torch.allclose(p, ref) and torch.allclose(p.sum(1), torch.ones(5))
+    assert P.per_example_loss(p, torch.zeros(5, dtype=torch.long)) == pytest.approx(-np.log(p[:, 0].numpy()), rel=1e-6)

@@ -1,0 +1,454 @@
+"""Forget benchmarks: single gradient unlearning next to the usual unlearning baselines.
+
+Most users run "Unrolling SGD" as a baseline in someone else's benchmark: forget a random k% of the
+training set or a whole class, then report forget / retain / test accuracy, a membership-inference
+score, and run time next to naive retraining. This module trains the original model M once per seed
+(recording what amnesiac unlearning needs), retrains M′ on the retain set (the reference), applies each
+method in :data:`METHODS` and tabulates the measurements with means and 95% confidence intervals.
+
+Protocol (the paper's M and M′, §1.1, with a shuffled order): M trains from w_0 for ``epochs`` epochs
+of plain SGD on a seeded per-epoch shuffle of all N points; naive retraining trains from the same w_0
+on the *same* batches with the forget points removed (a batch of forget points only is skipped), so
+VE = ‖w_method − w′‖ measures the method, not SGD's order noise.
+
+Every method is ``method(task, <one hyper-parameter>) -> nn.Module``: it returns a new model and never
+modifies ``task.original``, ``task.initial`` or any model passed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as D
+from .losses import make_loss
+from .metrics import verification_error
+from .privacy import loss_attack_auc, per_example_loss, predict_probs
+from .trajectory import LockStepConfig, batch_order, make_optimizer, sgd_step, train_sgd
+from .unlearning import forget_gradient, single_gradient_unlearning
+
+__all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
+           "fine_tuning", "gradient_ascent", "neggrad_plus", "random_labels", "amnesiac",
+           "sgu_at_w0", "sgu_at_final", "METHODS", "FORGET_KINDS", "make_forget_sets",
+           "run_forget_benchmark", "summarize"]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How M (and naive retraining) are trained: plain SGD, the setting of the paper's theory.
+
+    Attributes: lr (η > 0), epochs (≥ 1), batch_size (b ≥ 1), momentum in [0, 1), weight_decay ≥ 0,
+    loss ("ce" or "sd") with lam (λ of the SD loss), seed (data order and every method's draws).
+    """
+
+    lr: float = 0.05
+    epochs: int = 3
+    batch_size: int = 32
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    lam: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        """Raise ValueError naming the first bad field (the checks of ``LockStepConfig.validate``)."""
+        LockStepConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
+                       weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, seed=self.seed).validate()
+
+
+@dataclass
+class TrainingRecord:
+    """What one training run stores: its steps and, for amnesiac unlearning, the parameter update
+    w_{i+1} − w_i of every step whose batch held a watched point (CPU tensors, parameters order).
+
+    Memory: (#recorded steps) × (#parameters) floats; a random 10% forget set touches almost every
+    batch of 32, so this is about epochs·N/b model copies (fine for small CNNs, not for ResNet-18).
+    """
+
+    steps: int = 0
+    seconds: float = 0.0
+    batches: list[torch.Tensor] = field(default_factory=list)
+    updates: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+def train_recorded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig, *,
+                   exclude: torch.Tensor | None = None, watch: torch.Tensor | None = None) -> TrainingRecord:
+    """Train ``model`` in place on the seeded shuffled order of all N points, dropping ``exclude``.
+
+    Args:
+        model: trained in place. x: (N, ...) inputs, y: (N,) labels, on the model's device.
+        config: :class:`TrainingConfig`.
+        exclude: sorted indices left out of every batch (naive retraining); None = none.
+        watch: indices whose batches' updates are recorded (amnesiac unlearning); None = none.
+
+    Returns:
+        A :class:`TrainingRecord` (steps done, wall seconds, watched batches and their updates).
+    """
+    n = x.shape[0]
+    loss_fn = make_loss(config.loss, config.lam)
+    opt = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
+    keep = torch.ones(n, dtype=torch.bool)
+    if exclude is not None:
+        keep[exclude] = False
+    watched = torch.zeros(n, dtype=torch.bool)
+    if watch is not None:
+        watched[watch] = True
+    rec, empty = TrainingRecord(), torch.empty(0, dtype=torch.long)
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        for idx in batch_order(n, empty, config.batch_size, "shuffle", epoch, config.seed):
+            idx = idx[keep[idx]]
+            if idx.numel() == 0:
+                continue
+            record = bool(watched[idx].any())
+            before = [p.detach().clone() for p in model.parameters()] if record else None
+            dev = idx.to(x.device)
+            sgd_step(model, opt, loss_fn, x[dev], y[dev])
+            rec.steps += 1
+            if record:
+                rec.batches.append(idx)
+                rec.updates.append([(p.detach() - b).cpu() for p, b in zip(model.parameters(), before)])
+    rec.seconds = time.perf_counter() - start
+    return rec
+
+
+@dataclass
+class UnlearningTask:
+    """One unlearning request: M, its w_0, the training data, the forget set and how M was trained.
+
+    Attributes:
+        original: M (never modified by a method). initial: M at w_0 (never modified).
+        train_x: (N, ...), train_y: (N,) on the models' device. forget: sorted (m,) int64 indices.
+        config: the :class:`TrainingConfig` of M. record: M's :class:`TrainingRecord` with the
+            updates of the batches that held forget points (needed by :func:`amnesiac` only).
+
+    Raises:
+        ValueError: a forget set that is empty, has duplicates, leaves an empty retain set or has
+            indices outside [0, N − 1] (:func:`unroll_utils.data.validate_forget_indices`).
+    """
+
+    original: nn.Module
+    initial: nn.Module
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    forget: torch.Tensor
+    config: TrainingConfig
+    record: TrainingRecord | None = None
+
+    def __post_init__(self):
+        self.forget = D.validate_forget_indices(self.forget, self.train_x.shape[0])
+
+    @property
+    def retain(self) -> torch.Tensor:
+        """Sorted (N − m,) retain indices."""
+        return D.retain_indices(self.forget, self.train_x.shape[0])
+
+    def subset(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = idx.to(self.train_x.device)
+        return self.train_x[dev], self.train_y[dev]
+
+
+def _sub_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for (seed, stream) from numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _check_positive(name: str, value, integer: bool = False):
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else isinstance(value, (int, float))
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'} > 0; got {value!r}")
+    return value
+
+
+def naive_retraining(task: UnlearningTask, epochs: int | None = None) -> nn.Module:
+    """The reference: retrain from w_0 on the retain set (M′; the same batches as M minus the forget
+    points). Hyper-parameter ``epochs`` (default: M's). Exact unlearning by construction.
+    Source: paper §1.1 (naive retraining); Cao & Yang, IEEE S&P 2015."""
+    cfg = task.config if epochs is None else replace(task.config, epochs=_check_positive("epochs", epochs, True))
+    model = copy.deepcopy(task.initial)
+    train_recorded(model, task.train_x, task.train_y, cfg, exclude=task.forget)
+    return model
+
+
+def fine_tuning(task: UnlearningTask, epochs: int = 1) -> nn.Module:
+    """Fine-tune M on the retain set only, at M's η, for ``epochs`` epochs (seeded shuffle), hoping
+    for catastrophic forgetting of the forget set. Source: Golatkar et al., CVPR 2020 ("Fine-tune"
+    baseline); Warnecke et al., NDSS 2023."""
+    _check_positive("epochs", epochs, True)
+    model = copy.deepcopy(task.original)
+    xr, yr = task.subset(task.retain)
+    c = task.config
+    train_sgd(model, xr, yr, lr=c.lr, epochs=epochs, batch_size=c.batch_size, seed=_sub_seed(c.seed, 10),
+              loss=c.loss, lam=c.lam, momentum=c.momentum, weight_decay=c.weight_decay, progress=False)
+    return model
+
+
+def _ascent_epoch(model: nn.Module, xf, yf, lr: float, batch_size: int, seed: int, loss_fn) -> None:
+    """One epoch of gradient *ascent* on (xf, yf): SGD on −loss."""
+    opt = make_optimizer(model, lr)
+    neg = lambda z, t: -loss_fn(z, t)  # noqa: E731
+    for idx in batch_order(xf.shape[0], torch.empty(0, dtype=torch.long), batch_size, "shuffle", 0, seed):
+        dev = idx.to(xf.device)
+        sgd_step(model, opt, neg, xf[dev], yf[dev])
+
+
+def gradient_ascent(task: UnlearningTask, lr_scale: float = 0.1) -> nn.Module:
+    """One epoch of gradient ascent on the forget set at learning rate ``lr_scale``·η (the ascent
+    diverges quickly, so it is usually run at a fraction of the training η).
+    Source: Golatkar et al., CVPR 2020 ("NegGrad"); Thudi et al. 2022 discuss it as a naive method."""
+    _check_positive("lr_scale", lr_scale)
+    model = copy.deepcopy(task.original)
+    xf, yf = task.subset(task.forget)
+    _ascent_epoch(model, xf, yf, lr_scale * task.config.lr, task.config.batch_size,
+                  _sub_seed(task.config.seed, 11), make_loss(task.config.loss, task.config.lam))
+    return model
+
+
+def neggrad_plus(task: UnlearningTask, alpha: float = 0.95) -> nn.Module:
+    """NegGrad+: one epoch over the retain set minimising α·L(retain batch) − (1 − α)·L(forget batch),
+    cycling through forget batches; ``alpha`` in (0, 1) weighs retaining against forgetting.
+    Source: Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
+    model = copy.deepcopy(task.original)
+    c, loss_fn = task.config, make_loss(task.config.loss, task.config.lam)
+    opt = make_optimizer(model, c.lr, c.momentum, c.weight_decay)
+    none = torch.empty(0, dtype=torch.long)
+    retain, forget = task.retain, task.forget
+    f_batches = batch_order(len(forget), none, c.batch_size, "shuffle", 0, _sub_seed(c.seed, 12))
+    model.train()
+    for i, idx in enumerate(batch_order(len(retain), none, c.batch_size, "shuffle", 0, _sub_seed(c.seed, 13))):
+        xr, yr = task.subset(retain[idx])
+        xf, yf = task.subset(forget[f_batches[i % len(f_batches)]])
+        opt.zero_grad(set_to_none=True)
+        loss = alpha * loss_fn(model(xr), yr) - (1.0 - alpha) * loss_fn(model(xf), yf)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def random_labels(task: UnlearningTask, epochs: int = 1) -> nn.Module:
+    """Train M for ``epochs`` epochs on the forget set relabelled with uniformly drawn *wrong* labels
+    (seeded), at M's η. Source: Graves et al., "Amnesiac Machine Learning", AAAI 2021 (§4, relabelling)."""
+    _check_positive("epochs", epochs, True)
+    model = copy.deepcopy(task.original)
+    xf, yf = task.subset(task.forget)
+    n_cls = int(task.train_y.max()) + 1
+    g = torch.Generator().manual_seed(_sub_seed(task.config.seed, 14))
+    wrong = (yf.cpu() + torch.randint(1, n_cls, yf.shape, generator=g)) % n_cls  # never the true label
+    c = task.config
+    train_sgd(model, xf, wrong.to(yf.device), lr=c.lr, epochs=epochs, batch_size=c.batch_size,
+              seed=_sub_seed(c.seed, 15), loss=c.loss, lam=c.lam, progress=False)
+    return model
+
+
+def amnesiac(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
+    """Amnesiac unlearning: subtract ``scale`` × the stored parameter updates of every training batch
+    that held a forget point (scale 1 removes them entirely). Needs ``task.record`` from
+    :func:`train_recorded` with ``watch`` covering the forget set.
+    Source: Graves et al., "Amnesiac Machine Learning", AAAI 2021 (§4, amnesiac unlearning)."""
+    _check_positive("scale", scale)
+    if task.record is None:
+        raise ValueError("amnesiac unlearning needs task.record (train M with train_recorded(watch=forget))")
+    model = copy.deepcopy(task.original)
+    is_forget = torch.zeros(task.train_x.shape[0], dtype=torch.bool)
+    is_forget[task.forget] = True
+    params = list(model.parameters())
+    with torch.no_grad():
+        for idx, upd in zip(task.record.batches, task.record.updates):
+            if bool(is_forget[idx].any()):
+                torch._foreach_add_(params, [u.to(p.device) for u, p in zip(upd, params)], alpha=-scale)
+    return model
+
+
+def _mean_forget_gradient(task: UnlearningTask, at: nn.Module) -> list[torch.Tensor]:
+    """∇ of the mean loss over the forget set at ``at``'s weights, in batches of b (BatchNorm in
+    train mode on each batch, as the reference's x* batch), batch gradients weighted by size."""
+    loss_fn = make_loss(task.config.loss, task.config.lam)
+    total = None
+    m = len(task.forget)
+    for chunk in torch.split(task.forget, task.config.batch_size):
+        xf, yf = task.subset(chunk)
+        g = forget_gradient(at, loss_fn, xf, yf, bn_mode="train")
+        w = len(chunk) / m
+        total = [gi * w for gi in g] if total is None else [t + gi * w for t, gi in zip(total, g)]
+    return total
+
+
+def _sgu(task: UnlearningTask, at: nn.Module, scale: float) -> nn.Module:
+    """w″ = w_T + scale·η·E·(m/b)·∇L(w; x*): each forget point was seen once per epoch in a batch of
+    b, i.e. E·m/b batch-equivalents of x* (paper §1.3, the 3P form (η·E/b)·Σ_{x∈x*}∇ℓ(w; x))."""
+    _check_positive("scale", scale)
+    c = task.config
+    grad = _mean_forget_gradient(task, at)
+    times = scale * c.epochs * len(task.forget) / c.batch_size
+    model = copy.deepcopy(task.original)
+    new = single_gradient_unlearning(list(model.parameters()), grad, c.lr, times)
+    with torch.no_grad():
+        torch._foreach_copy_(list(model.parameters()), new)
+    return model
+
+
+def sgu_at_w0(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
+    """Single gradient unlearning as in the paper: the gradient of the forget set's loss at **w_0**
+    (here the initialisation M trained from), added back with the step size of SGD, ``scale`` × the
+    first-order undo (1 = exact to first order). Source: Thudi et al., EuroS&P 2022, §1.3
+    (correlation_verification.py); :mod:`unroll_utils.unlearning`."""
+    return _sgu(task, task.initial, scale)
+
+
+def sgu_at_final(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
+    """Single gradient unlearning with the gradient at the **final** weights w_T, the variant other
+    papers usually run as "Unrolling SGD" baseline (the reference's cumulative_verification.py);
+    ``scale`` as :func:`sgu_at_w0`. Source: paper §1.3, table of variants."""
+    return _sgu(task, task.original, scale)
+
+
+#: name → (method, hyper-parameter name, default value).
+METHODS = {
+    "naive_retraining": (naive_retraining, "epochs", None),
+    "fine_tuning": (fine_tuning, "epochs", 1),
+    "gradient_ascent": (gradient_ascent, "lr_scale", 0.1),
+    "neggrad_plus": (neggrad_plus, "alpha", 0.95),
+    "random_labels": (random_labels, "epochs", 1),
+    "amnesiac": (amnesiac, "scale", 1.0),
+    "sgu_w0": (sgu_at_w0, "scale", 1.0),
+    "sgu_final": (sgu_at_final, "scale", 1.0),
+}
+#: forget-set kinds: random k% of the training set, or a whole class.
+FORGET_KINDS = ("random1", "random5", "random10", "class")
+
+
+def make_forget_sets(labels: torch.Tensor, kinds, *, seed: int, forget_class: int = 0) -> dict[str, torch.Tensor]:
+    """Forget indices per kind for a training set with (N,) ``labels``.
+
+    ``"randomK"`` (K in 1..99): ⌈K% · N⌉ points drawn with ``seed``
+    (:func:`unroll_utils.data.select_forget_set`); ``"class"``: every point of ``forget_class``.
+
+    Raises:
+        ValueError: an unknown kind (the allowed forms are named) or a class absent from ``labels``.
+    """
+    n, out = len(labels), {}
+    for kind in kinds:
+        if kind == "class":
+            out[kind] = D.select_forget_set(n, "class", labels=labels, cls=forget_class)
+        elif isinstance(kind, str) and kind.startswith("random") and kind[6:].isdigit() and 1 <= int(kind[6:]) <= 99:
+            k = max(1, math.ceil(int(kind[6:]) / 100 * n))
+            out[kind] = D.select_forget_set(n, "random", k=k, seed=seed)
+        else:
+            raise ValueError(f"forget kind must be 'class' or 'randomK' with K in 1..99 (e.g. {list(FORGET_KINDS)}); "
+                             f"got {kind!r}")
+    return out
+
+
+def _measure(model: nn.Module, task: UnlearningTask, test_x, test_y, reference: nn.Module | None) -> dict:
+    """Accuracies, the loss-attack AUC (forget set as members vs the test set) and VE to M′, from one
+    eval-mode forward pass over the training and test sets."""
+    p_train, p_test = predict_probs(model, task.train_x).cpu(), predict_probs(model, test_x).cpu()
+    y_train, y_test = task.train_y.cpu(), test_y.cpu()
+    hit_train, hit_test = p_train.argmax(1) == y_train, p_test.argmax(1) == y_test
+    f, r = task.forget, task.retain
+    return {"forget_acc": float(hit_train[f].double().mean()), "retain_acc": float(hit_train[r].double().mean()),
+            "test_acc": float(hit_test.double().mean()),
+            "mia_auc": loss_attack_auc(per_example_loss(p_train[f], y_train[f]), per_example_loss(p_test, y_test)),
+            "ve": verification_error(model, reference) if reference is not None else 0.0}
+
+
+def _run_kind(task: UnlearningTask, methods, hyper: dict, test_x, test_y) -> list[dict]:
+    """Naive retraining first (the reference for VE and time), then every other method."""
+    start = time.perf_counter()
+    reference = naive_retraining(task)
+    t_ref = time.perf_counter() - start
+    rows = [{"method": "original", "seconds": 0.0, **_measure(task.original, task, test_x, test_y, reference)},
+            {"method": "naive_retraining", "seconds": t_ref, **_measure(reference, task, test_x, test_y, reference)}]
+    for name in methods:
+        if name == "naive_retraining":
+            continue
+        fn, hp, default = METHODS[name]
+        start = time.perf_counter()
+        model = fn(task, **{hp: hyper.get(name, default)})
+        seconds = time.perf_counter() - start
+        rows.append({"method": name, "seconds": seconds, **_measure(model, task, test_x, test_y, reference)})
+    for r in rows:
+        r["time_rel"] = r["seconds"] / t_ref
+    return rows
+
+
+def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, methods=tuple(METHODS),
+                         seeds=(0, 1, 2), config: TrainingConfig = TrainingConfig(), forget_class: int = 0,
+                         hyper: dict | None = None, progress: bool = True) -> pd.DataFrame:
+    """The forget benchmark: for every seed, train M, then for every forget-set kind retrain M′ and
+    apply every method.
+
+    Args:
+        dataset: a :class:`~unroll_utils.data.TensorData` (train and test split).
+        build: ``build(seed) -> nn.Module`` giving w_0 (e.g. a seeded ``models.build_model``).
+        kinds: forget-set kinds (see :func:`make_forget_sets`). methods: names in :data:`METHODS`.
+        seeds: seeds of w_0, the data order, the random forget sets and the methods' draws.
+        config: how M is trained (its ``seed`` is replaced by each seed).
+        forget_class: the class forgotten by the ``"class"`` kind.
+        hyper: method name → value of its hyper-parameter (default: :data:`METHODS`).
+
+    Returns:
+        Tidy table, one row per (seed, kind, method): ``forget_acc``, ``retain_acc``, ``test_acc``
+        (in [0, 1]), ``mia_auc`` (loss-attack ROC-AUC, forget set as members vs the test set; the
+        retrained model's value is the target), ``ve`` (‖w − w′‖ to naive retraining), ``seconds``
+        (wall time of the method) and ``time_rel`` (seconds / naive retraining's). The ``original``
+        row is M itself (no unlearning).
+
+    Raises:
+        ValueError: unknown method or kind, empty ``seeds``, or a class absent from the labels.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty list of {list(METHODS)}; got {list(methods)}")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    rows = []
+    for seed in tqdm(list(seeds), desc="seeds", disable=not progress, leave=False):
+        cfg = replace(config, seed=int(seed))
+        sets = make_forget_sets(dataset.train_y, kinds, seed=int(seed), forget_class=forget_class)
+        initial = build(int(seed))
+        device = next(initial.parameters()).device
+        x, y = dataset.train_x.to(device), dataset.train_y.to(device)
+        tx, ty = dataset.test_x.to(device), dataset.test_y.to(device)
+        original = copy.deepcopy(initial)
+        record = train_recorded(original, x, y, cfg, watch=torch.unique(torch.cat(list(sets.values()))))
+        for kind, forget in sets.items():
+            task = UnlearningTask(original, initial, x, y, forget, cfg, record)
+            for r in _run_kind(task, methods, hyper or {}, tx, ty):
+                rows.append({"seed": int(seed), "kind": kind, "n_forget": len(forget), **r})
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame, metrics=("forget_acc", "retain_acc", "test_acc", "mia_auc", "ve", "time_rel"),
+              confidence: float = 0.95) -> pd.DataFrame:
+    """Mean and two-sided Student-t confidence interval over seeds for each (kind, method, metric).
+
+    The interval is mean ± t_{(1+c)/2, n−1}·s/√n with s the sample standard deviation over the n seeds
+    (t-interval: few seeds, roughly normal means); NaN bounds when n = 1.
+
+    Returns:
+        Tidy table with columns kind, method, metric, mean, ci_low, ci_high, n.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    out = []
+    for (kind, method), g in table.groupby(["kind", "method"], sort=False):
+        for m in metrics:
+            v = g[m].to_numpy(dtype=np.float64)
+            n, mean = len(v), float(np.mean(v))
+            half = (float(stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(v, ddof=1) / math.sqrt(n))
+                    if n > 1 else math.nan)
+            out.append({"kind": kind, "method": method, "metric": m, "mean": mean,
+                        "ci_low": mean - half, "ci_high": mean + half, "n": n})
+    return pd.DataFrame(out)

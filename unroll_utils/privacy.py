@@ -1,0 +1,352 @@
+"""Membership inference and the privacy risk score (paper §2.7; reference-code defects §5 item 4).
+
+A membership-inference attack guesses, from a model's output on a labelled point z = (x, y), whether z
+was in the model's training set. Everything here works on **softmax probabilities** (not raw logits, the
+reference code's defect) computed with the model in **eval mode** (the reference scored in train mode):
+
+- :func:`loss_attack_auc` — the loss-threshold attack (Yeom et al., CSF 2018): a lower loss means
+  "member"; its strength over all thresholds is the ROC-AUC (scikit-learn ``roc_auc_score``).
+- :class:`MetricAttack` — the metric-based attacks of Song & Mittal (USENIX Security 2021, §3.2):
+  correctness, confidence p_y, entropy and modified entropy, with one threshold per class chosen on
+  shadow (or reference) data to maximise the balanced in/out accuracy.
+- :func:`privacy_risk_score` — Song & Mittal's privacy risk score (§5.1 of their paper):
+  PRS(z) = P(z is a member | m(z)), by Bayes' rule from the class-conditional histograms of the
+  modified entropy m on a shadow model's members and non-members, with a prior of 0.5 (5 log-spaced
+  bins per class by default, as in the authors' released code).
+
+Shapes: ``probs`` (N, C) float, rows summing to 1; ``labels`` (N,) int64 in [0, C−1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from .hessian import preserved_modes
+
+__all__ = ["ATTACK_METRICS", "predict_probs", "per_example_loss", "entropy", "modified_entropy",
+           "confidence", "correctness", "attack_values", "roc_auc", "loss_attack_auc",
+           "best_threshold", "MetricAttack", "RiskHistograms", "privacy_risk_score"]
+
+#: Song & Mittal's metric-based attacks; a higher *attack value* always means "more likely a member"
+#: (see :func:`attack_values`).
+ATTACK_METRICS = ("correctness", "confidence", "entropy", "modified_entropy")
+#: Probabilities are clipped to [LOG_FLOOR, 1] before a log, as Song & Mittal's code does (1e-30).
+LOG_FLOOR = 1e-30
+#: Modified entropies are clipped below at this value before log-spaced binning (Song & Mittal's code).
+LOG_BIN_FLOOR = 1e-10
+
+
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _check_probs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float64 probabilities and (N,) int labels, or ValueError naming the argument."""
+    p, y = _np(probs).astype(np.float64), _np(labels)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"probs must have shape (N, C) with N >= 1; got {p.shape}")
+    if y.shape != (p.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be ({p.shape[0]},) integers; got shape {y.shape} dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels must be in [0, {p.shape[1] - 1}]")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
+        raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply softmax "
+                         "to the logits first (the reference code's PRS used raw logits, paper §5 item 4)")
+    return p, y.astype(np.int64)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax probabilities (N, C) float32 of ``model`` in eval mode (mode flags restored).
+
+    Args:
+        model: a classifier returning logits (N, C). inputs: (N, ...) on the model's device.
+        batch_size: rows per forward pass, >= 1.
+
+    Raises:
+        ValueError: empty inputs or ``batch_size`` < 1.
+    """
+    if inputs.shape[0] == 0 or batch_size < 1:
+        raise ValueError("inputs must be non-empty and batch_size >= 1")
+    with preserved_modes(model, training=False):
+        return torch.cat([model(inputs[i:i + batch_size]).float().softmax(1)
+                          for i in range(0, inputs.shape[0], batch_size)])
+
+
+def per_example_loss(probs, labels) -> np.ndarray:
+    """Cross-entropy loss of each point, −log p_y (N,) float64 (p_y clipped at 1e-30)."""
+    p, y = _check_probs(probs, labels)
+    return -np.log(np.clip(p[np.arange(len(y)), y], LOG_FLOOR, 1.0))
+
+
+def entropy(probs) -> np.ndarray:
+    """Prediction entropy H(p) = −Σ_c p_c log p_c (N,), in nats (Song & Mittal eq. (3))."""
+    p = _np(probs).astype(np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must have shape (N, C); got {p.shape}")
+    return -np.sum(p * np.log(np.clip(p, LOG_FLOOR, 1.0)), axis=1)
+
+
+def modified_entropy(probs, labels) -> np.ndarray:
+    """Song & Mittal's modified prediction entropy (USENIX Security 2021, eq. (4)), (N,) in nats:
+
+        Mentr(p, y) = −(1 − p_y)·log(p_y) − Σ_{c≠y} p_c·log(1 − p_c).
+
+    It is 0 for a confident correct prediction (p_y = 1) and grows without bound for a confident
+    wrong one, so members (fitted points) have small values. Logs clip their argument at 1e-30, as
+    Song & Mittal's code does. Unlike the reference code (paper §5 item 4), ``probs`` must be
+    softmax probabilities (checked).
+
+    Raises:
+        ValueError: ``probs`` not (N, C) probabilities or ``labels`` out of range.
+    """
+    p, y = _check_probs(probs, labels)
+    rows = np.arange(len(y))
+    py = p[rows, y]
+    log_p = np.log(np.clip(p, LOG_FLOOR, 1.0))
+    log_1mp = np.log(np.clip(1.0 - p, LOG_FLOOR, 1.0))
+    other = -(p * log_1mp)
+    other[rows, y] = 0.0
+    return -(1.0 - py) * log_p[rows, y] + other.sum(1)
+
+
+def confidence(probs, labels) -> np.ndarray:
+    """Confidence in the true class, p_y (N,) (Song & Mittal eq. (2))."""
+    p, y = _check_probs(probs, labels)
+    return p[np.arange(len(y)), y]
+
+
+def correctness(probs, labels) -> np.ndarray:
+    """1.0 where argmax p = y, else 0.0 (N,) (Song & Mittal eq. (1); Yeom et al. 2018)."""
+    p, y = _check_probs(probs, labels)
+    return (p.argmax(1) == y).astype(np.float64)
+
+
+def attack_values(probs, labels, metric: str) -> np.ndarray:
+    """The attack value of each point for ``metric`` in :data:`ATTACK_METRICS`, oriented so that a
+    higher value means "member": correctness and confidence as they are, entropy and modified entropy
+    negated. Shape (N,) float64. Raises ValueError for an unknown ``metric``."""
+    if metric == "correctness":
+        return correctness(probs, labels)
+    if metric == "confidence":
+        return confidence(probs, labels)
+    if metric == "entropy":
+        _check_probs(probs, labels)
+        return -entropy(probs)
+    if metric == "modified_entropy":
+        return -modified_entropy(probs, labels)
+    raise ValueError(f"metric must be one of {list(ATTACK_METRICS)}; got {metric!r}")
+
+
+def roc_auc(member_scores, nonmember_scores) -> float:
+    """ROC-AUC of separating members from non-members by a score (higher = member), in [0, 1].
+
+    0.5: the score tells nothing (e.g. identical distributions); 1: every member scores above every
+    non-member. Computed by ``sklearn.metrics.roc_auc_score`` (ties count one half).
+
+    Raises:
+        ValueError: either side empty or non-finite scores.
+    """
+    a, b = _np(member_scores).astype(np.float64).ravel(), _np(nonmember_scores).astype(np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("member_scores and nonmember_scores must both be non-empty")
+    s = np.concatenate([a, b])
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite")
+    return float(roc_auc_score(np.r_[np.ones(a.size), np.zeros(b.size)], s))
+
+
+def loss_attack_auc(member_losses, nonmember_losses) -> float:
+    """ROC-AUC of the loss-threshold membership-inference attack (Yeom et al., CSF 2018): a point is
+    called a member when its loss is below a threshold; the AUC sweeps every threshold. Losses are
+    (N,) per-example losses (e.g. :func:`per_example_loss`). 0.5 = no leakage. See :func:`roc_auc`."""
+    return roc_auc(-_np(member_losses).astype(np.float64), -_np(nonmember_losses).astype(np.float64))
+
+
+def best_threshold(member_values, nonmember_values) -> tuple[float, float]:
+    """Song & Mittal's threshold choice: the τ among the observed values that maximises the balanced
+    accuracy ½·(P[v ≥ τ | member] + P[v < τ | non-member]) (attack values: higher = member).
+
+    Returns:
+        (τ, balanced accuracy at τ). Ties keep the smallest τ.
+
+    Raises:
+        ValueError: either side empty.
+    """
+    a, b = np.sort(_np(member_values).astype(np.float64)), np.sort(_np(nonmember_values).astype(np.float64))
+    if a.size == 0 or b.size == 0:
+        raise ValueError("member_values and nonmember_values must both be non-empty")
+    cand = np.unique(np.concatenate([a, b]))
+    hits = a.size - np.searchsorted(a, cand, side="left")   # members with v >= τ
+    rejects = np.searchsorted(b, cand, side="left")         # non-members with v < τ
+    score = hits * b.size + rejects * a.size                # exact integers: ties compare equal
+    i = int(np.argmax(score))
+    return float(cand[i]), float(score[i]) / (2.0 * a.size * b.size)
+
+
+@dataclass
+class MetricAttack:
+    """Song & Mittal's metric-based membership-inference attack with per-class thresholds.
+
+    ``fit`` chooses, for every class c, the threshold τ_c of :func:`best_threshold` on shadow (or
+    reference) members and non-members of class c; ``predict`` calls z = (x, y) a member when its
+    attack value is ≥ τ_y. Correctness needs no threshold (member iff correctly classified). A class
+    with no shadow member or non-member falls back to the threshold fitted on all classes together.
+
+    Attributes:
+        metric: one of :data:`ATTACK_METRICS`.
+        thresholds: (C,) float64 per-class thresholds after ``fit`` (empty for correctness).
+
+    Source: L. Song, P. Mittal, "Systematic Evaluation of Privacy Risks of Machine Learning Models",
+    USENIX Security 2021, §3.2 (their code's ``_thre_setting`` / ``_mem_inf_thre``).
+    """
+
+    metric: str = "modified_entropy"
+    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self):
+        if self.metric not in ATTACK_METRICS:
+            raise ValueError(f"metric must be one of {list(ATTACK_METRICS)}; got {self.metric!r}")
+
+    def fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels) -> "MetricAttack":
+        """Choose the per-class thresholds on shadow data; (N, C)/(N,) arrays. Returns self."""
+        if self.metric == "correctness":
+            return self
+        mp, my = _check_probs(member_probs, member_labels)
+        np_, ny = _check_probs(nonmember_probs, nonmember_labels)
+        if mp.shape[1] != np_.shape[1]:
+            raise ValueError("member_probs and nonmember_probs must have the same number of classes")
+        va, vb = attack_values(mp, my, self.metric), attack_values(np_, ny, self.metric)
+        pooled, _ = best_threshold(va, vb)
+        th = np.full(mp.shape[1], pooled)
+        for c in range(mp.shape[1]):
+            if (my == c).any() and (ny == c).any():
+                th[c] = best_threshold(va[my == c], vb[ny == c])[0]
+        self.thresholds = th
+        return self
+
+    def predict(self, probs, labels) -> np.ndarray:
+        """(N,) bool: True where the attack calls the point a member."""
+        p, y = _check_probs(probs, labels)
+        v = attack_values(p, y, self.metric)
+        if self.metric == "correctness":
+            return v > 0.5
+        if self.thresholds.size != p.shape[1]:
+            raise ValueError(f"call fit first (thresholds for {p.shape[1]} classes needed)")
+        return v >= self.thresholds[y]
+
+    def balanced_accuracy(self, member_probs, member_labels, nonmember_probs, nonmember_labels) -> float:
+        """½·(fraction of members flagged + fraction of non-members not flagged), in [0, 1]; 0.5 =
+        chance. Song & Mittal's reported attack accuracy on a balanced evaluation set."""
+        return 0.5 * (float(self.predict(member_probs, member_labels).mean())
+                      + 1.0 - float(self.predict(nonmember_probs, nonmember_labels).mean()))
+
+
+@dataclass
+class RiskHistograms:
+    """Per-class histograms of the modified entropy of a shadow model's members and non-members.
+
+    Attributes:
+        edges: (C, bins+1) bin edges per class, from the class's smallest to largest shadow value
+            (pooled in and out), log-spaced (``log_bins``, values clipped below at 1e-10) or
+            equal-width.
+        p_in, p_out: (C, bins) fraction of the class's shadow members / non-members in each bin.
+        log_bins: whether the edges are log-spaced.
+
+    Source: Song & Mittal 2021, §5.1; the defaults (5 log-spaced bins) and the rules for values
+    outside the range and for empty bins follow their released code
+    (inspire-group/membership-inference-evaluation, ``privacy_risk_score_utils.py``).
+    """
+
+    edges: np.ndarray
+    p_in: np.ndarray
+    p_out: np.ndarray
+    log_bins: bool = True
+
+    @classmethod
+    def fit(cls, member_probs, member_labels, nonmember_probs, nonmember_labels,
+            bins: int = 5, log_bins: bool = True) -> "RiskHistograms":
+        """Histograms from shadow data: (N_in, C)/(N_in,) members, (N_out, C)/(N_out,) non-members.
+
+        Raises:
+            ValueError: bins < 1, bad shapes, or a class with no shadow member or non-member.
+        """
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+            raise ValueError(f"bins must be an integer >= 1; got {bins!r}")
+        mp, my = _check_probs(member_probs, member_labels)
+        np_, ny = _check_probs(nonmember_probs, nonmember_labels)
+        va, vb = modified_entropy(mp, my), modified_entropy(np_, ny)
+        if log_bins:
+            va, vb = np.maximum(va, LOG_BIN_FLOOR), np.maximum(vb, LOG_BIN_FLOOR)
+        n_cls = mp.shape[1]
+        edges, p_in, p_out = np.zeros((n_cls, bins + 1)), np.zeros((n_cls, bins)), np.zeros((n_cls, bins))
+        for c in range(n_cls):
+            a, b = va[my == c], vb[ny == c]
+            if a.size == 0 or b.size == 0:
+                raise ValueError(f"class {c} needs at least one shadow member and one non-member")
+            lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+            edges[c] = (np.logspace(np.log10(lo), np.log10(hi), bins + 1) if log_bins
+                        else np.linspace(lo, hi, bins + 1))
+            p_in[c] = np.histogram(a, bins=edges[c])[0] / a.size
+            p_out[c] = np.histogram(b, bins=edges[c])[0] / b.size
+        return cls(edges, p_in, p_out, bool(log_bins))
+
+    def bin_of(self, values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(N,) bin index of each value in its class's histogram; values outside the shadow range
+        go to the first or last bin."""
+        bins = self.p_in.shape[1]
+        out = np.empty(len(values), dtype=np.int64)
+        for i, (v, c) in enumerate(zip(values, labels)):
+            out[i] = np.searchsorted(self.edges[c], v, side="right") - 1
+        return np.clip(out, 0, bins - 1)
+
+    def informative_bin(self, c: int, k: int) -> int:
+        """Bin k of class c if either histogram is non-zero there, else the nearest bin that is
+        (the lower one first on ties, as Song & Mittal's code); k itself if all bins are empty."""
+        filled = (self.p_in[c] + self.p_out[c]) > 0
+        for d in range(len(filled)):
+            for j in (k - d, k + d):
+                if 0 <= j < len(filled) and filled[j]:
+                    return j
+        return k
+
+
+def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float = 0.5) -> np.ndarray:
+    """Song & Mittal's privacy risk score of each target point (USENIX Security 2021, §5.1, eq. (6)):
+
+        PRS(z) = P(in | m(z)) = π·P(m | in) / (π·P(m | in) + (1 − π)·P(m | out)),
+
+    where m(z) is the modified entropy of the target model's softmax output on z = (x, y), the two
+    conditional probabilities are the shadow histograms of class y read at m(z)'s bin (a bin empty
+    under both histograms is replaced by the nearest non-empty one, as in their code), and π is the
+    prior probability of membership (0.5 in the paper). This is the published definition, not the
+    reference code's (which fed raw logits to the modified entropy and could return 0/0, paper §5
+    item 4).
+
+    Args:
+        histograms: from :meth:`RiskHistograms.fit` on shadow-model outputs.
+        probs: (N, C) target-model softmax probabilities; labels: (N,) true labels.
+        prior: π in (0, 1).
+
+    Returns:
+        (N,) float64 scores in [0, 1], in input order (π where a class's histograms are all empty).
+
+    Raises:
+        ValueError: prior outside (0, 1), bad probabilities, or a class count that differs from the
+            histograms'.
+    """
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1); got {prior}")
+    p, y = _check_probs(probs, labels)
+    if p.shape[1] != histograms.p_in.shape[0]:
+        raise ValueError(f"probs has {p.shape[1]} classes, the histograms {histograms.p_in.shape[0]}")
+    k = histograms.bin_of(modified_entropy(p, y), y)
+    k = np.array([histograms.informative_bin(c, j) for c, j in zip(y, k)], dtype=np.int64)
+    a, b = prior * histograms.p_in[y, k], (1.0 - prior) * histograms.p_out[y, k]
+    total = a + b
+    return np.where(total > 0, a / np.where(total > 0, total, 1.0), prior)
