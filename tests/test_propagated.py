@@ -212,5 +212,7 @@ def test_post_hoc_form_checks_its_arguments():
         propagated_unlearning(net, loss, x, y, g0, lr=0.0, steps_after=[1])
     with pytest.raises(ValueError, match="steps_after"):
         propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[-1])
+    w, info = propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3])  # zero gradient
+    assert metrics.weight_distance(w, net) == 0.0 and info["hvps"] == 0
     with pytest.raises(ValueError, match="non-zero"):
-        propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3])
+        lanczos_basis(lambda v: v, torch.full((3,), float("nan")), 2)

@@ -234,7 +234,8 @@ def propagated_correction(matvec: MatVec, visits: Sequence[Visit], t: int, *, kr
         t: the step being unlearned (M's steps since w_0).
         krylov: Lanczos steps per visit. clamp, weight_decay: see :func:`propagation_factor`.
         bases: optional cache {visit index: :class:`KrylovBasis`} reused and filled (H̄ fixed,
-            e.g. at w_0); visits with n_k = 0 need no HVP (f = 1: single gradient unlearning).
+            e.g. at w_0); visits with n_k = 0 need no HVP (f = 1: single gradient unlearning),
+            nor do visits whose gradient is exactly zero.
 
     Returns:
         ((P,) float64 u, {"hvps": HVPs spent now, "error": Σ_k η_k·error estimate_k}).
@@ -252,6 +253,8 @@ def propagated_correction(matvec: MatVec, visits: Sequence[Visit], t: int, *, kr
             raise ValueError(f"visit at step {v.step} is after t={t}")
         if n == 0:
             u.add_(v.gradient.to(torch.float64), alpha=v.lr)
+            continue
+        if not bool(v.gradient.any()):  # a zero gradient (x* fitted exactly) adds nothing
             continue
         basis = bases.get(i) if bases is not None else None
         if basis is None:
@@ -316,7 +319,7 @@ def propagated_unlearning(model: nn.Module, loss_fn, hessian_x: torch.Tensor,
     t = max(steps_after)
     visits = [Visit(t - n, lr, g) for n in steps_after]
     op = HessianOperator(model, loss_fn, hessian_x, hessian_y, bn_mode=bn_mode)
-    basis = lanczos_basis(op.matvec, g, krylov) if t > 0 else None  # t = max n_k
+    basis = lanczos_basis(op.matvec, g, krylov) if t > 0 and bool(g.any()) else None  # t = max n_k
     bases = {i: basis for i in range(len(visits))} if basis is not None else None
     u, info = propagated_correction(op.matvec, visits, t, krylov=krylov, clamp=clamp,
                                     weight_decay=weight_decay, bases=bases)
@@ -332,6 +335,8 @@ class PropagatedUndo:
     :meth:`record` is called *before* M's step on a batch holding forget points, so the gradient
     is taken where the trajectory saw x* (M's weights before the step, the step's BatchNorm mode
     and undo form); :meth:`correction` gives u at step t with H̄ on the fixed Hessian batch.
+    Checkpoints keep the visits (one gradient of P floats each); with ``at="w0"`` the Lanczos runs
+    are redone once after a resume (the VE is the same, the HVP count of that step is not).
 
     Args:
         config: a validated :class:`PropagatedConfig`.
