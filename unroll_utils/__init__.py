@@ -5,7 +5,7 @@ Factors Influencing Machine Unlearning", IEEE EuroS&P 2022 (arXiv:2109.13398).
 
 Modules are named by the paper's nouns: ``data`` (datasets, forget sets), ``models``,
 ``losses`` (SD loss), ``hessian`` (top Hessian eigenvalue, sigma), ``unlearning``
-(single gradient unlearning), ``training`` (data order, augmentation, SGD steps),
+(single gradient unlearning), ``propagated`` (its Hessian-propagated variant, beyond the paper), ``training`` (data order, augmentation, SGD steps),
 ``trajectory`` (the lock-step run of M, M' and M''),
 ``metrics`` (verification error, unlearning error), ``results`` (atomic tables,
 checkpoints), ``plot`` (the one plotting helper), ``params`` (validation of notebook

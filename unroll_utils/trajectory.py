@@ -35,6 +35,7 @@ from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unl
 from .training import (AUGMENTS, ORDERS, SGDConfig, _sub_seed, augmentation_draws, batch_order,
                        check_lone_point_batches, check_sgd_fields, crop_flip, make_optimizer,
                        require, sgd_step, train_sgd)
+from .propagated import PropagatedConfig, PropagatedUndo
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
 __all__ = [
@@ -92,6 +93,10 @@ class LockStepConfig:
             last step); 0 = last step only.
         include_buffers: include BatchNorm running statistics in VE and ‖w_t − w_0‖ (the paper
             excludes them).
+        propagated: a :class:`unroll_utils.propagated.PropagatedConfig` to also unlearn with the
+            Hessian-propagated single gradient (gradients where M saw x*, propagated by
+            f(H̄) = clamp((1 − ηH̄)^{n_k}, −1, 1)); adds the columns ``ve_propagated``,
+            ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
     """
 
     lr: float = 0.01
@@ -121,6 +126,7 @@ class LockStepConfig:
     sigma_bn_mode: str = "eval"
     accuracy_every: int = 0
     include_buffers: bool = False
+    propagated: PropagatedConfig | None = None
 
     def validate(self) -> "LockStepConfig":
         """Raise ValueError naming the first bad field and its allowed range; return self."""
@@ -146,6 +152,10 @@ class LockStepConfig:
         need(self.sigma_max_iter >= 1, "sigma_max_iter", ">= 1")
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
+        need(self.propagated is None or isinstance(self.propagated, PropagatedConfig), "propagated",
+             "None or a PropagatedConfig")
+        if self.propagated is not None:
+            self.propagated.validate()
         return self
 
 
@@ -159,6 +169,8 @@ class LockStepResult:
         model: M at the last step done; retrained: M′; initial: M at w_0 (frozen copy).
         undo: single gradient unlearning correction u (w″ = w_t + u), parameters order.
         forget: the forget indices; steps_done / total_steps; complete: all steps done.
+        propagated_undo: the Hessian-propagated correction at the last measurement where it was
+            computed (w‴ = w_t + u), or None when ``config.propagated`` is None.
     """
 
     table: pd.DataFrame
@@ -171,6 +183,7 @@ class LockStepResult:
     steps_done: int
     total_steps: int
     complete: bool = field(default=True)
+    propagated_undo: list[torch.Tensor] | None = None
 
     def unlearned_model(self) -> nn.Module:
         """M″: a copy of M with w″ = w_t + u loaded (buffers are M's)."""
@@ -358,9 +371,16 @@ class LockStep:
         self.undo = UndoAccumulator(cfg, self.loss_fn, list(self.model.parameters()))
         self.sigma = SigmaTracker(cfg, self.loss_fn, self.x[: cfg.sigma_points],
                                   self.y[: cfg.sigma_points])
+        self.propagated = None if cfg.propagated is None else PropagatedUndo(
+            cfg.propagated, cfg.lr, cfg.weight_decay, self.loss_fn, self.x[: cfg.propagated.points],
+            self.y[: cfg.propagated.points], undo_bn_mode=cfg.undo_bn_mode, undo_form=cfg.undo_form)
+        self.propagated_undo: list[torch.Tensor] | None = None
         self.rows: list[dict] = []
         self.t, self.times_seen = 0, 0
-        self.fingerprint = results.fingerprint({"config": asdict(cfg), "n": n,
+        fields_ = asdict(cfg)
+        if cfg.propagated is None:  # runs without the variant keep their checkpoints' fingerprints
+            del fields_["propagated"]
+        self.fingerprint = results.fingerprint({"config": fields_, "n": n,
                                                 "forget": self.forget.tolist(),
                                                 "x_shape": list(train_x.shape)})
         self._epoch_plan: tuple | None = None  # (epoch, batches, shifts, flips)
@@ -394,6 +414,8 @@ class LockStep:
         if shifts is not None:
             xb = crop_flip(xb, shifts[idx], flips[idx])
         fmask = self.is_forget[idx].to(self.device)
+        if self.propagated is not None and bool(fmask.any()):  # the gradient where M sees x*
+            self.propagated.record(self.t + 1, self.model, xb, yb, fmask)
         loss_value = sgd_step(self.model, self.opt_model, self.loss_fn, xb, yb)
         keep = ~fmask
         if bool(keep.any()):
@@ -434,6 +456,8 @@ class LockStep:
                "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
                "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
                "eig_hvps": 0}
+        if self.propagated is not None:
+            row.update(self._propagated(t, last))
         if self.sigma.due(t, last):
             row.update(self.sigma.measure(self.model, xb, yb))
         row.update(self.sigma.errors(t, row["delta_w"]))
@@ -441,6 +465,19 @@ class LockStep:
             row.update(self._accuracies(u))
         self.rows.append(row)
         return row
+
+    def _propagated(self, t: int, last: bool) -> dict:
+        """VE of the Hessian-propagated correction (NaN when not due or before x* was seen)."""
+        if not (self.propagated.due(t, last) and self.propagated.visits):
+            return {"ve_propagated": math.nan, "propagated_hvps": 0, "propagated_error": math.nan,
+                    "propagated_seconds": 0.0}
+        u, info = self.propagated.correction(t, self.model, self.initial)
+        self.propagated_undo = u
+        cfg = self.config
+        ve = weight_distance(model_weights(self.model, cfg.include_buffers),
+                             model_weights(self.retrained, cfg.include_buffers),
+                             offset=self._with_buffers(u))
+        return {"ve_propagated": ve, **info}
 
     def _with_buffers(self, ws: list[torch.Tensor]) -> list[torch.Tensor]:
         """Pad a parameters-only list with zeros for the buffers (include_buffers=True)."""
@@ -466,7 +503,8 @@ class LockStep:
                 "initial": self.initial.state_dict(), "model": self.model.state_dict(),
                 "retrained": self.retrained.state_dict(), "opt_model": self.opt_model.state_dict(),
                 "opt_retrained": self.opt_retrained.state_dict(), **self.undo.state_dict(),
-                **self.sigma.state_dict(), "rows": self.rows}
+                **self.sigma.state_dict(), "rows": self.rows,
+                **(self.propagated.state_dict() if self.propagated is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict`. Raises ValueError if it was written by another
@@ -484,6 +522,8 @@ class LockStep:
         self.opt_retrained.load_state_dict(state["opt_retrained"])
         self.undo.load_state_dict(state)
         self.sigma.load_state_dict(state)
+        if self.propagated is not None:
+            self.propagated.load_state_dict(state)
         self.rows, self.t, self.times_seen = state["rows"], state["t"], state["times_seen"]
 
     def _save(self, path: str | Path | None) -> None:
@@ -494,7 +534,8 @@ class LockStep:
         """The table and models as they are now."""
         return LockStepResult(pd.DataFrame(self.rows), self.config, self.model, self.retrained,
                               self.initial, self.current_undo(), self.forget, self.t,
-                              self.total_steps, complete=self.done)
+                              self.total_steps, complete=self.done,
+                              propagated_undo=self.propagated_undo)
 
     def run(self, *, checkpoint_path: str | Path | None = None, checkpoint_every: int = 100,
             progress: bool = True, stop_after: int | None = None) -> LockStepResult:
@@ -570,7 +611,10 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
-        (``_unlearned``), in [0, 1].
+        (``_unlearned``), in [0, 1]; with ``config.propagated``: ``ve_propagated`` (‖w‴_t − w′_t‖,
+        the Hessian-propagated correction, NaN where not computed), ``propagated_hvps`` (HVPs spent
+        at this step), ``propagated_error`` (Krylov error estimate of ‖u‖'s propagated part, weight
+        units), ``propagated_seconds`` (wall time of the correction).
 
     Raises:
         ValueError: invalid config (named field), bad forget set, mismatched data, a checkpoint
