@@ -37,34 +37,39 @@ from .trajectory import LockStepConfig, make_optimizer, run_lockstep, sgd_step
 
 PRESET_NAMES = ("smoke", "small", "paper")
 
-_SMOKE_DATA = {"dataset": "mnist", "model": "small_cnn", "width": 16, "n_train": 4000, "n_test": None}
-_SMALL_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": 10000, "n_test": 2000}
-_PAPER_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": None, "n_test": None}
+_SMOKE_DATA = {"dataset": "mnist", "model": "small_cnn", "width": 8, "n_train": 1000, "n_test": 500,
+               "sigma_tol": 1e-2}
+_SMALL_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": 10000, "n_test": 2000,
+               "sigma_tol": 1e-3}
+_PAPER_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": None, "n_test": None,
+               "sigma_tol": 1e-3}
 
 #: Sizes per experiment and preset; notebook parameters left at None take these values.
 PRESETS: dict[str, dict[str, dict]] = {
     # §2.1: the reference recipe (lr 0.1, no momentum, wd 5e-4, cosine T_max=200, crop+flip, b=128)
     "pretraining": {
-        "smoke": {**_SMOKE_DATA, "epochs": 2, "determinism_steps": 10},
+        "smoke": {**_SMOKE_DATA, "n_train": 2000, "epochs": 2, "determinism_steps": 10},
         "small": {**_SMALL_DATA, "n_train": None, "n_test": None, "epochs": 5, "determinism_steps": 20},
         "paper": {**_PAPER_DATA, "epochs": 50, "determinism_steps": 20},
     },
     # §2.2/§2.3: x* = batch 114 first, 1 epoch at b=32, σ on the first 512 points, undo at w_0
     "fine_tuning": {
-        "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "lr": 0.01, "eval_every": 5, "sigma_every": 25,
-                  "sigma_points": 128, "n_seeds": 2, "regime_lrs": [0.001, 0.003, 0.01, 0.03],
-                  "regime_steps": 40},
-        "small": {**_SMALL_DATA, "pretrain_epochs": 5, "lr": 0.1, "eval_every": 1, "sigma_every": 50,
+        "smoke": {**_SMOKE_DATA, "forget_batch": 20, "pretrain_epochs": 2, "lr": 0.01, "eval_every": 4,
+                  "sigma_every": 32, "sigma_points": 32, "n_seeds": 2,
+                  "regime_lrs": [0.003, 0.01, 0.03, 0.1], "regime_steps": 30},
+        "small": {**_SMALL_DATA, "forget_batch": 114, "pretrain_epochs": 5, "lr": 0.1, "eval_every": 1,
+                  "sigma_every": 50,
                   "sigma_points": 512, "n_seeds": 2, "regime_lrs": [0.001, 0.01, 0.03, 0.1],
                   "regime_steps": 50},
-        "paper": {**_PAPER_DATA, "pretrain_epochs": 50, "lr": 0.1, "eval_every": 1, "sigma_every": 1,
+        "paper": {**_PAPER_DATA, "forget_batch": 114, "pretrain_epochs": 50, "lr": 0.1, "eval_every": 1,
+                  "sigma_every": 1,
                   "sigma_points": 512, "n_seeds": 3, "regime_lrs": [0.001, 0.003, 0.01, 0.03, 0.1],
                   "regime_steps": 200},
     },
     # §2.4: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no augmentation), 5 epochs of
     # fine-tuning at b=32, undo at the current weights, σ on the current batch every 200 steps
     "sd_loss_sweep": {
-        "smoke": {**_SMOKE_DATA, "width": 8, "n_train": 1000, "pretrain_epochs": 2, "pretrain_lr": 0.1,
+        "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1,
                   "epochs": 2, "eval_every": 16, "lams": [0.0, 5.0, 50.0], "n_seeds": 2},
         "small": {**_SMALL_DATA, "pretrain_epochs": 5, "pretrain_lr": 0.01, "epochs": 2,
                   "eval_every": 100, "lams": [0.0, 1.0, 10.0, 100.0], "n_seeds": 2},
@@ -74,7 +79,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # §2.5: from the random initialisation, lr 0.1, b=128, SD(λ), no augmentation, σ once per epoch
     "from_scratch": {
-        "smoke": {**_SMOKE_DATA, "width": 8, "n_train": 1000, "epochs": 3, "lams": [0.0, 5.0], "n_seeds": 2},
+        "smoke": {**_SMOKE_DATA, "epochs": 3, "lams": [0.0, 5.0], "n_seeds": 2},
         "small": {**_SMALL_DATA, "epochs": 5, "lams": [0.0, 5.0], "n_seeds": 2},
         "paper": {**_PAPER_DATA, "epochs": 50, "lams": [0.0, 5.0], "n_seeds": 2},
     },
