@@ -69,8 +69,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     # §2.4: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no augmentation), 5 epochs of
     # fine-tuning at b=32, undo at the current weights, σ on the current batch every 200 steps
     "sd_loss_sweep": {
-        "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1,
-                  "epochs": 2, "eval_every": 16, "lams": [0.0, 5.0, 50.0], "n_seeds": 2},
+        "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1, "epochs": 1, "eval_every": 8,
+                  "lams": [0.0, 20.0], "n_seeds": 2},
         "small": {**_SMALL_DATA, "pretrain_epochs": 5, "pretrain_lr": 0.01, "epochs": 2,
                   "eval_every": 100, "lams": [0.0, 1.0, 10.0, 100.0], "n_seeds": 2},
         "paper": {**_PAPER_DATA, "pretrain_epochs": 20, "pretrain_lr": 0.01, "epochs": 5,
@@ -79,7 +79,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # §2.5: from the random initialisation, lr 0.1, b=128, SD(λ), no augmentation, σ once per epoch
     "from_scratch": {
-        "smoke": {**_SMOKE_DATA, "epochs": 3, "lams": [0.0, 5.0], "n_seeds": 2},
+        "smoke": {**_SMOKE_DATA, "n_train": 768, "epochs": 2, "lams": [0.0, 5.0], "n_seeds": 2},
         "small": {**_SMALL_DATA, "epochs": 5, "lams": [0.0, 5.0], "n_seeds": 2},
         "paper": {**_PAPER_DATA, "epochs": 50, "lams": [0.0, 5.0], "n_seeds": 2},
     },
