@@ -18,6 +18,7 @@ Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraini
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import replace
@@ -118,8 +119,8 @@ def estimate_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batc
     Returns:
         dict: ``seconds_per_step``, ``seconds_per_hvp``, ``total_seconds``.
     """
-    probe = _copy(model)
-    opt = make_optimizer(probe, 0.0)
+    probe = copy.deepcopy(model)
+    opt = make_optimizer(probe, 0.0)  # lr 0: the copy's weights stay w_0
     loss_fn = make_loss("ce")
     xb, yb = x[:batch_size], y[:batch_size]
     sgd_step(probe, opt, loss_fn, xb, yb)
@@ -142,12 +143,6 @@ def estimate_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batc
         per_hvp = (time.perf_counter() - start) / 2
     total = per_step * (train_steps + 2 * lockstep_steps) + per_hvp * hvps
     return {"seconds_per_step": per_step, "seconds_per_hvp": per_hvp, "total_seconds": total}
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _sync(x: torch.Tensor) -> None:
