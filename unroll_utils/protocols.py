@@ -107,8 +107,8 @@ def estimate_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batc
 
     Times ``probe_steps`` SGD steps on a copy of ``model`` (after one warm-up step) and two
     Hessian-vector products on ``hvp_points`` points, then extrapolates: a lock-step step costs
-    two plain steps (M and M′) and the measurements are ignored, so the estimate is a lower bound
-    of the order of magnitude, not a promise.
+    two plain steps (M and M′), distances and accuracies are ignored, and the caller guesses the
+    HVP count: an order of magnitude, not a promise.
 
     Args:
         model: the network (not modified); x: (N, ...) inputs and y: (N,) labels on its device.
