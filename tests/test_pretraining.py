@@ -112,3 +112,19 @@ def test_bad_config_is_named(field, value):
 def test_stop_after_epochs_checked(digits, tmp_path):
     with pytest.raises(ValueError, match="stop_after_epochs"):
         P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, stop_after_epochs=0)
+
+
+def test_load_data_reads_cifar_files_and_keeps_the_first_points(tmp_path, monkeypatch):
+    from test_data import CIFAR10_SIZES, _write_cifar
+
+    _write_cifar(tmp_path, "cifar10", CIFAR10_SIZES)
+    monkeypatch.setenv("UNROLL_DATA", str(tmp_path))
+    full = P.load_data("cifar10", verify=False)
+    part = P.load_data("cifar10", n_train=4, n_test=2, verify=False)
+    assert full.train_x.shape == (10, 3, 32, 32) and part.train_x.shape == (4, 3, 32, 32)
+    assert torch.equal(part.train_x, full.train_x[:4]) and torch.equal(part.test_y, full.test_y[:2])
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        P.load_data("cifar10", n_train=4)  # generated files fail the md5 check: the message names the archive
+    monkeypatch.setenv("UNROLL_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="empty"):
+        P.load_data("cifar10", verify=False)  # offline and missing: the message names the folder

@@ -108,13 +108,14 @@ class PretrainConfig:
 
 
 def load_data(dataset: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-              download: bool = False) -> data_mod.TensorData:
+              download: bool = False, verify: bool = True) -> data_mod.TensorData:
     """The dataset of an experiment as tensors (see :mod:`unroll_utils.data`).
 
     MNIST/digits: the embedded subsets split by ``seed`` (``n_train`` None = their defaults).
     CIFAR-10/100: read from ``$UNROLL_DATA`` (``download=True`` fetches the archive there when it
     is missing; offline the error names the archive and the folder), then the first ``n_train``
-    training and ``n_test`` test points (None = all).
+    training and ``n_test`` test points (None = all); ``verify=False`` skips torchvision's md5
+    check (re-packed copies, generated test files).
 
     Raises:
         ValueError: unknown dataset or bad sizes; FileNotFoundError / RuntimeError: missing CIFAR.
@@ -122,7 +123,7 @@ def load_data(dataset: str, n_train: int | None = None, n_test: int | None = Non
     if dataset in ("mnist", "digits"):
         ds = data_mod.load_dataset(dataset, seed=seed, **({"n_train": n_train} if n_train else {}))
     else:
-        ds = data_mod.load_cifar(dataset, download=download)
+        ds = data_mod.load_cifar(dataset, download=download, verify=verify)
     n_tr = ds.train_x.shape[0] if n_train is None else min(n_train, ds.train_x.shape[0])
     n_te = ds.test_x.shape[0] if n_test is None else min(n_test, ds.test_x.shape[0])
     return data_mod.TensorData(ds.train_x[:n_tr], ds.train_y[:n_tr], ds.test_x[:n_te],
