@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import data, models, plot, results
+from .device import resolve_device
 from .metrics import correlations
 from .training import require, train_sgd
 from .trajectory import LockStepConfig, run_lockstep
@@ -93,15 +94,6 @@ class MainJobConfig:
         """The lock-step part: every field this config shares by name with LockStepConfig."""
         return LockStepConfig(**{f.name: getattr(self, f.name) for f in fields(LockStepConfig)
                                  if hasattr(self, f.name)})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU raises ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device must be 'cpu' or 'auto' on a machine without CUDA; got 'cuda'")
-    return torch.device(name)
 
 
 def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = True,

@@ -1,0 +1,130 @@
+"""Pretraining of w_0 (paper §2.1): cache, keys, bit-identical resume, the cosine schedule."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from unroll_utils import pretraining as P
+from unroll_utils.pretraining import PretrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return P.load_data("digits", n_train=300, n_test=100, seed=0)
+
+
+def cfg(**kw):
+    base = dict(dataset="digits", model="small_cnn", width=4, n_train=300, n_test=100, epochs=3,
+                lr=0.1, batch_size=64, t_max=4, augment="crop_flip", seed=0)
+    return PretrainConfig(**{**base, **kw})
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_cache_hit_returns_the_same_weights(digits, tmp_path):
+    first = P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    assert first.complete and not first.cached and first.path.exists()
+    assert len(first.history) == 3 and 0 <= first.test_acc <= 1
+    second = P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    assert second.cached and second.key == first.key
+    assert same_state(first.model, second.model)
+    assert second.history.equals(first.history) and second.test_acc == first.test_acc
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.05), dict(seed=1), dict(lam=1.0, loss="sd"),
+                                    dict(epochs=4), dict(augment="none"), dict(weight_decay=0.0),
+                                    dict(schedule="constant"), dict(width=8)])
+def test_every_config_field_changes_the_key(digits, change):
+    assert P.pretrain_key(cfg(**change), digits, torch.device("cpu")) != \
+        P.pretrain_key(cfg(), digits, torch.device("cpu"))
+
+
+def test_data_changes_the_key(digits):
+    other = P.load_data("digits", n_train=300, n_test=100, seed=1)
+    assert P.pretrain_key(cfg(), other, torch.device("cpu")) != P.pretrain_key(cfg(), digits, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_rotate"])
+def test_resume_is_bit_identical(digits, tmp_path, augment):
+    c = cfg(augment=augment, momentum=0.9)  # momentum: the optimiser state must be restored too
+    straight = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "a", progress=False)
+    part = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "b", progress=False,
+                      stop_after_epochs=1)
+    assert not part.complete and part.path.name.endswith(".partial.pt") and len(part.history) == 1
+    assert not same_state(part.model, straight.model)
+    resumed = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "b", progress=False)
+    assert resumed.complete and resumed.resumed_from == 1
+    assert same_state(resumed.model, straight.model)
+    assert resumed.history.equals(straight.history)
+    assert not part.path.exists()  # the partial checkpoint is removed once w_0 is cached
+
+
+def test_cosine_schedule_matches_the_closed_form(digits, tmp_path):
+    res = P.pretrain(cfg(epochs=5, t_max=4), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    expected = [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)]
+    assert res.history.lr.tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert [P.cosine_lr(0.1, e, 4) for e in range(5)] == pytest.approx(expected, rel=1e-15)
+    # the reference: T_max=200 over 50 epochs only falls to ~0.085 (paper §2.1)
+    assert P.cosine_lr(0.1, 50, 200) == pytest.approx(0.0854, abs=1e-4)
+
+
+def test_constant_schedule_and_zero_epochs(digits, tmp_path):
+    res = P.pretrain(cfg(schedule="constant", epochs=2), digits, device="cpu", cache_dir=tmp_path,
+                     progress=False)
+    assert res.history.lr.tolist() == [0.1, 0.1]
+    init = P.pretrain(cfg(epochs=0), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(init.history) == 0 and 0 <= init.test_acc <= 1
+    fresh = P.Pretrainer(cfg(epochs=0), digits, torch.device("cpu")).model
+    assert same_state(init.model, fresh)
+
+
+def test_training_uses_train_mode_batches_and_learns(digits, tmp_path):
+    res = P.pretrain(cfg(epochs=3, augment="none"), digits, device="cpu", cache_dir=tmp_path,
+                     progress=False)
+    steps = 3 * math.ceil(300 / 64)
+    bn = [m for m in res.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(int(m.num_batches_tracked) == steps for m in bn)
+    assert res.history.train_loss.iloc[-1] < res.history.train_loss.iloc[0]
+
+
+def test_rotation_is_exact_for_quarter_turns():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    out = P.rotate(x, torch.tensor([0.0, math.pi / 2]))
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1], torch.rot90(x[1], 1, dims=(1, 2)))
+    angles = P.rotation_draws(1000, epoch=0, seed=0)
+    assert angles.abs().max() <= math.radians(15) and torch.equal(angles, P.rotation_draws(1000, 0, 0))
+
+
+@pytest.mark.parametrize("field,value", [("epochs", -1), ("lr", 0.0), ("momentum", 1.0),
+                                         ("schedule", "step"), ("augment", "rotate"), ("t_max", 0),
+                                         ("lam", 1.0), ("dataset", "imagenet"), ("batch_size", 0)])
+def test_bad_config_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        replace(cfg(), **{field: value}).validate()
+
+
+def test_stop_after_epochs_checked(digits, tmp_path):
+    with pytest.raises(ValueError, match="stop_after_epochs"):
+        P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, stop_after_epochs=0)
+
+
+def test_load_data_reads_cifar_files_and_keeps_the_first_points(tmp_path, monkeypatch):
+    from test_data import CIFAR10_SIZES, _write_cifar
+
+    _write_cifar(tmp_path, "cifar10", CIFAR10_SIZES)
+    monkeypatch.setenv("UNROLL_DATA", str(tmp_path))
+    full = P.load_data("cifar10", verify=False)
+    part = P.load_data("cifar10", n_train=4, n_test=2, verify=False)
+    assert full.train_x.shape == (10, 3, 32, 32) and part.train_x.shape == (4, 3, 32, 32)
+    assert torch.equal(part.train_x, full.train_x[:4]) and torch.equal(part.test_y, full.test_y[:2])
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        P.load_data("cifar10", n_train=4)  # generated files fail the md5 check: the message names the archive
+    monkeypatch.setenv("UNROLL_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="empty"):
+        P.load_data("cifar10", verify=False)  # offline and missing: the message names the folder

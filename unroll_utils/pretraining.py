@@ -1,0 +1,329 @@
+"""Pretraining: the weights w_0 that the fine-tuning experiments start from (paper §2.1).
+
+The reference ``pretrain.py`` trains with plain SGD (lr 0.1, **no momentum**, weight decay 5e-4),
+a ``CosineAnnealingLR(T_max=200)`` stepped once per epoch (so over 50 epochs the learning rate only
+falls to ≈ 0.085), batch 128, RandomCrop(32, padding 4) + horizontal flip (+ RandomRotation(15) for
+CIFAR-100), and the cross-entropy or SD loss. :class:`PretrainConfig` has these defaults; Exp C and
+Exp D (§2.4, §2.5) pretrain with other recipes (lr 0.01 or 0.1, no weight decay, no augmentation,
+constant lr), which are the same class with other values.
+
+:func:`pretrain` caches w_0 under a key made of the full configuration, the data and the
+environment (:func:`unroll_utils.device.environment`), keeps a per-epoch checkpoint (model,
+optimiser and scheduler state, history) while it runs, and resumes from it bit-identically: the
+data order and augmentation of an epoch are functions of (seed, epoch) only
+(:func:`unroll_utils.trajectory.batch_order`, :func:`~unroll_utils.trajectory.augmentation_draws`).
+The test accuracy is recorded after every epoch.
+
+Differences from the reference, by design: augmentation is drawn on normalised tensors with an
+explicit seed (crop padding and rotation fill are 0 in the normalised space, i.e. the mean colour,
+where torchvision pads with black), and the order is a seeded permutation per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from . import models, results
+from .device import environment, resolve_device
+from .losses import make_loss
+from .metrics import accuracy
+from .trajectory import augmentation_draws, batch_order, crop_flip, make_optimizer, require, sgd_step
+
+AUGMENTS = ("none", "crop_flip", "crop_flip_rotate")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The recipe that produces w_0; every field enters the cache key.
+
+    Attributes:
+        dataset: one of :data:`unroll_utils.data.DATASETS`.
+        model: ``"small_cnn"``, ``"resnet18"`` or ``"vgg19"``; ``width``: channels of small_cnn.
+        n_train: training points (None: 4,000 for MNIST, 1,400 for digits, all 50,000 for CIFAR;
+            for CIFAR a number keeps the first ``n_train`` points). n_test: test points used for
+            the accuracy (None: the whole test split; else the first ``n_test``).
+        loss, lam: ``"ce"`` or ``"sd"`` with λ ≥ 0 (paper §1.5).
+        epochs: ≥ 0 (0 = the random initialisation, e.g. Exp D).
+        lr, momentum, weight_decay, batch_size: SGD (reference: 0.1, 0, 5e-4, 128).
+        schedule: ``"cosine"`` (``CosineAnnealingLR(T_max=t_max)`` stepped per epoch, the
+            reference) or ``"constant"``.
+        t_max: T_max of the cosine schedule in epochs, ≥ 1 (reference: 200).
+        augment: ``"crop_flip"`` (reference CIFAR-10), ``"crop_flip_rotate"`` (reference
+            CIFAR-100: also a rotation uniform in ±15°) or ``"none"``.
+        seed: initialisation, data order, augmentation (and the MNIST split).
+    """
+
+    dataset: str = "cifar10"
+    model: str = "resnet18"
+    width: int = 16
+    n_train: int | None = None
+    n_test: int | None = None
+    loss: str = "ce"
+    lam: float = 0.0
+    epochs: int = 50
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"
+    t_max: int = 200
+    augment: str = "crop_flip"
+    seed: int = 0
+
+    def validate(self) -> "PretrainConfig":
+        """Raise ValueError naming the first bad field and its allowed values; return self."""
+        def need(ok: bool, name: str, allowed: str) -> None:
+            require(self, ok, name, allowed)
+
+        need(self.dataset in data_mod.DATASETS, "dataset", f"one of {data_mod.DATASETS}")
+        need(self.model in ("small_cnn", "resnet18", "vgg19"), "model",
+             "one of ('small_cnn', 'resnet18', 'vgg19')")
+        need(self.width >= 1, "width", ">= 1")
+        need(self.n_train is None or self.n_train >= 10, "n_train", "None or >= 10")
+        need(self.n_test is None or self.n_test >= 1, "n_test", "None or >= 1")
+        need(self.loss in ("ce", "sd"), "loss", "one of ('ce', 'sd')")
+        need(self.lam >= 0 and (self.loss == "sd" or self.lam == 0), "lam", ">= 0, and 0 unless loss='sd'")
+        need(self.epochs >= 0, "epochs", ">= 0")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.batch_size >= 1, "batch_size", ">= 1")
+        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(self.t_max >= 1, "t_max", ">= 1")
+        need(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
+        need(self.seed >= 0, "seed", ">= 0")
+        return self
+
+
+def load_data(dataset: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+              download: bool = False, verify: bool = True) -> data_mod.TensorData:
+    """The dataset of an experiment as tensors (see :mod:`unroll_utils.data`).
+
+    MNIST/digits: the embedded subsets split by ``seed`` (``n_train`` None = their defaults).
+    CIFAR-10/100: read from ``$UNROLL_DATA`` (``download=True`` fetches the archive there when it
+    is missing; offline the error names the archive and the folder), then the first ``n_train``
+    training and ``n_test`` test points (None = all); ``verify=False`` skips torchvision's md5
+    check (re-packed copies, generated test files).
+
+    Raises:
+        ValueError: unknown dataset or bad sizes; FileNotFoundError / RuntimeError: missing CIFAR.
+    """
+    if dataset in ("mnist", "digits"):
+        ds = data_mod.load_dataset(dataset, seed=seed, **({"n_train": n_train} if n_train else {}))
+    else:
+        ds = data_mod.load_cifar(dataset, download=download, verify=verify)
+    n_tr = ds.train_x.shape[0] if n_train is None else min(n_train, ds.train_x.shape[0])
+    n_te = ds.test_x.shape[0] if n_test is None else min(n_test, ds.test_x.shape[0])
+    return data_mod.TensorData(ds.train_x[:n_tr], ds.train_y[:n_tr], ds.test_x[:n_te],
+                               ds.test_y[:n_te], ds.num_classes, ds.name)
+
+
+def cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float:
+    """The closed form of ``CosineAnnealingLR`` after ``epoch`` scheduler steps:
+    η_min + (η_0 − η_min)·(1 + cos(π·epoch/T_max))/2 (Loshchilov & Hutter, ICLR 2017)."""
+    return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+
+def rotation_draws(n: int, epoch: int, seed: int, degrees: float = 15.0) -> torch.Tensor:
+    """Per-point rotation angles (n,) in radians, uniform in ±``degrees``, for one epoch."""
+    sub = int(np.random.SeedSequence([seed, 3, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    g = torch.Generator().manual_seed(sub)
+    return (torch.rand(n, generator=g) * 2 - 1) * math.radians(degrees)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate a batch (B, C, H, W) by ``angles`` (B,) radians about the centre (nearest
+    neighbour, as torchvision's RandomRotation; outside pixels 0)."""
+    cos, sin = angles.cos().to(x), angles.sin().to(x)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+class Pretrainer:
+    """One pretraining run with explicit state: model, optimiser, scheduler, epoch, history.
+
+    ``train_epoch()`` does one epoch and records ``{"epoch", "lr", "train_loss", "test_acc"}``;
+    ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue bit-identically.
+
+    Args:
+        config: a :class:`PretrainConfig`. data: the dataset (see :func:`load_data`).
+        device: where to train.
+    """
+
+    def __init__(self, config: PretrainConfig, data: data_mod.TensorData, device: torch.device):
+        self.config = cfg = config.validate()
+        self.device = torch.device(device)
+        arch = {"width": cfg.width} if cfg.model == "small_cnn" else {}
+        self.model = models.build_model(cfg.model, in_channels=data.input_shape[0],
+                                        num_classes=data.num_classes, seed=cfg.seed, **arch).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.t_max)
+                          if cfg.schedule == "cosine" else None)
+        self.loss_fn = make_loss(cfg.loss, cfg.lam)
+        self.x, self.y = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """SGD steps in one epoch, ⌈N/b⌉."""
+        return math.ceil(self.x.shape[0] / self.config.batch_size)
+
+    def _batch(self, idx: torch.Tensor, draws) -> torch.Tensor:
+        xb = self.x[idx.to(self.device)]
+        if draws is not None:
+            shifts, flips, angles = draws
+            xb = crop_flip(xb, shifts[idx], flips[idx])
+            if angles is not None:
+                xb = rotate(xb, angles[idx])
+        return xb
+
+    def train_epoch(self, bar=None) -> dict:
+        """One epoch of SGD, then the scheduler step and the test accuracy; returns its record."""
+        cfg, n = self.config, self.x.shape[0]
+        draws = None
+        if cfg.augment != "none":
+            shifts, flips = augmentation_draws(n, self.epoch, cfg.seed)
+            angles = rotation_draws(n, self.epoch, cfg.seed) if cfg.augment == "crop_flip_rotate" else None
+            draws = (shifts, flips, angles)
+        lr = self.optimizer.param_groups[0]["lr"]
+        total = 0.0
+        for idx in batch_order(n, torch.empty(0, dtype=torch.long), cfg.batch_size, "shuffle",
+                               self.epoch, cfg.seed):
+            total += sgd_step(self.model, self.optimizer, self.loss_fn, self._batch(idx, draws),
+                              self.y[idx.to(self.device)]) * len(idx)
+            if bar is not None:
+                bar.update(1)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.epoch += 1
+        record = {"epoch": self.epoch, "lr": lr, "train_loss": total / n,
+                  "test_acc": accuracy(self.model, self.test_x, self.test_y)}
+        self.history.append(record)
+        return record
+
+    def state_dict(self) -> dict:
+        """Everything a bit-identical continuation needs (tensors on the CPU)."""
+        return {"epoch": self.epoch, "history": list(self.history),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns.
+
+    Attributes:
+        model: the network at w_0 (on the requested device, train mode).
+        history: one row per epoch: ``epoch``, ``lr`` (the lr used in that epoch),
+            ``train_loss`` (mean over the epoch), ``test_acc`` in [0, 1] after it.
+        test_acc: test accuracy of w_0 in [0, 1]. key: the cache key. path: the cache
+            file (or the partial checkpoint while ``complete`` is False).
+        cached: w_0 came from the cache. resumed_from: the epoch a partial run resumed from (0 if
+            none). complete: all epochs done.
+    """
+
+    model: nn.Module
+    history: pd.DataFrame
+    test_acc: float
+    key: str
+    path: Path
+    cached: bool
+    resumed_from: int
+    complete: bool
+
+
+def pretrain_key(config: PretrainConfig, data: data_mod.TensorData, device: torch.device) -> str:
+    """The cache key of w_0: the full configuration, the data (name, shapes, a digest of the
+    labels and of every 997th input value) and the environment that decides the floating-point
+    results."""
+    digest = hashlib.sha256(data.train_y.numpy().tobytes())
+    digest.update(data.train_x.reshape(-1)[::997].numpy().tobytes())
+    blob = {"config": asdict(config), "data": [data.name, list(data.train_x.shape),
+                                               list(data.test_x.shape), digest.hexdigest()[:16]],
+            "environment": environment(device)}
+    return f"pretrain_{config.dataset}_{config.model}_{results.fingerprint(blob)}"
+
+
+def pretrain(config: PretrainConfig, data: data_mod.TensorData | None = None, *,
+             device: str | torch.device = "auto", cache_dir: str | Path = "cache",
+             progress: bool = True, stop_after_epochs: int | None = None,
+             download: bool = False) -> PretrainResult:
+    """w_0 for ``config``: from the cache, or trained (resuming a partial run) and cached.
+
+    Args:
+        config: a :class:`PretrainConfig`.
+        data: the dataset; None loads it with :func:`load_data` from the config.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        cache_dir: ``<key>.pt`` holds the finished w_0 (state dict, history, config,
+            environment); ``<key>.partial.pt`` the per-epoch checkpoint of a run in progress.
+        progress: tqdm progress bar over the SGD steps.
+        stop_after_epochs: stop after this many epochs in this call (checkpoint kept; the next
+            call resumes), ≥ 1.
+        download: passed to :func:`load_data` when ``data`` is None.
+
+    Returns:
+        :class:`PretrainResult`.
+
+    Raises:
+        ValueError: invalid config (named field) or ``stop_after_epochs`` < 1.
+    """
+    cfg = config.validate()
+    if stop_after_epochs is not None and stop_after_epochs < 1:
+        raise ValueError(f"stop_after_epochs must be None or >= 1; got {stop_after_epochs}")
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if data is None:
+        data = load_data(cfg.dataset, cfg.n_train, cfg.n_test, cfg.seed, download)
+    key = pretrain_key(cfg, data, dev)
+    final, partial = Path(cache_dir) / f"{key}.pt", Path(cache_dir) / f"{key}.partial.pt"
+    trainer = Pretrainer(cfg, data, dev)
+    if final.exists():
+        saved = results.load_checkpoint(final)
+        trainer.model.load_state_dict(saved["model"])
+        return PretrainResult(trainer.model, pd.DataFrame(saved["history"]), saved["test_acc"],
+                              key, final, True, 0, True)
+    if partial.exists():
+        trainer.load_state_dict(results.load_checkpoint(partial))
+    resumed_from = trainer.epoch
+    todo = cfg.epochs - trainer.epoch
+    if stop_after_epochs is not None:
+        todo = min(todo, stop_after_epochs)
+    with tqdm(total=todo * trainer.steps_per_epoch, desc=f"pretrain {cfg.model}", disable=not progress,
+              mininterval=1.0, leave=False) as bar:
+        for _ in range(todo):
+            trainer.train_epoch(bar)
+            results.save_checkpoint(trainer.state_dict(), partial)
+    history = pd.DataFrame(trainer.history, columns=["epoch", "lr", "train_loss", "test_acc"])
+    test_acc = (float(history.test_acc.iloc[-1]) if len(history)
+                else accuracy(trainer.model, trainer.test_x, trainer.test_y))
+    if trainer.epoch < cfg.epochs:
+        return PretrainResult(trainer.model, history, test_acc, key, partial, False, resumed_from, False)
+    state = trainer.state_dict()
+    results.save_checkpoint({"model": state["model"], "history": state["history"], "test_acc": test_acc,
+                             "config": asdict(cfg), "environment": environment(dev)}, final)
+    partial.unlink(missing_ok=True)
+    return PretrainResult(trainer.model, history, test_acc, key, final, False, resumed_from, True)
