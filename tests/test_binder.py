@@ -74,6 +74,7 @@ def test_start_script_sets_one_thread_and_hands_over():
     text = start.read_text(encoding="utf-8")
     assert text.startswith("#!/bin/bash") and os.access(start, os.X_OK)
     assert re.search(r"\bOMP_NUM_THREADS=1\b", text)
+    assert re.search(r"UNROLL_SMOKE=\"\$\{UNROLL_SMOKE:-1\}\"", text), "smoke-sized defaults on Binder"
     assert text.rstrip().splitlines()[-1] == 'exec "$@"', "binder/start must end with exec \"$@\""
     post = BINDER / "postBuild"
     if post.exists():  # repo2docker ignores postBuild errors unless the script stops on them
