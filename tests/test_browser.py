@@ -122,11 +122,13 @@ FIGURES = """() => {
 
 
 def _open_and_run_all(page, base, token, name):
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget && "
-                           "window.jupyterapp.shell.currentWidget.sessionContext && "
-                           "window.jupyterapp.shell.currentWidget.sessionContext.session && "
-                           "window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=120_000)
+    workspace = name.split("_")[0]  # a fresh workspace per notebook: only this notebook is open
+    page.goto(f"{base}/lab/workspaces/nb{workspace}/tree/{name}?reset&token={token}")
+    page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " return w && w.context && w.context.path.endsWith(name) && w.sessionContext &&"
+                           " w.sessionContext.session && w.sessionContext.session.kernel &&"
+                           " w.sessionContext.session.kernel.status === 'idle'; }",
+                           arg=name, timeout=120_000)
     page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")  # file browser open
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
