@@ -79,3 +79,14 @@ def test_start_script_sets_one_thread_and_hands_over():
     post = BINDER / "postBuild"
     if post.exists():  # repo2docker ignores postBuild errors unless the script stops on them
         assert "set -e" in post.read_text(encoding="utf-8")
+
+
+def test_binder_installs_the_no_deps_packages_of_the_makefile():
+    """Packages the Makefile installs with --no-deps (outside requirements.txt) reach Binder too, same version."""
+    root = BINDER.parent
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    pinned = set(re.findall(r"--no-deps\s+([A-Za-z0-9_.-]+==[^\s]+)", makefile))
+    assert pinned, "the Makefile installs no --no-deps pin (update this test if that changed)"
+    post = (BINDER / "postBuild").read_text(encoding="utf-8")
+    for pin in pinned:
+        assert pin in post, f"binder/postBuild must install {pin} (with --no-deps) as the Makefile does"
