@@ -236,3 +236,14 @@ def test_cpu_model_fallbacks(monkeypatch):
     assert experiment.cpu_model() == "aarch64"
     monkeypatch.setattr(experiment.platform, "machine", lambda: "")
     assert experiment.cpu_model() == "unknown"
+
+
+def test_messages_speak_in_flags_only_where_they_name_an_option():
+    from unroll_utils.__main__ import in_flags
+
+    assert in_flags("forget_class=3 does not occur in labels") == "--forget-class=3 does not occur in labels"
+    assert in_flags("lam must be >= 0, and 0 unless loss='sd'; got 1") == \
+        "--lam must be >= 0, and 0 unless --loss sd; got 1"
+    # a sentence that merely starts with a word that is also an option's name stays as it is
+    same = "model is not at the checkpoint's w_0; pass the same initial model"
+    assert in_flags(same) == same

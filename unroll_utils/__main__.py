@@ -33,7 +33,7 @@ def in_flags(message: str) -> str:
     """An error message about config fields, spoken in flags: a leading ``forget_class`` becomes
     ``--forget-class``, ``loss='sd'`` becomes ``--loss sd`` and ``sigma_every > 0``
     ``--sigma-every > 0``."""
-    message = re.sub(r"^([a-z_]+)(?=[ =])",
+    message = re.sub(r"^([a-z_]+)(?= must | is used only|=)",
                      lambda m: flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1), message)
     message = re.sub(r"\b([a-z_]+)=(?:'([^']*)'|([^\s,;)]+))",
                      lambda m: (f"{flag(m.group(1))} {m.group(2) if m.group(2) is not None else m.group(3)}"
