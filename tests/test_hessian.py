@@ -262,3 +262,126 @@ def test_basis_grows_past_its_first_block():
     assert res.n_hvp > 16 and res.converged
     assert res.eigenvalue == pytest.approx(1.0, rel=1e-9)
     assert abs(float(res.eigenvector[0])) == pytest.approx(1.0, abs=1e-5)
+
+
+class WithUnusedHead(nn.Module):
+    """TinyNet (no BN) plus a trainable head, registered between its layers, that forward() skips."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.aux = nn.Linear(12, 5)  # never called
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.tanh(self.conv(x))).flatten(1))
+
+
+def test_unused_parameters_have_a_zero_hessian_block_and_leave_lambda_max_unchanged():
+    net, x, y = tiny_setup(bn=False)
+    torch.manual_seed(7)
+    wide = WithUnusedHead().double()
+    wide.load_state_dict(net.state_dict(), strict=False)  # conv and fc as in net; aux random
+    loss_fn = make_loss("ce")
+    ref = dense_hessian(net, loss_fn, x, y, training=False)  # torch.func on the net without aux
+    lam_ref = float(torch.linalg.eigvalsh(ref)[-1])
+    assert lam_ref > 0
+    h = hessian.HessianOperator(wide, loss_fn, x, y).dense()
+    names = [n for n, _ in wide.named_parameters()]
+    sizes = [p.numel() for p in wide.parameters()]
+    is_aux = torch.cat([torch.full((s,), n.startswith("aux."), dtype=torch.bool)
+                        for n, s in zip(names, sizes)])
+    assert h.shape == (sum(sizes),) * 2 and int(is_aux.sum()) == 12 * 5 + 5
+    assert torch.count_nonzero(h[is_aux]) == 0 and torch.count_nonzero(h[:, is_aux]) == 0
+    assert torch.allclose(h[~is_aux][:, ~is_aux], ref, atol=1e-10)
+    assert float(torch.linalg.eigvalsh(h)[-1]) == pytest.approx(lam_ref, rel=1e-10)
+    for method in ("lanczos", "power"):
+        res = hessian.top_hessian_eigenvalue(wide, loss_fn, x, y, method=method, tol=1e-8,
+                                             max_iter=3000)
+        assert res.eigenvalue == pytest.approx(lam_ref, rel=1e-6), method
+        assert res.eigenvector.numel() == sum(sizes)
+    sigma, _ = hessian.estimate_sigma(wide, loss_fn, x, y, tol=1e-8, max_iter=500)
+    assert sigma == pytest.approx(math.sqrt(lam_ref), rel=1e-6)
+    op = hessian.HessianOperator(wide, loss_fn, x, y)
+    assert torch.count_nonzero(op.gradient[is_aux]) == 0
+
+
+def test_a_loss_linear_in_the_weights_has_a_zero_hessian():
+    lin = nn.Linear(3, 1, bias=False).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = hessian.HessianOperator(lin, lambda out, _: out.sum(), x, torch.zeros(5))
+    assert torch.equal(op.dense(), torch.zeros(3, 3, dtype=torch.float64))
+    assert torch.allclose(op.gradient, x.sum(0))
+    op_wd = hessian.HessianOperator(lin, lambda out, _: out.sum(), x, torch.zeros(5), weight_decay=0.5)
+    assert torch.equal(op_wd.dense(), 0.5 * torch.eye(3, dtype=torch.float64))
+
+
+def test_hessian_works_inside_no_grad_and_refuses_inference_mode():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    v = torch.randn(sum(p.numel() for p in net.parameters()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(9))
+    outside = hessian.HessianOperator(net, loss_fn, x, y)
+    expected_hv, expected_dense = outside.matvec(v), outside.dense()
+    expected = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, tol=1e-6)
+    expected_sigma = hessian.estimate_sigma(net, loss_fn, x, y, tol=1e-6, weight_decay=0.1)[0]
+    with torch.no_grad():
+        op = hessian.HessianOperator(net, loss_fn, x, y)
+        assert torch.equal(op.matvec(v), expected_hv)
+        assert torch.equal(op.dense(), expected_dense)
+        res = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, tol=1e-6)
+        sigma, _ = hessian.estimate_sigma(net, loss_fn, x, y, tol=1e-6, weight_decay=0.1)
+    assert res.eigenvalue == expected.eigenvalue and res.n_hvp == expected.n_hvp
+    assert sigma == expected_sigma > 0
+    # the operator built under no_grad also works after the block, and vice versa
+    assert torch.equal(op.matvec(v), expected_hv)
+    with torch.no_grad():
+        assert torch.equal(outside.matvec(v), expected_hv)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=r"torch.inference_mode\(\).*torch.no_grad\(\) is fine"):
+            hessian.HessianOperator(net, loss_fn, x, y)
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            hessian.estimate_sigma(net, loss_fn, x, y)
+        x_inf = x.clone()
+    # a batch made under inference_mode is usable outside it
+    assert torch.equal(hessian.HessianOperator(net, loss_fn, x_inf, y).matvec(v), expected_hv)
+
+
+def test_weight_decay_shifts_every_eigenvalue_by_wd():
+    wd = 0.37
+    # closed form: L = ½‖Ax − b‖², H = AᵀA, gradient Aᵀ(Ax − b); with wd: AᵀA + wd·I, + wd·x
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(40, 12, dtype=torch.float64, generator=g)
+    b = torch.randn(40, dtype=torch.float64, generator=g)
+    model, loss = quadratic_model(a, b)
+    with torch.no_grad():
+        model.x.copy_(torch.randn(12, dtype=torch.float64, generator=g))
+    x0 = model.x.detach()
+    op = hessian.HessianOperator(model, loss, a, b, weight_decay=wd)
+    assert torch.allclose(op.dense(), a.T @ a + wd * torch.eye(12, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(op.gradient, a.T @ (a @ x0 - b) + wd * x0, atol=1e-12)
+    assert op.loss == pytest.approx(float(0.5 * (a @ x0 - b).square().sum() + 0.5 * wd * x0.square().sum()))
+    top = float(torch.linalg.eigvalsh(a.T @ a)[-1])
+    res = hessian.top_hessian_eigenvalue(model, loss, a, b, tol=1e-10, max_iter=200, weight_decay=wd)
+    assert res.eigenvalue == pytest.approx(top + wd, rel=1e-9)
+    # a network: λ_max(H + wd·I) = λ_max(H) + wd against an independent dense Hessian
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    evals = torch.linalg.eigvalsh(dense_hessian(net, loss_fn, x, y, training=False))
+    dense_wd = hessian.HessianOperator(net, loss_fn, x, y, weight_decay=wd).dense()
+    assert torch.allclose(torch.linalg.eigvalsh(dense_wd), evals + wd, atol=1e-9)
+    for method in ("lanczos", "power"):
+        res = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, method=method, tol=1e-8,
+                                             max_iter=3000, weight_decay=wd)
+        assert res.eigenvalue == pytest.approx(float(evals[-1]) + wd, rel=1e-6), method
+    sigma, _ = hessian.estimate_sigma(net, loss_fn, x, y, tol=1e-8, max_iter=500, weight_decay=wd)
+    assert sigma == pytest.approx(math.sqrt(float(evals[-1]) + wd), rel=1e-6)
+    # the default is the data loss alone
+    sigma0, _ = hessian.estimate_sigma(net, loss_fn, x, y, tol=1e-8, max_iter=500)
+    assert sigma0 == pytest.approx(math.sqrt(float(evals[-1])), rel=1e-6)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got"):
+            hessian.estimate_sigma(net, loss_fn, x, y, weight_decay=bad)
+        with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got"):
+            hessian.HessianOperator(net, loss_fn, x, y, weight_decay=bad)

@@ -173,3 +173,96 @@ def test_accuracy_restores_mode():
     assert net.training
     with pytest.raises(ValueError):
         metrics.accuracy(net, x[:0], y[:0])
+
+
+class TwoLayers(nn.Module):
+    """Two same-shaped layers; ``reverse`` registers them in the other order (same names)."""
+
+    def __init__(self, reverse=False):
+        super().__init__()
+        if reverse:
+            self.second = nn.Linear(4, 4)
+            self.first = nn.Linear(4, 4)
+        else:
+            self.first = nn.Linear(4, 4)
+            self.second = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def flat_by_name(sd, names):
+    return np.concatenate([sd[n].detach().double().numpy().ravel() for n in names])
+
+
+def test_same_weights_under_two_wrappers_give_ve_exactly_zero():
+    a, b = two_models()
+    a_copy = copy.deepcopy(a)
+    compiled = torch.compile(a_copy)  # an OptimizedModule: names start with "_orig_mod."
+    parallel = nn.DataParallel(a)     # names start with "module." (runs on CPU as well)
+    assert next(iter(dict(compiled.named_parameters()))).startswith("_orig_mod.")
+    assert next(iter(dict(parallel.named_parameters()))).startswith("module.")
+    assert metrics.verification_error(parallel, a_copy) == 0.0
+    assert metrics.verification_error(compiled, parallel) == 0.0
+    assert metrics.verification_error(nn.DataParallel(compiled), a) == 0.0
+    assert metrics.lockstep_distances(parallel, compiled, a_copy) == (0.0, 0.0, 0.0)
+    # and a real distance is the same with or without the wrapper
+    assert metrics.verification_error(parallel, b) == metrics.verification_error(a, b) > 0
+    # a state dict saved from DataParallel (BN buffers included) against the plain model's
+    saved = {"module." + k: v for k, v in b.state_dict().items()}
+    assert metrics.weight_distance(saved, a.state_dict()) == pytest.approx(
+        metrics.weight_distance(metrics.model_weights(b, True), metrics.model_weights(a, True)),
+        rel=1e-12)
+
+
+def test_reordered_registration_is_paired_by_name():
+    torch.manual_seed(0)
+    fwd, other = TwoLayers(), TwoLayers()
+    rev = TwoLayers(reverse=True)
+    rev.load_state_dict(fwd.state_dict())
+    assert [n for n, _ in rev.named_parameters()][0] == "second.weight"
+    assert metrics.verification_error(fwd, rev) == 0.0
+    assert metrics.lockstep_distances(fwd, rev, rev, undo=None) == (0.0, 0.0, 0.0)
+    # positional pairing (lists) compares first with second: the large VE the issue describes
+    positional = metrics.verification_error(metrics.model_weights(fwd), metrics.model_weights(rev))
+    names = [n for n, _ in fwd.named_parameters()]
+    swapped = [n.replace("first", "tmp").replace("second", "first").replace("tmp", "second")
+               for n in names]
+    sd = fwd.state_dict()
+    assert positional == pytest.approx(np.linalg.norm(flat_by_name(sd, names) - flat_by_name(sd, swapped)),
+                                       rel=1e-6)
+    assert positional > 0.1
+    # against another model: the by-name distance, whatever the registration order
+    expected = np.linalg.norm(flat_by_name(sd, names) - flat_by_name(other.state_dict(), names))
+    assert metrics.verification_error(rev, other) == pytest.approx(expected, rel=1e-6)
+    # an undo list follows w_orig's parameters() order; w_retrained is re-ordered by name
+    u = [torch.full_like(p, 0.5) for p in rev.parameters()]
+    d = metrics.lockstep_distances(rev, nn.DataParallel(fwd), fwd, undo=u)
+    n_params = sum(p.numel() for p in fwd.parameters())
+    assert d.ve == pytest.approx(0.5 * math.sqrt(n_params), rel=1e-6)
+    assert d.delta_w == 0.0 and d.dist_retrained == 0.0
+
+
+def test_different_parameter_names_raise_naming_the_first():
+    a, _ = two_models()
+    renamed = nn.Module()
+    renamed.add_module("0", copy.deepcopy(a[0]))
+    renamed.add_module("norm", copy.deepcopy(a[1]))
+    renamed.add_module("2", copy.deepcopy(a[2]))
+    with pytest.raises(ValueError) as err:
+        metrics.verification_error(a, renamed)
+    assert str(err.value).startswith("w_unlearned and w_retrained name different parameters: "
+                                     "'1.weight' is in w_unlearned but not in w_retrained")
+    assert "metrics.model_weights" in str(err.value)  # how to pair by position instead
+    # extra parameter on the second side: named too
+    bigger = nn.Sequential(*copy.deepcopy(a), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"w_orig and w_retrained name different parameters: '3.weight' is in w_retrained but not in w_orig"):
+        metrics.lockstep_distances(a, bigger, a)
+    with pytest.raises(ValueError, match=r"w_orig and w_initial name different parameters: '1.weight'"):
+        metrics.lockstep_distances(a, a, renamed)
+    # same names, other shapes: the name and both shapes
+    wide = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match=r"a and b disagree in the shape of '0.weight': \(4, 5\) vs \(6, 5\)"):
+        metrics.weight_distance(a, wide)
+    # positional mode needs no names: same shapes, other names -> a distance, no error
+    assert metrics.weight_distance(metrics.model_weights(a), metrics.model_weights(renamed)) == 0.0

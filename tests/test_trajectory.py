@@ -362,3 +362,22 @@ def test_lone_point_batches_still_run_where_batchnorm_allows_them():
     assert r.complete and r.steps_done == 2
     assert find_lone_point_batch(9, torch.arange(8), 8, "forget_first", 1, 0) is not None
     assert find_lone_point_batch(10, torch.arange(8), 8, "forget_first", 1, 0) is None
+
+
+def test_sigma_with_weight_decay_adds_wd_to_the_top_eigenvalue():
+    """sigma_weight_decay=True: λ_max of L + ½·wd·‖w‖² = λ_max(H) + wd at every σ measurement."""
+    x, y = toy_data()
+    net = tiny_net(torch.float64)
+    x = x.double()
+    base = dict(weight_decay=0.05, sigma_every=3, sigma_points=32, sigma_tol=1e-10,
+                sigma_max_iter=300, epochs=1)
+    plain = run_lockstep(net, x, y, torch.arange(16), cfg(**base), progress=False).table
+    with_wd = run_lockstep(net, x, y, torch.arange(16), cfg(**base, sigma_weight_decay=True),
+                           progress=False).table
+    measured = plain["eigenvalue"].notna()
+    assert measured.sum() >= 2
+    assert torch.allclose(torch.tensor(with_wd["eigenvalue"][measured].to_numpy()),
+                          torch.tensor(plain["eigenvalue"][measured].to_numpy()) + 0.05, rtol=0, atol=1e-7)
+    assert plain["ve"].equals(with_wd["ve"])  # σ changes, the trajectory does not
+    with pytest.raises(ValueError, match="sigma_weight_decay"):
+        cfg(sigma_weight_decay="yes").validate()

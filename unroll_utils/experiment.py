@@ -7,35 +7,57 @@ correlation of e with VE (paper §2.2 on the embedded MNIST subset, on CPU in a 
 
 from __future__ import annotations
 
-import json
 import math
+import platform
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from . import data, models, plot, results
-from .device import resolve_device
 from .metrics import correlations
-from .training import require, train_sgd
+from .device import resolve_device
+from .training import SGDTraining, require
 from .trajectory import LockStepConfig, run_lockstep
 
 FORGET_KINDS = ("batch", "random", "class")
+
+# options that only matter under another option's value: (option, controlling option, the
+# controlling values under which it is used; None = a value > 0). Setting one where it is not used
+# is an error, not a silently ignored value.
+DEPENDENT_OPTIONS = (
+    ("forget_batch", "forget", ("batch",)),
+    ("forget_k", "forget", ("random",)),
+    ("forget_class", "forget", ("class",)),
+    ("width", "model", ("small_cnn",)),
+    ("n_train", "dataset", ("mnist", "digits")),
+    ("lam", "loss", ("sd",)),
+    ("pretrain_lr", "pretrain_epochs", None),
+    ("pretrain_batch_size", "pretrain_epochs", None),
+    ("sigma_points", "sigma_every", None),
+    ("sigma_convention", "sigma_every", None),
+)
 
 
 @dataclass(frozen=True)
 class MainJobConfig:
     """Parameters of the main job (every field is also a command-line option).
 
+    An option that another option makes unused (:data:`DEPENDENT_OPTIONS`, e.g. ``forget_class``
+    without ``forget="class"``) must stay at its default; :meth:`validate` raises otherwise.
+
     Attributes:
         dataset: ``"mnist"`` (embedded default), ``"digits"``, ``"cifar10"`` or ``"cifar100"``.
         model: ``"small_cnn"``, ``"resnet18"`` or ``"vgg19"``.
         width: channel width of ``"small_cnn"`` (16 keeps the CPU run to about a minute).
-        n_train: training points for the embedded datasets (ignored for CIFAR).
-        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (§2.1).
+        n_train: training points for the embedded datasets (mnist, digits only).
+        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (§2.1);
+            checkpointed and resumable (:class:`unroll_utils.training.SGDTraining`).
         epochs, lr, batch_size, momentum, weight_decay, loss, lam, order, undo_at: the lock-step
             fine-tuning (see :class:`unroll_utils.trajectory.LockStepConfig`).
         forget: ``"batch"`` (paper: x* = batch ``forget_batch``), ``"random"`` (``forget_k``
@@ -88,7 +110,28 @@ class MainJobConfig:
         need(self.forget in FORGET_KINDS, "forget", f"one of {FORGET_KINDS}")
         need(self.device in ("cpu", "cuda", "auto"), "device", "one of ('cpu', 'cuda', 'auto')")
         self.lockstep_config().validate()
+        self.check_dependencies()
         return self
+
+    def check_dependencies(self, explicit: Iterable[str] = ()) -> None:
+        """Raise ValueError for an option set where another option makes it unused.
+
+        An option of :data:`DEPENDENT_OPTIONS` conflicts when its controlling option has a value
+        under which it is ignored (e.g. ``forget_class`` without ``forget="class"``) and it differs
+        from its default, or it is named in ``explicit`` (the options a user gave, e.g. on the
+        command line, even at their default value).
+        """
+        defaults = {f.name: f.default for f in fields(self)}
+        explicit = set(explicit)
+        for option, controller, allowed in DEPENDENT_OPTIONS:
+            value, ctrl = getattr(self, option), getattr(self, controller)
+            used = ctrl > 0 if allowed is None else ctrl in allowed
+            if used or (option not in explicit and value == defaults[option]):
+                continue
+            needs = (f"{controller} > 0" if allowed is None
+                     else " or ".join(f"{controller}={a!r}" for a in allowed))
+            raise ValueError(f"{option} is used only with {needs}; got {controller}={ctrl!r} "
+                             f"(so {option}={value!r} would be ignored)")
 
     def lockstep_config(self) -> LockStepConfig:
         """The lock-step part: every field this config shares by name with LockStepConfig."""
@@ -96,90 +139,162 @@ class MainJobConfig:
                                  if hasattr(self, f.name)})
 
 
-def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = True,
-             resume: bool = True) -> dict:
-    """Run the core experiment and write ``results.csv``/``results.json``, ``figure.png``.
+def cpu_model() -> str:
+    """The CPU's model name: ``model name`` from /proc/cpuinfo (Linux), else
+    ``platform.processor()``, else ``platform.machine()``, else ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
-    Args:
-        config: a :class:`MainJobConfig`.
-        out_dir: output folder (created). ``checkpoint-<hash>.pt`` there lets a killed run
-            resume; the hash covers the config and the environment that decides the numbers
-            (device type, torch version, intra-op thread count), so a run with other options or
-            another thread count starts afresh.
-        progress: tqdm progress bars.
-        resume: resume from that checkpoint when it exists.
 
-    Returns:
-        Summary dict: correlations of e and rolling e with VE, final VE/accuracies, wall time,
-        ``environment`` (device type, torch version, intra-op threads) and ``table`` (the
-        DataFrame).
+def run_environment(device: torch.device) -> dict:
+    """What decides the float reduction order, hence the numbers: device type, torch version,
+    intra-op thread count, CPU model (kernel paths differ between CPUs) and, on CUDA, the GPU."""
+    env = {"device": device.type, "torch": torch.__version__,
+           "intra_op_threads": torch.get_num_threads(), "cpu": cpu_model()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _key_environment(env: dict) -> dict:
+    """The part of :func:`run_environment` that keys caches and checkpoints: all of it on the CPU;
+    on a GPU the GPU model instead of the host CPU's."""
+    return {k: v for k, v in env.items() if not (k == "cpu" and env["device"] == "cuda")}
+
+
+_FORGET_ARG_NAMES = {"k": "forget_k", "cls": "forget_class", "batch_index": "forget_batch"}
+
+
+def select_forget(cfg: MainJobConfig, ds: data.TensorData) -> torch.Tensor:
+    """The forget set x* of the configuration (``forget``, ``forget_*``) for the loaded data.
 
     Raises:
-        ValueError: invalid parameter (named), or missing dataset files (FileNotFoundError).
+        ValueError: a data-dependent bad value, named as the config field (``forget_class``,
+            ``forget_k``, ``forget_batch``, ``batch_size``) with its allowed range.
     """
-    cfg = config.validate()
-    start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    kwargs = {"n_train": cfg.n_train, "seed": cfg.seed} if cfg.dataset in ("mnist", "digits") else {}
-    ds = data.load_dataset(cfg.dataset, **kwargs)
     n = ds.train_x.shape[0]
-    if cfg.forget == "batch":
-        forget = data.select_forget_set(n, "batch", batch_size=cfg.batch_size,
-                                        batch_index=cfg.forget_batch)
-    elif cfg.forget == "random":
-        forget = data.select_forget_set(n, "random", k=cfg.forget_k, seed=cfg.seed)
-    else:
-        forget = data.select_forget_set(n, "class", labels=ds.train_y, cls=cfg.forget_class)
+    try:
+        if cfg.forget == "batch":
+            return data.select_forget_set(n, "batch", batch_size=cfg.batch_size,
+                                          batch_index=cfg.forget_batch)
+        if cfg.forget == "random":
+            return data.select_forget_set(n, "random", k=cfg.forget_k, seed=cfg.seed)
+        return data.select_forget_set(n, "class", labels=ds.train_y, cls=cfg.forget_class)
+    except ValueError as err:  # data.select_forget_set names its own arguments (cls, k, ...)
+        message = re.sub(r"^(k|cls|batch_index)\b", lambda m: _FORGET_ARG_NAMES[m.group(1)], str(err))
+        raise ValueError(message) from None
 
+
+def _pretrained_w0(cfg: MainJobConfig, ds: data.TensorData, device: torch.device, out: Path,
+                   env: dict, *, progress: bool, resume: bool, checkpoint_every: int) -> dict:
+    """w_0: cached under ``out/cache``; until then a ``pretrain-<hash>.pt`` checkpoint in ``out``
+    (the same hash as the cache key) lets an interrupted pretraining resume bit-identically."""
     arch = {"width": cfg.width} if cfg.model == "small_cnn" else {}
+    fp = results.fingerprint({**{f.name: getattr(cfg, f.name) for f in fields(cfg)
+                                 if f.name.startswith(("dataset", "model", "width", "n_train",
+                                                       "pretrain", "seed", "loss", "lam"))},
+                              **_key_environment(env)})
+    ckpt = out / f"pretrain-{fp}.pt"
+    if not resume:
+        ckpt.unlink(missing_ok=True)
 
     def pretrain() -> dict:
         net = models.build_model(cfg.model, in_channels=ds.input_shape[0],
                                  num_classes=ds.num_classes, seed=cfg.seed, **arch).to(device)
         if cfg.pretrain_epochs:
-            train_sgd(net, ds.train_x.to(device), ds.train_y.to(device), lr=cfg.pretrain_lr,
-                      epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch_size,
-                      seed=cfg.seed, loss=cfg.loss, lam=cfg.lam, progress=progress)
+            SGDTraining(net, ds.train_x.to(device), ds.train_y.to(device), lr=cfg.pretrain_lr,
+                        epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch_size,
+                        seed=cfg.seed, loss=cfg.loss, lam=cfg.lam).run(
+                checkpoint_path=ckpt, checkpoint_every=checkpoint_every, progress=progress)
         return {k: v.cpu() for k, v in net.state_dict().items()}
 
-    # the float reduction order, hence the numbers, depend on the device, the torch build and the
-    # intra-op thread count: a cache or checkpoint made under others is not reused
-    environment = {"device": device.type, "torch": torch.__version__,
-                   "intra_op_threads": torch.get_num_threads()}
-    key = "w0_" + results.fingerprint({**{f.name: getattr(cfg, f.name) for f in fields(cfg)
-                                          if f.name.startswith(("dataset", "model", "width", "n_train",
-                                                                "pretrain", "seed", "loss", "lam"))},
-                                       **environment})
-    w0 = results.load_or_run(key, pretrain, out / "cache")
+    w0 = results.load_or_run("w0_" + fp, pretrain, out / "cache")
+    ckpt.unlink(missing_ok=True)  # the cached w_0 supersedes it
     model = models.build_model(cfg.model, in_channels=ds.input_shape[0],
                                num_classes=ds.num_classes, seed=cfg.seed, **arch)
     model.load_state_dict(w0)
-    model.to(device)
+    return model.to(device)
+
+
+def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = True,
+             resume: bool = True, checkpoint_every: int = 50) -> dict:
+    """Run the core experiment and write ``results.csv``/``results.json``, ``figure.png``.
+
+    Args:
+        config: a :class:`MainJobConfig`.
+        out_dir: output folder, created only once the configuration, device, data and forget set
+            are valid. ``checkpoint-<hash>.pt`` there lets a killed lock-step run resume, and
+            ``pretrain-<hash>.pt`` a killed pretraining (until w_0 is cached under ``cache/``);
+            the hashes cover the config and the environment that decides the numbers (device type,
+            torch version, intra-op thread count, CPU model or GPU model), so a run with other
+            options, threads or hardware starts afresh.
+        progress: tqdm progress bars.
+        resume: resume from those checkpoints when they exist.
+        checkpoint_every: SGD steps between checkpoints (both phases), ≥ 1.
+
+    Returns:
+        Summary dict: correlations of e and rolling e with VE, final VE/accuracies, wall time,
+        ``environment`` (:func:`run_environment`: device type, torch version, intra-op threads,
+        CPU model, GPU model on CUDA) and ``table`` (the DataFrame).
+
+    Raises:
+        ValueError: invalid parameter (named as the config field), or missing dataset files
+            (FileNotFoundError); the output folder is not created then.
+    """
+    cfg = config.validate()
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    kwargs = {"n_train": cfg.n_train, "seed": cfg.seed} if cfg.dataset in ("mnist", "digits") else {}
+    ds = data.load_dataset(cfg.dataset, **kwargs)
+    forget = select_forget(cfg, ds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # the float reduction order, hence the numbers, depend on the device, the torch build, the
+    # intra-op thread count and the CPU: a cache or checkpoint made under others is not reused
+    environment = run_environment(device)
+    model = _pretrained_w0(cfg, ds, device, out, environment, progress=progress, resume=resume,
+                           checkpoint_every=checkpoint_every)
     # one checkpoint per configuration: a changed option starts a fresh run, the same one resumes
-    ckpt = out / f"checkpoint-{results.fingerprint({**asdict(cfg), **environment})}.pt"
+    ckpt = out / f"checkpoint-{results.fingerprint({**asdict(cfg), **_key_environment(environment)})}.pt"
     if not resume and ckpt.exists():
         ckpt.unlink()
     if ckpt.exists() and progress:
         print(f"resuming from {ckpt}")
     res = run_lockstep(model, ds.train_x, ds.train_y, forget, cfg.lockstep_config(),
                        test_x=ds.test_x, test_y=ds.test_y, checkpoint_path=ckpt,
-                       checkpoint_every=50, progress=progress)
-    table = res.table
+                       checkpoint_every=checkpoint_every, progress=progress)
+    summary = _summary(res.table, forget, ds.train_x.shape[0], res.steps_done, environment)
+    summary["wall_seconds"] = time.perf_counter() - start
+    results.save_table(res.table, out / "results", config=asdict(cfg), summary=summary)
+    _figure(cfg, res.table, summary["pearson_e_ve"], out / "figure.png")
+    summary["table"] = res.table
+    return summary
+
+
+def _summary(table: pd.DataFrame, forget: torch.Tensor, n: int, steps: int, environment: dict) -> dict:
     corr = correlations(table["unlearning_error"], table["ve"])
     corr_roll = correlations(table["rolling_unlearning_error"], table["ve"])
     last = table.iloc[-1]
-    summary = {
+    return {
         "pearson_e_ve": corr["pearson_r"], "spearman_e_ve": corr["spearman_rho"],
         "pearson_rolling_e_ve": corr_roll["pearson_r"], "n_measurements": corr["n"],
         "final_ve": float(last["ve"]), "final_dist_retrained": float(last["dist_retrained"]),
         "test_acc": float(last["test_acc"]), "test_acc_retrained": float(last["test_acc_retrained"]),
         "test_acc_unlearned": float(last["test_acc_unlearned"]), "n_forget": int(forget.numel()),
-        "n_train": n, "steps": res.steps_done, "wall_seconds": time.perf_counter() - start,
-        "environment": environment,
+        "n_train": n, "steps": steps, "environment": environment,
     }
-    results.save_table(table, out / "results", config=asdict(cfg), summary=summary)
+
+
+def _figure(cfg: MainJobConfig, table: pd.DataFrame, pearson: float, path: Path) -> None:
     plot.setup(svg=False)
     fig = plot.plot_curves(table["t"], {"verification error": table["ve"],
                                         "‖w_t − w′_t‖ (no unlearning)": table["dist_retrained"]},
@@ -187,11 +302,9 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
                            right={"unlearning error e": table["unlearning_error"],
                                   "rolling e": table["rolling_unlearning_error"]},
                            right_label="unlearning error",
-                           title=f"{cfg.dataset}/{cfg.model}: Pearson(e, VE) = {corr['pearson_r']:.3f}",
-                           save=out / "figure.png")
+                           title=f"{cfg.dataset}/{cfg.model}: Pearson(e, VE) = {pearson:.3f}",
+                           save=path)
     plt.close(fig)
-    summary["table"] = table
-    return summary
 
 
 def format_table(table: pd.DataFrame) -> str:

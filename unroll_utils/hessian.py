@@ -18,6 +18,12 @@ largest-*magnitude* eigenvalue, NaN when it is negative). Here:
 * :func:`estimate_sigma` maps the eigenvalue to σ under a named convention: ``"sqrt_eig"``
   (the reference code, σ = sqrt(λ_max), reported as 0 — never NaN — when λ_max ≤ 0) or
   ``"abs_eig"`` (the largest singular value of the symmetric Hessian, max|λ|).
+* Weight decay: by default σ is taken from the data loss L alone, as in the reference code, even
+  when SGD ran with weight decay wd. ``weight_decay=wd`` takes it from the objective SGD then
+  descends, L + ½·wd·‖w‖², whose Hessian is ∇²L + wd·I (every eigenvalue moves up by wd).
+* Parameters the loss does not reach have a zero Hessian block; everything works inside
+  ``torch.no_grad()`` (not ``torch.inference_mode()``, which forbids a gradient graph: a clear
+  RuntimeError at once).
 """
 
 from __future__ import annotations
@@ -89,12 +95,18 @@ def preserved_modes(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 
 
 class HessianOperator:
-    """H = ∇²_w L(w; X, Y) of a model at its current weights, as a matrix-free operator.
+    """H = ∇²_w L(w; X, Y) (+ wd·I) of a model at its current weights, as a matrix-free operator.
 
-    The forward pass and the gradient graph (``create_graph=True``) are built once; each
+    The forward pass and the gradient graph (``create_graph=True``) are built once, all of it under
+    ``torch.enable_grad()`` (so building it inside a ``torch.no_grad()`` block works); each
     :meth:`matvec` is one double-backward pass (one HVP). The model is left exactly as found:
     parameters are read through detached copies, buffers are cloned (so ``bn_mode="train"`` does
     not update running statistics), ``.grad`` is never written, train/eval flags are restored.
+
+    Trainable parameters that the loss does not reach (an unused head, a branch the forward pass
+    skips) have a zero gradient and a zero Hessian block (their rows and columns of H are 0, plus
+    wd on the diagonal); they keep their coordinates, so P is always the number of trainable
+    entries in ``model.named_parameters()`` order.
 
     Args:
         model: the network; its trainable parameters define the P coordinates.
@@ -102,17 +114,28 @@ class HessianOperator:
         inputs: (N, ...) batch on the model's device.
         targets: (N,) labels.
         bn_mode: ``"eval"`` (default, as PyHessian/the reference code) or ``"train"``.
+        weight_decay: wd ≥ 0. The operator is the Hessian of L(w) + ½·wd·‖w‖², the objective SGD
+            with ``weight_decay=wd`` descends: every HVP gets + wd·v, so every eigenvalue moves up
+            by exactly wd; :attr:`loss` and :attr:`gradient` include the term too. Default 0: the
+            data loss alone, as the reference code's σ.
 
     Raises:
-        ValueError: unknown ``bn_mode``, empty batch, or a model without trainable parameters.
+        ValueError: unknown ``bn_mode``, negative or non-finite ``weight_decay``, empty batch, or
+            a model without trainable parameters.
+        RuntimeError: called inside ``torch.inference_mode()``, where no gradient graph can be
+            built (``torch.no_grad()`` is fine).
 
     Source: paper §1.4 (σ from the top Hessian eigenvalue), §5 item 13 (side effects to avoid).
     """
 
     def __init__(self, model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
-                 *, bn_mode: str = "eval") -> None:
+                 *, bn_mode: str = "eval", weight_decay: float = 0.0) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
+        _check_weight_decay(weight_decay)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("HessianOperator needs a gradient graph, which torch.inference_mode() "
+                               "forbids; call it outside inference_mode (torch.no_grad() is fine)")
         if inputs.shape[0] == 0:
             raise ValueError("inputs must hold at least one example (got an empty batch)")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -121,14 +144,21 @@ class HessianOperator:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.bn_mode = bn_mode
+        self.weight_decay = float(weight_decay)
+        # clones are ordinary tensors even when the originals were made under inference_mode
+        inputs, targets = _usable(inputs), _usable(targets)
         self._params = [p.detach().clone().requires_grad_(True) for _, p in named]
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         state = {**dict(zip(self.names, self._params)), **buffers}
         with torch.enable_grad(), preserved_modes(model, training=(bn_mode == "train")):
             loss = loss_fn(functional_call(model, state, (inputs,)), targets)
-            grads = torch.autograd.grad(loss, self._params, create_graph=True)
-        self.loss = float(loss.detach())
-        self._flat_grad = torch.cat([g.reshape(-1) for g in grads])
+            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+            # an unused parameter's gradient is None: its gradient and Hessian block are zero
+            self._flat_grad = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                         for g, p in zip(grads, self._params)])
+        self._flat_params = torch.cat([p.detach().reshape(-1) for p in self._params])
+        self.loss = float(loss.detach()) + 0.5 * self.weight_decay * float(
+            self._flat_params.double().square().sum())
         self.numel = self._flat_grad.numel()
         self.device = self._flat_grad.device
         self.dtype = self._flat_grad.dtype
@@ -136,11 +166,25 @@ class HessianOperator:
 
     @property
     def gradient(self) -> torch.Tensor:
-        """(P,) float64 gradient ∇_w L at the operator's weights."""
-        return self._flat_grad.detach().double()
+        """(P,) float64 gradient ∇_w L (+ wd·w) at the operator's weights."""
+        g = self._flat_grad.detach().double()
+        return g + self.weight_decay * self._flat_params.double() if self.weight_decay else g
+
+    def _second_backward(self, grad_outputs: torch.Tensor, batched: bool) -> list[torch.Tensor]:
+        """∂(gradient · grad_outputs)/∂w per parameter (zeros where nothing depends on w)."""
+        if not self._flat_grad.requires_grad:  # the loss is at most linear in w: H = 0
+            lead = grad_outputs.shape[:1] if batched else ()
+            return [torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for p in self._params]
+        with torch.enable_grad():
+            rows = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=grad_outputs,
+                                       retain_graph=True, allow_unused=True,
+                                       is_grads_batched=batched)
+        lead = grad_outputs.shape[:1] if batched else ()
+        return [r if r is not None else torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
+                for r, p in zip(rows, self._params)]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """Return H v.
+        """Return H v (+ wd·v).
 
         Args:
             v: (P,) vector (any float dtype, any device).
@@ -155,20 +199,35 @@ class HessianOperator:
         if v.shape != (self.numel,):
             raise ValueError(f"v must have shape ({self.numel},); got {tuple(v.shape)}")
         vv = v.to(device=self.device, dtype=self.dtype)
-        hv = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=vv, retain_graph=True)
+        hv = torch.cat([h.reshape(-1) for h in self._second_backward(vv, batched=False)])
+        if self.weight_decay:
+            hv = hv.add(vv, alpha=self.weight_decay)
         self.n_hvp += 1
         out = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float64
-        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=out)
+        return hv.to(device=v.device, dtype=out)
 
     __call__ = matvec
 
     def dense(self) -> torch.Tensor:
-        """The full (P, P) float64 Hessian, P HVPs batched through ``is_grads_batched``. Tiny models only."""
+        """The full (P, P) float64 Hessian (+ wd·I), P HVPs batched through ``is_grads_batched``.
+        Tiny models only."""
         eye = torch.eye(self.numel, device=self.device, dtype=self.dtype)
-        rows = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=eye,
-                                   retain_graph=True, is_grads_batched=True)
+        rows = self._second_backward(eye, batched=True)
         self.n_hvp += self.numel
-        return torch.cat([r.reshape(self.numel, -1) for r in rows], dim=1).double()
+        h = torch.cat([r.reshape(self.numel, -1) for r in rows], dim=1).double()
+        if self.weight_decay:
+            h.diagonal().add_(self.weight_decay)
+        return h
+
+
+def _check_weight_decay(weight_decay: float) -> None:
+    if not (math.isfinite(float(weight_decay)) and float(weight_decay) >= 0.0):
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay}")
+
+
+def _usable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or an ordinary clone of an inference-mode tensor (autograd refuses those)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _start_vector(n: int, init: torch.Tensor | None, generator: torch.Generator | None,
@@ -355,8 +414,13 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
                            *, method: str = "lanczos", which: str = "LA", tol: float = 1e-3,
                            max_iter: int = 100, init: torch.Tensor | None = None,
                            generator: torch.Generator | None = None,
-                           bn_mode: str = "eval", stop: str = "residual") -> TopEigen:
-    """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) at the model's current weights.
+                           bn_mode: str = "eval", stop: str = "residual",
+                           weight_decay: float = 0.0) -> TopEigen:
+    """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) (+ wd·I) at the model's current weights.
+
+    Parameters the loss does not reach count with a zero Hessian block (see
+    :class:`HessianOperator`), so an unused layer leaves a positive λ_max unchanged. Works inside
+    ``torch.no_grad()``.
 
     Args:
         model: the network (left exactly as found: mode flags, ``.grad``, buffers, weights).
@@ -372,23 +436,29 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
         bn_mode: ``"eval"`` (running statistics; the reference code's choice) or ``"train"``.
         stop: ``"residual"`` (‖Hv − λv‖ ≤ tol·|λ|, default) or ``"eigenvalue"`` (Lanczos only:
             estimated eigenvalue error ≤ tol·|λ|, fewer HVPs; see :func:`lanczos_top_eigen`).
+        weight_decay: wd ≥ 0; the solve is on the Hessian of L + ½·wd·‖w‖² (the objective of SGD
+            with that weight decay), whose eigenvalues are those of ∇²L plus wd. Default 0: the
+            data loss alone, as the reference code.
 
     Returns:
         :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
 
     Raises:
         ValueError: unknown ``method``/``which``/``bn_mode``/``stop`` (``"eigenvalue"`` with
-            ``method="power"``), bad ``tol``/``max_iter``/``init``.
+            ``method="power"``), bad ``tol``/``max_iter``/``init``/``weight_decay``.
+        RuntimeError: inside ``torch.inference_mode()`` (see :class:`HessianOperator`).
 
     Source: paper §1.4 (σ from the top Hessian eigenvalue), §2.9 (PyHessian semantics).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     _check_solver_args(which, tol, max_iter, stop)
+    _check_weight_decay(weight_decay)
     if method == "power" and stop != "residual":
         raise ValueError(f"stop={stop!r} needs method='lanczos' (power iteration has no gap "
                          "estimate); use stop='residual' with method='power'")
-    op = HessianOperator(model, loss_fn, inputs, targets, bn_mode=bn_mode)
+    op = HessianOperator(model, loss_fn, inputs, targets, bn_mode=bn_mode,
+                         weight_decay=weight_decay)
     kwargs = {"stop": stop} if method == "lanczos" else {}
     solver = lanczos_top_eigen if method == "lanczos" else power_top_eigen
     res = solver(op.matvec, op.numel, which=which, tol=tol, max_iter=max_iter, init=init,
@@ -421,11 +491,15 @@ def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> fl
 
 
 def estimate_sigma(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *,
-                   convention: str = "sqrt_eig", **kwargs) -> tuple[float, TopEigen]:
+                   convention: str = "sqrt_eig", weight_decay: float = 0.0,
+                   **kwargs) -> tuple[float, TopEigen]:
     """σ for the unlearning error, with the eigen-solve that produced it.
 
     ``"sqrt_eig"`` solves for the algebraically largest eigenvalue, ``"abs_eig"`` for the
-    largest-magnitude one. Other keyword arguments go to :func:`top_hessian_eigenvalue`.
+    largest-magnitude one. ``weight_decay`` (wd ≥ 0, default 0) takes σ from the Hessian of
+    L + ½·wd·‖w‖², the objective of SGD with that weight decay (λ_max + wd); the default is the
+    data loss alone, as the reference code, even for a run trained with weight decay. Other keyword
+    arguments go to :func:`top_hessian_eigenvalue`.
 
     Returns:
         (σ, :class:`TopEigen`).
@@ -436,5 +510,6 @@ def estimate_sigma(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: tor
     if convention not in SIGMA_CONVENTIONS:
         raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
     which = "LA" if convention == "sqrt_eig" else "LM"
-    res = top_hessian_eigenvalue(model, loss_fn, inputs, targets, which=which, **kwargs)
+    res = top_hessian_eigenvalue(model, loss_fn, inputs, targets, which=which,
+                                 weight_decay=weight_decay, **kwargs)
     return sigma_from_eigenvalue(res.eigenvalue, convention), res

@@ -1,7 +1,13 @@
 """Verification error, unlearning error and the other measurements of the paper (§1.2, §1.4).
 
 Weights are handled as lists of tensors in ``model.parameters()`` order (BatchNorm running buffers
-excluded, as in the reference code, unless asked for). Distances are computed on the weights'
+excluded, as in the reference code, unless asked for). Two models (or name → tensor mappings such as
+state dicts) are paired by parameter *name*, with the wrapper prefixes ``module.``
+(``nn.DataParallel``/``DistributedDataParallel``) and ``_orig_mod.`` (``torch.compile``) stripped,
+so a wrapped model, or one whose same-shaped layers are registered in another order, is compared
+layer for layer; names that differ raise a ValueError naming the first one. Plain lists of tensors
+are paired by position (:func:`model_weights` gives a model's list, e.g. to compare two differently
+named models of the same architecture). Distances are computed on the weights'
 device, with sums of squares added up in float64, so no flat copy of the model is ever built on the
 host (the reference code flattened 11–20M weights through Python lists, §5 item 11): fused
 ``torch._foreach`` ops, except for CPU tensors larger than 2^16 elements, which go block by block
@@ -14,7 +20,7 @@ temporary. :func:`lockstep_distances` gives the three distances of a lock-step m
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +49,54 @@ def model_weights(model: nn.Module, include_buffers: bool = False) -> list[torch
     return ws
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated),
+    e.g. ``"module._orig_mod.fc.weight"`` → ``"fc.weight"``."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def named_weights(weights, include_buffers: bool = False) -> dict[str, torch.Tensor]:
+    """Canonical name → tensor (live references, no copy) of a model or a name → tensor mapping.
+
+    Args:
+        weights: an ``nn.Module`` (its parameters in ``named_parameters()`` order, then, with
+            ``include_buffers``, its floating-point buffers) or a mapping such as a state dict
+            (its floating-point tensors, in the mapping's order).
+        include_buffers: for a model, also its floating-point buffers (BatchNorm running
+            statistics); ``num_batches_tracked`` and other integer tensors are never included.
+
+    Returns:
+        dict from :func:`canonical_name` to tensor.
+
+    Raises:
+        ValueError: if two entries have the same name once the wrapper prefixes are stripped.
+    """
+    if isinstance(weights, nn.Module):
+        items = list(weights.named_parameters())
+        if include_buffers:
+            items += [(n, b) for n, b in weights.named_buffers() if b.is_floating_point()]
+    else:
+        items = [(n, t) for n, t in weights.items()
+                 if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    out: dict[str, torch.Tensor] = {}
+    for name, t in items:
+        key = canonical_name(name)
+        if key in out:
+            raise ValueError(f"two weights are both named {key!r} once the wrapper prefixes "
+                             f"{WRAPPER_PREFIXES} are stripped; pass lists to pair them by position")
+        out[key] = t
+    return out
+
+
 def snapshot(weights: Weights) -> list[torch.Tensor]:
     """Detached copies of a list of weight tensors (e.g. w_0), on the same device."""
     return [w.detach().clone() for w in weights]
@@ -51,9 +105,48 @@ def snapshot(weights: Weights) -> list[torch.Tensor]:
 def _as_list(x) -> list[torch.Tensor]:
     if isinstance(x, nn.Module):
         return model_weights(x)
+    if isinstance(x, Mapping):
+        return list(named_weights(x).values())
     if isinstance(x, torch.Tensor):
         return [x]
     return list(x)
+
+
+def _is_named(x) -> bool:
+    return isinstance(x, (nn.Module, Mapping))
+
+
+def _aligned(sides: dict[str, object]) -> list[list[torch.Tensor]]:
+    """Each side as a list of tensors, named sides paired by canonical name.
+
+    ``sides`` maps the caller's argument names to models, mappings, tensors or lists. With two or
+    more named sides (models, mappings), every named side is put in the order of the first one's
+    names, which must be the same set of names with the same shapes; lists and tensors are taken
+    position by position (a single model among lists: its ``parameters()`` order).
+
+    Raises:
+        ValueError: naming the first name that one named side has and another lacks, or the first
+            name whose shapes differ.
+    """
+    if sum(_is_named(x) for x in sides.values()) < 2:
+        return [_as_list(x) for x in sides.values()]
+    named = {label: named_weights(x) for label, x in sides.items() if _is_named(x)}
+    (ref_label, ref), *others = named.items()
+    for label, other in others:
+        missing = next((n for n in ref if n not in other), None)
+        extra = next((n for n in other if n not in ref), None)
+        if missing is not None or extra is not None:
+            name, has, lacks = (missing, ref_label, label) if missing is not None else (extra, label, ref_label)
+            raise ValueError(f"{ref_label} and {label} name different parameters: {name!r} is in "
+                             f"{has} but not in {lacks} (weights are paired by name, without the "
+                             f"prefixes {WRAPPER_PREFIXES}; pass lists, e.g. metrics.model_weights, "
+                             "to pair them by position)")
+        bad = next((n for n in ref if ref[n].shape != other[n].shape), None)
+        if bad is not None:
+            raise ValueError(f"{ref_label} and {label} disagree in the shape of {bad!r}: "
+                             f"{tuple(ref[bad].shape)} vs {tuple(other[bad].shape)}")
+    return [[named[label][n] for n in ref] if label in named else _as_list(x)
+            for label, x in sides.items()]
 
 
 def _check_matching(ref: list[torch.Tensor], other: list[torch.Tensor], message: str) -> None:
@@ -67,23 +160,35 @@ def weight_distance(a, b, offset=None) -> float:
     sums of squares added up in float64.
 
     Args:
-        a, b: models, single (P,) tensors, or lists of tensors with matching shapes.
+        a, b: models or name → tensor mappings (paired by name, wrapper prefixes stripped; see
+            :func:`named_weights`), single (P,) tensors, or lists of tensors with matching shapes
+            (paired by position).
         offset: optional list of tensors added to the difference (e.g. the single gradient
-            unlearning correction, so that ‖(w_t + u) − w′_t‖ needs no copy of w″).
+            unlearning correction, so that ‖(w_t + u) − w′_t‖ needs no copy of w″), in the order of
+            ``a``'s parameters (or a model/mapping, paired by name).
 
     Returns:
         The L2 distance in weight units (not normalised by the parameter count).
 
     Raises:
-        ValueError: if the two sides do not have the same number and shapes of tensors.
+        ValueError: two named sides with different parameter names (naming the first) or shapes,
+            or lists that do not have the same number and shapes of tensors.
     """
-    la, lb = _as_list(a), _as_list(b)
-    _check_matching(la, lb, "a and b must hold the same number of tensors with the same shapes")
-    lo = None
-    if offset is not None:
-        lo = _as_list(offset)
-        _check_matching(la, lo, "offset must match a and b in number and shapes of tensors")
-    lists = [la, lb] + ([lo] if lo is not None else [])
+    return _distance({"a": a, "b": b, **({"offset": offset} if offset is not None else {})})
+
+
+def _distance(sides: dict[str, object]) -> float:
+    """:func:`weight_distance` of ``sides`` = {label_a: a, label_b: b[, label_offset: offset]};
+    the labels (the caller's argument names) appear in the errors."""
+    lists = _aligned(sides)
+    la, lb = lists[0], lists[1]
+    lo = lists[2] if len(lists) > 2 else None
+    a_label, b_label, *o_label = sides
+    _check_matching(la, lb, f"{a_label} and {b_label} must hold the same number of tensors with "
+                            "the same shapes")
+    if lo is not None:
+        _check_matching(la, lo, f"{o_label[0]} must match {a_label} and {b_label} in number and "
+                                "shapes of tensors")
     with torch.no_grad():
         big, small = _partition(lists)
         norms: list[torch.Tensor] = []
@@ -124,8 +229,10 @@ def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDis
     exactly 0.0.
 
     Args:
-        w_orig: w_t, the weights of the original model M: a model, a single (P,) tensor or a list
-            of tensors (e.g. :func:`model_weights`).
+        w_orig: w_t, the weights of the original model M: a model or name → tensor mapping (models
+            and mappings are paired by parameter name, wrapper prefixes stripped), a single (P,)
+            tensor or a list of tensors (e.g. :func:`model_weights`; lists are paired by
+            position, the fast path of the lock-step loop).
         w_retrained: w′_t, the naively retrained model M′, same number and shapes of tensors.
         w_initial: w_0, the weights both runs started from, same number and shapes of tensors.
         undo: u, the unlearning correction added to w_t (M″ = w_t + u, never materialised), same
@@ -137,17 +244,18 @@ def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDis
 
     Raises:
         ValueError: if ``w_retrained``, ``w_initial`` or ``undo`` do not have the same number and
-            shapes of tensors as ``w_orig``.
+            shapes of tensors as ``w_orig``, or (models, mappings) other parameter names, naming
+            the first.
     """
-    lw, lr, l0 = _as_list(w_orig), _as_list(w_retrained), _as_list(w_initial)
+    lists = _aligned({"w_orig": w_orig, "w_retrained": w_retrained, "w_initial": w_initial,
+                      **({"undo": undo} if undo is not None else {})})
+    lw, lr, l0 = lists[:3]
+    lu = lists[3] if undo is not None else None
     _check_matching(lw, lr, "w_orig and w_retrained must hold the same number of tensors with the "
                             "same shapes")
     _check_matching(lw, l0, "w_initial must match w_orig in number and shapes of tensors")
-    lu = None
-    if undo is not None:
-        lu = _as_list(undo)
+    if lu is not None:
         _check_matching(lw, lu, "undo must match w_orig in number and shapes of tensors")
-    lists = [lw, lr, l0] + ([lu] if lu is not None else [])
     n_ve: list[torch.Tensor] = []
     n_dw: list[torch.Tensor] = []
     n_dr: list[torch.Tensor] = []
@@ -233,17 +341,23 @@ def _total(norms: list[torch.Tensor]) -> float:
 def verification_error(w_unlearned, w_retrained) -> float:
     """Verification error VE = ‖w″ − w′‖₂ (paper §1.2).
 
+    Two models are compared parameter by parameter *name* (``module.`` and ``_orig_mod.``
+    prefixes stripped), so M″ wrapped in ``nn.DataParallel`` or ``torch.compile`` against a plain
+    M′ gives the true VE; lists of tensors are compared by position.
+
     Args:
-        w_unlearned: the approximately unlearned model M″ (or its weights).
-        w_retrained: the naively retrained model M′ (or its weights).
+        w_unlearned: the approximately unlearned model M″ (or its weights: a name → tensor mapping
+            or a list in ``parameters()`` order).
+        w_retrained: the naively retrained model M′ (or its weights, likewise).
 
     Returns:
         VE in weight units, float64 accumulation.
 
     Raises:
-        ValueError: mismatched shapes.
+        ValueError: models with different parameter names (the message names the first one) or
+            shapes; lists with mismatched numbers or shapes of tensors.
     """
-    return weight_distance(w_unlearned, w_retrained)
+    return _distance({"w_unlearned": w_unlearned, "w_retrained": w_retrained})
 
 
 def _check_nonneg(name: str, value: float) -> float:
