@@ -1,6 +1,7 @@
 """Notebook parameter coercion (unroll_utils.params): the papermill spellings users type."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,39 @@ def test_sequence():
         params.sequence("LAMS", [1, -2], item)
     with pytest.raises(params.ParameterError, match=r"LAMS must be a list of at least 1"):
         params.sequence("LAMS", [], item)
+
+
+def test_flag_default_fills_only_none():
+    assert params.flag("ABLATIONS", None, default=True) is True
+    assert params.flag("ABLATIONS", None, default=False) is False
+    assert params.flag("ABLATIONS", "no", default=True) is False  # an explicit value beats the default
+    with pytest.raises(params.ParameterError, match=r"parameter ABLATIONS must be a boolean"):
+        params.flag("ABLATIONS", None)
+
+
+def test_optional_integer_and_choice_keep_none():
+    assert params.integer("N_TRAIN", None, low=100, optional=True) is None  # e.g. "the whole split"
+    assert params.integer("N_TRAIN", None, low=100, default=500, optional=True) == 500
+    assert params.integer("N_TRAIN", "2e3", low=100, optional=True) == 2000
+    with pytest.raises(params.ParameterError, match=r"N_TRAIN must be an integer >= 100, got 50"):
+        params.integer("N_TRAIN", 50, low=100, optional=True)
+    assert params.choice("POOLING", None, ["cls", "mean"], optional=True) is None
+    assert params.choice("POOLING", "cls", ["cls", "mean"], optional=True) == "cls"
+    with pytest.raises(params.ParameterError, match=r"POOLING must be one of \['cls', 'mean'\], got 'max'"):
+        params.choice("POOLING", "max", ["cls", "mean"], optional=True)
+    with pytest.raises(params.ParameterError, match=r"POOLING must be one of"):
+        params.choice("POOLING", None, ["cls", "mean"])  # not optional: None is an error
+
+
+def test_folder(tmp_path):
+    assert params.folder("RESULTS_DIR", None) is None
+    assert params.folder("RESULTS_DIR", "out/run1") == Path("out/run1")
+    assert type(params.folder("RESULTS_DIR", "out")) is type(Path("out"))
+    assert params.folder("RESULTS_DIR", tmp_path / "new") == tmp_path / "new"
+    assert not (tmp_path / "new").exists()  # validation creates nothing
+
+
+@pytest.mark.parametrize("raw", ["", "   ", 3, 1.5, True, b"out", ["out"]])
+def test_folder_rejects_naming_the_parameter(raw):
+    with pytest.raises(params.ParameterError, match=r"parameter RESULTS_DIR must be None or a non-empty folder path"):
+        params.folder("RESULTS_DIR", raw)

@@ -16,6 +16,7 @@ preset fills in only those, so a size the user passed explicitly is never overri
 
     SMOKE = params.flag("SMOKE", SMOKE)
     N_TRAIN = params.integer("N_TRAIN", N_TRAIN, low=100, default=1000 if SMOKE else 4000)
+    RESULTS_DIR = params.folder("RESULTS_DIR", RESULTS_DIR)  # None or a pathlib.Path
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["ParameterError", "flag", "smoke_from_env", "integer", "real", "choice", "sequence"]
+__all__ = ["ParameterError", "flag", "smoke_from_env", "integer", "real", "choice", "sequence", "folder"]
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off", ""}
@@ -56,9 +58,12 @@ def _check_range(name: str, kind: str, v, low, high, low_open: bool, high_open: 
     return v
 
 
-def flag(name: str, value: Any) -> bool:
+def flag(name: str, value: Any, *, default: bool | None = None) -> bool:
     """``value`` as a bool: ``True``/``False``, 0/1, or a string such as ``"false"``, ``"Yes"``,
-    ``"1"`` (case-insensitive; ``""`` is False). Raises :class:`ParameterError` otherwise."""
+    ``"1"`` (case-insensitive; ``""`` is False). ``None`` gives ``default`` (when that is not None
+    either). Raises :class:`ParameterError` otherwise."""
+    if value is None and default is not None:
+        value = default
     if isinstance(value, bool):
         return value
     if isinstance(value, numbers.Integral) and value in (0, 1):
@@ -96,12 +101,15 @@ def _number(name: str, value: Any, expected: str) -> float | int:
 
 
 def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None,
-            default: int | None = None) -> int:
+            default: int | None = None, optional: bool = False) -> int | None:
     """``value`` as an int in [low, high] (either bound may be None). ``None`` gives ``default``
-    (when that is not None either). Integral floats (``1000.0``, ``1e3``) and numeric strings are
-    accepted; ``True``/``False``, fractions and NaN are not. Raises :class:`ParameterError`."""
+    (when that is not None either); with ``optional=True`` a ``None`` left over stays ``None``
+    (e.g. "all points"). Integral floats (``1000.0``, ``1e3``) and numeric strings are accepted;
+    ``True``/``False``, fractions and NaN are not. Raises :class:`ParameterError`."""
     if value is None and default is not None:
         value = default
+    if value is None and optional:
+        return None
     expected = "an integer" + _range_text(low, high, False, False)
     v = _number(name, value, expected)
     if isinstance(v, float):
@@ -125,11 +133,15 @@ def real(name: str, value: Any, *, low: float | None = None, high: float | None 
     return _check_range(name, "a finite number", v, low, high, low_open, high_open)
 
 
-def choice(name: str, value: Any, choices: Sequence[str], *, default: str | None = None) -> str:
-    """``value`` as one of ``choices`` (strings, matched exactly). ``None`` gives ``default``.
-    Raises :class:`ParameterError` listing the choices."""
+def choice(name: str, value: Any, choices: Sequence[str], *, default: str | None = None,
+           optional: bool = False) -> str | None:
+    """``value`` as one of ``choices`` (strings, matched exactly). ``None`` gives ``default``; with
+    ``optional=True`` a ``None`` left over stays ``None`` (the notebook decides later). Raises
+    :class:`ParameterError` listing the choices."""
     if value is None and default is not None:
         value = default
+    if value is None and optional:
+        return None
     if not isinstance(value, str) or value not in choices:
         _fail(name, f"one of {list(choices)}", value)
     return value
@@ -152,3 +164,16 @@ def sequence(name: str, value: Any, item: Callable[[str, Any], Any], *, min_len:
     if len(value) < min_len:
         _fail(name, f"a list of at least {min_len} item(s)", value)
     return [item(f"{name}[{i}]", x) for i, x in enumerate(value)]
+
+
+def folder(name: str, value: Any) -> Path | None:
+    """``value`` as a folder path: ``None`` stays ``None`` (e.g. "write nothing"); a non-empty
+    ``str`` or ``os.PathLike`` becomes a :class:`pathlib.Path` (``~`` is not expanded, nothing is
+    created or checked on disk). Raises :class:`ParameterError` for other types and ``""``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if isinstance(text, str) and text.strip():
+            return Path(text)
+    _fail(name, "None or a non-empty folder path (str or os.PathLike)", value)
