@@ -50,7 +50,7 @@ SIGMA_BATCHES = ("fixed", "current")
 
 
 @dataclass(frozen=True)
-class LockStepConfig:
+class LockStepConfig(SGDConfig):
     """Configuration of a lock-step run; every field is validated by :meth:`validate`.
 
     Attributes:
@@ -103,16 +103,7 @@ class LockStepConfig:
             ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
     """
 
-    lr: float = 0.01
-    batch_size: int = 32
-    epochs: int = 1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loss: str = "ce"
-    lam: float = 0.0
-    order: str = "forget_first"
-    augment: str = "none"
-    seed: int = 0
+    order: str = "forget_first"  # the SGD fields are SGDConfig's; only the default order differs
     undo_at: str = "w0"
     undo_bn_mode: str = "train"
     undo_form: str = "paper"
