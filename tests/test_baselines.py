@@ -140,3 +140,60 @@ def test_run_forget_benchmark_table(digits):
     assert (tab[(tab.kind == "class") & (tab.method == "naive_retraining")].forget_acc == 0).all()
     with pytest.raises(ValueError, match="methods"):
         B.run_forget_benchmark(digits, lambda s: None, methods=("magic",))
+
+
+def test_sgu_propagated_matches_dense_eigh_on_a_tiny_model():
+    # H-bar is the exact Hessian (krylov >= P), so Lanczos is exact: compare with a dense
+    # w_T + eta * sum_k (|x* ∩ B_k| / |B_k|) * V clamp((1 - eta (lambda + wd))^(T - tau_k)) V^T g(w_0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(6, 3).double()
+    original = copy.deepcopy(initial)
+    cfg = B.TrainingConfig(lr=0.3, epochs=2, batch_size=10, weight_decay=0.01, seed=4)
+    forget = torch.tensor([2, 11, 17, 30, 38])
+    rec = B.train_recorded(original, x, y, cfg, watch=forget)
+    task = B.UnlearningTask(original, initial, x, y, forget, cfg, rec)
+    # the visits, enumerated independently from the seeded batch order (4 steps per epoch)
+    none, visits = torch.empty(0, dtype=torch.long), []
+    for epoch in range(2):
+        for j, idx in enumerate(B.batch_order(40, none, 10, "shuffle", epoch, 4)):
+            hits = int(torch.isin(idx, forget).sum())
+            if hits:
+                visits.append((4 * epoch + j + 1, hits / 10))
+    assert rec.steps == 8 and len(visits) >= 3
+    steps, weights = B._forget_visits(task)
+    assert list(zip(steps, weights)) == visits and sum(weights) == pytest.approx(2 * 5 / 10)  # E·m/b
+
+    def loss_at(flat):
+        return F.cross_entropy(x @ flat[:18].reshape(3, 6).T + flat[18:], y)
+
+    w_t = torch.cat([original.weight.detach().reshape(-1), original.bias.detach()])
+    lam, vec = torch.linalg.eigh(torch.autograd.functional.hessian(loss_at, w_t))
+    w0 = torch.cat([initial.weight.detach().reshape(-1), initial.bias.detach()]).requires_grad_(True)
+    g0 = torch.autograd.grad(F.cross_entropy(x[forget] @ w0[:18].reshape(3, 6).T + w0[18:], y[forget]), w0)[0]
+    u = torch.zeros(21, dtype=torch.float64)
+    for tau, w in visits:
+        f = ((1 - 0.3 * (lam + 0.01)) ** (8 - tau)).clamp(-1, 1)
+        u += 0.3 * w * (vec @ (f * (vec.T @ g0)))
+    out = B.sgu_propagated(task, krylov=21)
+    got = torch.cat([out.weight.detach().reshape(-1), out.bias.detach()])
+    assert torch.allclose(got, w_t + u, rtol=0, atol=1e-10)
+    assert float(u.norm()) > 1e-3  # a real correction, not a no-op
+    # it is not single gradient unlearning: the later steps' contraction shrank the correction
+    assert weight_distance(out, B.sgu_at_w0(task)) > 1e-3 * float(u.norm())
+
+
+def test_sgu_propagated_needs_the_record_with_step_indices(digits, task):
+    bare = B.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y, task.forget, task.config)
+    with pytest.raises(ValueError, match="record"):
+        B.sgu_propagated(bare)
+    old = B.TrainingRecord(steps=task.record.steps, batches=task.record.batches, updates=task.record.updates)
+    with pytest.raises(ValueError, match="batch_steps"):
+        B.sgu_propagated(B.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y,
+                                          task.forget, task.config, old))
+    with pytest.raises(ValueError, match="krylov"):
+        B.sgu_propagated(task, krylov=0)
+    assert task.record.batch_steps == sorted(set(task.record.batch_steps))
+    assert 1 <= task.record.batch_steps[0] and task.record.batch_steps[-1] <= task.record.steps

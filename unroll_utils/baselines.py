@@ -30,15 +30,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
+from .hessian import HessianOperator
 from .losses import make_loss
 from .metrics import verification_error
 from .privacy import loss_attack_auc, per_example_loss, predict_probs
+from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
 from .trajectory import LockStepConfig, batch_order, make_optimizer, sgd_step, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 
 __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
            "fine_tuning", "gradient_ascent", "neggrad_plus", "random_labels", "amnesiac",
-           "sgu_at_w0", "sgu_at_final", "METHODS", "FORGET_KINDS", "make_forget_sets",
+           "sgu_at_w0", "sgu_at_final", "sgu_propagated", "PROPAGATED_POINTS", "METHODS", "FORGET_KINDS", "make_forget_sets",
            "run_forget_benchmark", "summarize"]
 
 
@@ -68,7 +70,8 @@ class TrainingConfig:
 @dataclass
 class TrainingRecord:
     """What one training run stores: its steps and, for amnesiac unlearning, the parameter update
-    w_{i+1} − w_i of every step whose batch held a watched point (CPU tensors, parameters order).
+    w_{i+1} − w_i of every step whose batch held a watched point (CPU tensors, parameters order),
+    with that step's 1-based index in ``batch_steps`` (for :func:`sgu_propagated`).
 
     Memory: (#recorded steps) × (#parameters) floats; a random 10% forget set touches almost every
     batch of 32, so this is about epochs·N/b model copies (fine for small CNNs, not for ResNet-18).
@@ -78,6 +81,7 @@ class TrainingRecord:
     seconds: float = 0.0
     batches: list[torch.Tensor] = field(default_factory=list)
     updates: list[list[torch.Tensor]] = field(default_factory=list)
+    batch_steps: list[int] = field(default_factory=list)
 
 
 def train_recorded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig, *,
@@ -91,7 +95,8 @@ def train_recorded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         watch: indices whose batches' updates are recorded (amnesiac unlearning); None = none.
 
     Returns:
-        A :class:`TrainingRecord` (steps done, wall seconds, watched batches and their updates).
+        A :class:`TrainingRecord` (steps done, wall seconds, watched batches, their updates and
+        their 1-based step indices).
     """
     n = x.shape[0]
     loss_fn = make_loss(config.loss, config.lam)
@@ -116,6 +121,7 @@ def train_recorded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
             rec.steps += 1
             if record:
                 rec.batches.append(idx)
+                rec.batch_steps.append(rec.steps)
                 rec.updates.append([(p.detach() - b).cpu() for p, b in zip(model.parameters(), before)])
     rec.seconds = time.perf_counter() - start
     return rec
@@ -313,6 +319,86 @@ def sgu_at_final(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
     return _sgu(task, task.original, scale)
 
 
+#: H̄ of :func:`sgu_propagated`: the Hessian of the training loss on the first this many training points.
+PROPAGATED_POINTS = 128
+
+
+def _forget_visits(task: UnlearningTask) -> tuple[list[int], list[float]]:
+    """From ``task.record``: the 1-based steps τ_k of M whose batch B_k held forget points, in order,
+    and their weights |x* ∩ B_k| / |B_k| (the forget points' share of that batch's mean loss)."""
+    rec = task.record
+    if rec is None:
+        raise ValueError("sgu_propagated needs task.record (train M with train_recorded(watch=forget))")
+    if len(rec.batch_steps) != len(rec.batches):
+        raise ValueError("task.record has no step index per recorded batch (batch_steps); "
+                         "record M with train_recorded(watch=forget)")
+    is_forget = torch.zeros(task.train_x.shape[0], dtype=torch.bool)
+    is_forget[task.forget] = True
+    steps, weights = [], []
+    for idx, step in zip(rec.batches, rec.batch_steps):
+        hits = int(is_forget[idx].sum())
+        if hits:
+            steps.append(int(step))
+            weights.append(hits / len(idx))
+    if not steps:
+        raise ValueError("task.record holds no batch with a forget point (train M with "
+                         "train_recorded(watch=forget))")
+    return steps, weights
+
+
+def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
+    """Hessian-propagated single gradient unlearning, post hoc from M (this package's variant,
+    beyond the paper: :mod:`unroll_utils.propagated`, notebook 14).
+
+    w‴ = w_T + η·Σ_k (|x*∩B_k|/|B_k|)·f_k(H̄)·g,  f_k(x) = clamp((1 − η(x + λ_wd))^{T − τ_k}, −1, 1),
+
+    over M's steps τ_k whose batch B_k held forget points (``task.record``: batches and step indices,
+    T = its step count), with H̄ the Hessian of the training loss at M's final weights w_T on the
+    first :data:`PROPAGATED_POINTS` training points (BatchNorm in train mode, as SGD trains) and
+    g = ∇L(w_0; x*), the mean forget-set gradient at w_0 that :func:`sgu_at_w0` uses. With f ≡ 1
+    this is single gradient unlearning with Σ_k |x*∩B_k|/|B_k| batch-equivalents (E·m/b when b
+    divides N); f shrinks the correction along the directions later steps contracted.
+
+    One gradient for every visit, not each batch's own forget gradient: every visit then shares
+    the Krylov space of g, and since f enters linearly, Σ_k w_k f_k(H̄) g = (Σ_k w_k f_k)(H̄) g is
+    one Lanczos run of ``krylov`` HVPs (:func:`unroll_utils.propagated.lanczos_basis`,
+    :meth:`KrylovBasis.apply`, the sum of :func:`~unroll_utils.propagated.propagated_correction`).
+    Per-batch gradients would cost ``krylov`` HVPs per visit: a random 10% forget set meets
+    almost every batch, ≈ E·N/b visits, a hundred times the cost on the smallest benchmark.
+
+    Hyper-parameter ``krylov`` (≥ 1, default 10): Lanczos steps. Assumes plain SGD (momentum
+    makes x*'s trace a different polynomial; the factor is then an approximation). Memory:
+    ``krylov`` float64 copies of the parameters. Needs every parameter trainable.
+
+    Raises:
+        ValueError: ``krylov`` not a positive integer; ``task.record`` missing, without step
+            indices or without a batch holding forget points.
+    """
+    _check_positive("krylov", krylov, True)
+    steps, weights = _forget_visits(task)
+    c, total = task.config, task.record.steps
+    model = copy.deepcopy(task.original)
+    g = flatten(_mean_forget_gradient(task, task.initial))
+    if not bool(g.any()):  # x* fitted exactly at w_0: nothing to add back
+        return model
+    points = min(PROPAGATED_POINTS, task.train_x.shape[0])
+    op = HessianOperator(task.original, make_loss(c.loss, c.lam), task.train_x[:points],
+                         task.train_y[:points], bn_mode="train")
+    if op.numel != g.numel():
+        raise ValueError("sgu_propagated needs every model parameter trainable "
+                         f"(H-bar has {op.numel} coordinates, the gradient {g.numel()})")
+
+    def factor(theta: np.ndarray) -> np.ndarray:  # Σ_k w_k f_k(θ)
+        return sum(w * propagation_factor(theta, c.lr, total - s, weight_decay=c.weight_decay)
+                   for s, w in zip(steps, weights))
+
+    u, _ = lanczos_basis(op.matvec, g, krylov).apply(factor)
+    params = list(model.parameters())
+    with torch.no_grad():
+        torch._foreach_add_(params, unflatten(c.lr * u, params))
+    return model
+
+
 #: name → (method, hyper-parameter name, default value).
 METHODS = {
     "naive_retraining": (naive_retraining, "epochs", None),
@@ -323,6 +409,7 @@ METHODS = {
     "amnesiac": (amnesiac, "scale", 1.0),
     "sgu_w0": (sgu_at_w0, "scale", 1.0),
     "sgu_final": (sgu_at_final, "scale", 1.0),
+    "sgu_propagated": (sgu_propagated, "krylov", 10),
 }
 #: forget-set kinds: random k% of the training set, or a whole class.
 FORGET_KINDS = ("random1", "random5", "random10", "class")
