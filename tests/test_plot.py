@@ -60,3 +60,16 @@ def test_bad_arguments_are_named():
         plot.panels(2, ncols=0)
     with pytest.raises(ValueError, match="max_width"):
         plot.fit_width(plt.figure(), max_width=0)
+
+
+def test_more_curves_than_colours_stay_distinguishable():
+    n = len(plot.PALETTE) + 2
+    fig = plot.plot_curves([0, 1], {f"c{i}": [i, i + 1] for i in range(n)}, xlabel="x", ylabel="y")
+    lines = fig.axes[0].get_lines()
+    styles = [(ln.get_color(), ln.get_marker(), ln.get_linestyle()) for ln in lines]
+    assert len(lines) == n and len(set(styles)) == n  # no two curves look alike
+    assert lines[0].get_color() == lines[len(plot.PALETTE)].get_color()  # colours repeat, shapes differ
+    plt.close(fig)
+    fig = plot.plot_curves([0, 1], {f"c{i}": [i, i + 1] for i in range(n)}, xlabel="x", ylabel="y", scatter=True)
+    assert len(fig.axes[0].collections) == n
+    plt.close(fig)

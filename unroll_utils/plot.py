@@ -99,7 +99,7 @@ def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapp
         fig, ax = plt.subplots(figsize=FIGSIZE)
     else:
         fig = ax.figure
-    colours = iter(PALETTE)
+    drawn = [0]  # curves so far (both axes): past the palette, colours repeat with square markers, dashed
 
     def draw(axis, series):
         handles = []
@@ -108,13 +108,15 @@ def plot_curves(x: Sequence[float] | Mapping[str, Sequence[float]], curves: Mapp
             ys = np.asarray(ys, dtype=float)
             if xs.shape != ys.shape:
                 raise ValueError(f"curve {name!r} has {ys.size} values for {xs.size} x values")
-            colour = next(colours)
+            lap, slot = divmod(drawn[0], len(PALETTE))
+            drawn[0] += 1
+            colour, marker = PALETTE[slot], "os^D"[lap % 4]
             if scatter:
-                handles.append(axis.scatter(xs, ys, s=14, color=colour, label=name))
+                handles.append(axis.scatter(xs, ys, s=14, color=colour, marker=marker, label=name))
             else:
                 ok = np.isfinite(ys)
-                handles += axis.plot(xs[ok], ys[ok], color=colour, label=name, marker="o",
-                                     markersize=3)
+                handles += axis.plot(xs[ok], ys[ok], color=colour, label=name, marker=marker,
+                                     markersize=3, linestyle="-" if lap == 0 else "--")
         return handles
 
     handles = draw(ax, curves)
