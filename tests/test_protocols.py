@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unroll_utils import data, models, protocols
+from unroll_utils.propagated import PropagatedConfig
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
 
 
@@ -67,6 +68,37 @@ def test_regime_map_ratio_is_ve_over_distance(digits):
     cross = protocols.first_crossing(pd.DataFrame({"lr": [1, 1, 1, 2, 2], "eta_lambda": [5] * 5,
                                                    "t": [1, 2, 3, 1, 2], "ratio": [0.1, 1.5, 2, 0.2, 0.3]}))
     assert cross.first_t_above.iloc[0] == 2 and math.isnan(cross.first_t_above.iloc[1])
+
+
+def test_regime_map_with_the_propagated_variant(digits):
+    forget = data.select_forget_set(200, "batch", batch_size=32)
+    args = (digits.train_x, digits.train_y, forget, LockStepConfig(batch_size=32), [0.01, 0.1])
+    plain, lam_plain = protocols.regime_map(net(), *args, steps=4, sigma_points=64, progress=False)
+    assert "ratio_propagated" not in plain.columns
+    prop = PropagatedConfig(krylov=3, points=32, every=2)
+    table, lam_max = protocols.regime_map(net(), *args, steps=4, sigma_points=64, propagated=prop,
+                                          progress=False)
+    assert lam_max == lam_plain  # SGU's map is unchanged: the variant never feeds back into training
+    pd.testing.assert_frame_equal(table[plain.columns], plain)
+    due = table.t.isin([1, 2, 4])  # t = 1, multiples of every = 2, the last step
+    assert table.ratio_propagated[due].notna().all() and table.ratio_propagated[~due].isna().all()
+    np.testing.assert_allclose(table.ratio_propagated[due], (table.ve_propagated / table.dist_retrained)[due])
+    first = table[table.t == 1]  # one visit, no step after it: the propagated correction is SGU's
+    np.testing.assert_allclose(first.ratio_propagated, first.ratio, rtol=1e-4, atol=1e-9)
+    assert (table[table.t == 1].propagated_hvps == 0).all() and (table[table.t == 2].propagated_hvps == 3).all()
+    # the same numbers as the lock-step option run directly at that learning rate
+    direct = run_lockstep(net(), digits.train_x, digits.train_y, forget,
+                          LockStepConfig(batch_size=32, lr=0.1, sigma_every=0, eval_every=1, accuracy_every=0,
+                                         propagated=prop), stop_after=4, progress=False).table
+    np.testing.assert_array_equal(table[table.lr == 0.1].ve_propagated.to_numpy(), direct.ve_propagated.to_numpy())
+    # first crossing of the propagated column skips the steps where it was not computed
+    cross = protocols.first_crossing(pd.DataFrame({"lr": [1] * 4, "eta_lambda": [5] * 4, "t": [1, 2, 3, 4],
+                                                   "ratio": [0.1, 2, 2, 2],
+                                                   "ratio_propagated": [0.1, math.nan, 1.5, math.nan]}),
+                                     column="ratio_propagated")
+    assert cross.first_t_above.iloc[0] == 3 and cross.ratio_last.iloc[0] == 1.5 and cross.t_last.iloc[0] == 3
+    with pytest.raises(ValueError, match="propagated"):
+        protocols.regime_map(net(), *args, steps=2, sigma_points=64, propagated={"krylov": 3}, progress=False)
 
 
 def test_seed_intervals_and_presets():

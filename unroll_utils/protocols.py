@@ -9,8 +9,8 @@ Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraini
   reference grids of §2.2–§2.5) presets.
 * :class:`CheckpointedRun`: Exp B (§2.3, ``checkpoint_version.py``): single gradient unlearning
   at the last checkpoint and the checkpointed unlearning error.
-* :func:`regime_map`: where single gradient unlearning helps at all: VE / ‖w_t − w′_t‖ against
-  η·λ_max and t.
+* :func:`regime_map`: where single gradient unlearning (and, optionally, its Hessian-propagated
+  variant) helps at all: VE / ‖w_t − w′_t‖ against η·λ_max and t.
 * :func:`run_correlations`, :func:`seed_intervals`: Pearson and Spearman of e with VE per run,
   and bootstrap 95% intervals over seeds.
 * :func:`estimate_seconds`: a measured estimate of a run's wall time, printed before long runs.
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from . import hessian, results
 from .losses import make_loss
 from .metrics import bootstrap_ci, correlations, snapshot, weight_distance
+from .propagated import PropagatedConfig
 from .trajectory import LockStepConfig, make_optimizer, run_lockstep, sgd_step
 
 PRESET_NAMES = ("smoke", "small", "paper")
@@ -279,7 +280,8 @@ def checkpointed_errors(table: pd.DataFrame, segment_distances: Sequence[float],
 
 def regime_map(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, forget: torch.Tensor,
                config: LockStepConfig, lrs: Sequence[float], steps: int, *,
-               sigma_points: int = 512, progress: bool = True) -> tuple[pd.DataFrame, float]:
+               sigma_points: int = 512, propagated: PropagatedConfig | None = None,
+               progress: bool = True) -> tuple[pd.DataFrame, float]:
     """Where single gradient unlearning helps: VE / ‖w_t − w′_t‖ against η·λ_max and t.
 
     A ratio below 1 means M″ is closer to the naively retrained M′ than M is (the undo helps); above
@@ -294,11 +296,19 @@ def regime_map(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, f
             measured, VE at every step.
         lrs: learning rates η > 0. steps: lock-step steps per η, ≥ 1.
         sigma_points: points of the Hessian batch for λ_max.
+        propagated: also put the Hessian-propagated single gradient unlearning on the map
+            (:class:`unroll_utils.propagated.PropagatedConfig`, the lock-step option, computed at
+            t = 1, multiples of its ``every`` and the last step); None (default): SGU only.
         progress: progress bar over the learning rates.
 
     Returns:
         (table, λ_max): rows ``lr``, ``eta_lambda`` (η·λ_max), ``t``, ``ve``, ``dist_retrained``,
-        ``ratio`` (VE / ‖w_t − w′_t‖).
+        ``ratio`` (VE / ‖w_t − w′_t‖); with ``propagated`` also ``ve_propagated``,
+        ``propagated_hvps`` and ``ratio_propagated`` (ve_propagated / ‖w_t − w′_t‖, NaN at the
+        steps where it was not computed). The SGU columns are the same with or without it.
+
+    Raises:
+        ValueError: a bad ``propagated`` (as ``LockStepConfig.validate``).
     """
     loss_fn = make_loss(config.loss, config.lam)
     top = hessian.top_hessian_eigenvalue(model, loss_fn, train_x[:sigma_points].to(_device(model)),
@@ -306,25 +316,31 @@ def regime_map(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, f
                                          generator=torch.Generator().manual_seed(config.seed))
     frames = []
     for lr in tqdm(list(lrs), desc="regime map", disable=not progress, leave=False):
-        cfg = replace(config, lr=float(lr), sigma_every=0, eval_every=1, accuracy_every=0)
+        cfg = replace(config, lr=float(lr), sigma_every=0, eval_every=1, accuracy_every=0,
+                      propagated=propagated)
         res = run_lockstep(model, train_x, train_y, forget, cfg, stop_after=steps, progress=False)
-        tab = res.table[["t", "ve", "dist_retrained"]].copy()
+        extra = ["ve_propagated", "propagated_hvps"] if propagated is not None else []
+        tab = res.table[["t", "ve", "dist_retrained", *extra]].copy()
         tab.insert(0, "eta_lambda", float(lr) * top.eigenvalue)
         tab.insert(0, "lr", float(lr))
         tab["ratio"] = tab.ve / tab.dist_retrained
+        if propagated is not None:
+            tab["ratio_propagated"] = tab.ve_propagated / tab.dist_retrained
         frames.append(tab)
     return pd.concat(frames, ignore_index=True), top.eigenvalue
 
 
-def first_crossing(table: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
-    """Per learning rate of a :func:`regime_map` table, the first step t at which the ratio
-    exceeds ``threshold`` (NaN if it never does within the run) and the ratio at the last step."""
+def first_crossing(table: pd.DataFrame, threshold: float = 1.0, column: str = "ratio") -> pd.DataFrame:
+    """Per learning rate of a :func:`regime_map` table, the first step t at which ``column``
+    (``"ratio"``, or ``"ratio_propagated"``) exceeds ``threshold`` (NaN if it never does within the
+    run) and its value at the last step where it is defined (rows where it is NaN are skipped)."""
     rows = []
     for lr, g in table.groupby("lr", sort=True):
-        above = g[g.ratio > threshold]
+        g = g[g[column].notna()]
+        above = g[g[column] > threshold]
         rows.append({"lr": lr, "eta_lambda": float(g.eta_lambda.iloc[0]),
                      "first_t_above": float(above.t.iloc[0]) if len(above) else math.nan,
-                     "ratio_last": float(g.ratio.iloc[-1]), "t_last": int(g.t.iloc[-1])})
+                     "ratio_last": float(g[column].iloc[-1]), "t_last": int(g.t.iloc[-1])})
     return pd.DataFrame(rows)
 
 
