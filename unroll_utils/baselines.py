@@ -40,8 +40,8 @@ from .unlearning import forget_gradient, single_gradient_unlearning
 
 __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
            "fine_tuning", "gradient_ascent", "neggrad_plus", "random_labels", "amnesiac",
-           "sgu_at_w0", "sgu_at_final", "sgu_propagated", "PROPAGATED_POINTS", "METHODS", "FORGET_KINDS", "make_forget_sets",
-           "run_forget_benchmark", "summarize"]
+           "sgu_at_w0", "sgu_at_final", "sgu_propagated", "PROPAGATED_POINTS", "METHODS", "FORGET_KINDS",
+           "make_forget_sets", "run_forget_benchmark", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -364,8 +364,8 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
     one Lanczos run of ``krylov`` HVPs (:func:`unroll_utils.propagated.lanczos_basis`,
     :meth:`KrylovBasis.apply`, the sum of :func:`~unroll_utils.propagated.propagated_correction`).
     Per-batch gradients would cost ``krylov`` HVPs per visit: a random 10% forget set meets
-    almost every batch, ≈ E·N/b visits (91 of 96 steps for the smoke benchmark, N = 1000, b = 32, E = 3), and as many times
-    the HVPs.
+    almost every batch, ≈ E·N/b visits (91 of 96 steps for the smoke benchmark, N = 1000,
+    b = 32, E = 3), and as many times the HVPs.
 
     Hyper-parameter ``krylov`` (≥ 1, default 10): Lanczos steps. Assumes plain SGD (momentum
     makes x*'s trace a different polynomial; the factor is then an approximation). Memory:
