@@ -97,6 +97,9 @@ def test_regime_map_with_the_propagated_variant(digits):
                                                    "ratio_propagated": [0.1, math.nan, 1.5, math.nan]}),
                                      column="ratio_propagated")
     assert cross.first_t_above.iloc[0] == 3 and cross.ratio_last.iloc[0] == 1.5 and cross.t_last.iloc[0] == 3
+    never = protocols.first_crossing(pd.DataFrame({"lr": [1, 1], "eta_lambda": [5, 5], "t": [1, 2],
+                                                   "ratio": [math.nan, math.nan]}))
+    assert math.isnan(never.ratio_last.iloc[0]) and never.t_last.iloc[0] == -1
     with pytest.raises(ValueError, match="propagated"):
         protocols.regime_map(net(), *args, steps=2, sigma_points=64, propagated={"krylov": 3}, progress=False)
 

@@ -333,14 +333,17 @@ def regime_map(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, f
 def first_crossing(table: pd.DataFrame, threshold: float = 1.0, column: str = "ratio") -> pd.DataFrame:
     """Per learning rate of a :func:`regime_map` table, the first step t at which ``column``
     (``"ratio"``, or ``"ratio_propagated"``) exceeds ``threshold`` (NaN if it never does within the
-    run) and its value at the last step where it is defined (rows where it is NaN are skipped)."""
+    run) and its value at the last step where it is defined (rows where it is NaN are skipped;
+    ``ratio_last`` NaN and ``t_last`` −1 when it is defined nowhere)."""
     rows = []
     for lr, g in table.groupby("lr", sort=True):
+        eta_lambda = float(g.eta_lambda.iloc[0])
         g = g[g[column].notna()]
         above = g[g[column] > threshold]
-        rows.append({"lr": lr, "eta_lambda": float(g.eta_lambda.iloc[0]),
+        rows.append({"lr": lr, "eta_lambda": eta_lambda,
                      "first_t_above": float(above.t.iloc[0]) if len(above) else math.nan,
-                     "ratio_last": float(g[column].iloc[-1]), "t_last": int(g.t.iloc[-1])})
+                     "ratio_last": float(g[column].iloc[-1]) if len(g) else math.nan,
+                     "t_last": int(g.t.iloc[-1]) if len(g) else -1})
     return pd.DataFrame(rows)
 
 
