@@ -35,7 +35,7 @@ from .losses import make_loss
 from .metrics import verification_error
 from .privacy import loss_attack_auc, per_example_loss, predict_probs
 from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
-from .trajectory import LockStepConfig, batch_order, make_optimizer, sgd_step, train_sgd
+from .training import SGDConfig, batch_order, make_optimizer, sgd_step, sub_seed, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 
 __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
@@ -62,9 +62,9 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        """Raise ValueError naming the first bad field (the checks of ``LockStepConfig.validate``)."""
-        LockStepConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
-                       weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, seed=self.seed).validate()
+        """Raise ValueError naming the first bad field (the checks of ``training.SGDConfig``)."""
+        SGDConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
+                  weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, seed=self.seed).validate()
 
 
 @dataclass
@@ -163,11 +163,6 @@ class UnlearningTask:
         return self.train_x[dev], self.train_y[dev]
 
 
-def _sub_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for (seed, stream) from numpy's SeedSequence."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def _check_positive(name: str, value, integer: bool = False):
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else isinstance(value, (int, float))
     if not ok or not math.isfinite(value) or value <= 0:
@@ -193,7 +188,7 @@ def fine_tuning(task: UnlearningTask, epochs: int = 1) -> nn.Module:
     model = copy.deepcopy(task.original)
     xr, yr = task.subset(task.retain)
     c = task.config
-    train_sgd(model, xr, yr, lr=c.lr, epochs=epochs, batch_size=c.batch_size, seed=_sub_seed(c.seed, 10),
+    train_sgd(model, xr, yr, lr=c.lr, epochs=epochs, batch_size=c.batch_size, seed=sub_seed(c.seed, 10),
               loss=c.loss, lam=c.lam, momentum=c.momentum, weight_decay=c.weight_decay, progress=False)
     return model
 
@@ -215,7 +210,7 @@ def gradient_ascent(task: UnlearningTask, lr_scale: float = 0.1) -> nn.Module:
     model = copy.deepcopy(task.original)
     xf, yf = task.subset(task.forget)
     _ascent_epoch(model, xf, yf, lr_scale * task.config.lr, task.config.batch_size,
-                  _sub_seed(task.config.seed, 11), make_loss(task.config.loss, task.config.lam))
+                  sub_seed(task.config.seed, 11), make_loss(task.config.loss, task.config.lam))
     return model
 
 
@@ -230,9 +225,9 @@ def neggrad_plus(task: UnlearningTask, alpha: float = 0.95) -> nn.Module:
     opt = make_optimizer(model, c.lr, c.momentum, c.weight_decay)
     none = torch.empty(0, dtype=torch.long)
     retain, forget = task.retain, task.forget
-    f_batches = batch_order(len(forget), none, c.batch_size, "shuffle", 0, _sub_seed(c.seed, 12))
+    f_batches = batch_order(len(forget), none, c.batch_size, "shuffle", 0, sub_seed(c.seed, 12))
     model.train()
-    for i, idx in enumerate(batch_order(len(retain), none, c.batch_size, "shuffle", 0, _sub_seed(c.seed, 13))):
+    for i, idx in enumerate(batch_order(len(retain), none, c.batch_size, "shuffle", 0, sub_seed(c.seed, 13))):
         xr, yr = task.subset(retain[idx])
         xf, yf = task.subset(forget[f_batches[i % len(f_batches)]])
         opt.zero_grad(set_to_none=True)
@@ -249,11 +244,11 @@ def random_labels(task: UnlearningTask, epochs: int = 1) -> nn.Module:
     model = copy.deepcopy(task.original)
     xf, yf = task.subset(task.forget)
     n_cls = int(task.train_y.max()) + 1
-    g = torch.Generator().manual_seed(_sub_seed(task.config.seed, 14))
+    g = torch.Generator().manual_seed(sub_seed(task.config.seed, 14))
     wrong = (yf.cpu() + torch.randint(1, n_cls, yf.shape, generator=g)) % n_cls  # never the true label
     c = task.config
     train_sgd(model, xf, wrong.to(yf.device), lr=c.lr, epochs=epochs, batch_size=c.batch_size,
-              seed=_sub_seed(c.seed, 15), loss=c.loss, lam=c.lam, progress=False)
+              seed=sub_seed(c.seed, 15), loss=c.loss, lam=c.lam, progress=False)
     return model
 
 

@@ -26,7 +26,6 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,8 @@ from . import models, results
 from .device import environment, resolve_device
 from .losses import make_loss
 from .metrics import accuracy
-from .trajectory import augmentation_draws, batch_order, crop_flip, make_optimizer, require, sgd_step
+from .training import (augmentation_draws, batch_order, crop_flip, make_optimizer, require, sgd_step,
+                       sub_seed)
 
 AUGMENTS = ("none", "crop_flip", "crop_flip_rotate")
 SCHEDULES = ("cosine", "constant")
@@ -138,8 +138,7 @@ def cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> f
 
 def rotation_draws(n: int, epoch: int, seed: int, degrees: float = 15.0) -> torch.Tensor:
     """Per-point rotation angles (n,) in radians, uniform in ±``degrees``, for one epoch."""
-    sub = int(np.random.SeedSequence([seed, 3, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    g = torch.Generator().manual_seed(sub)
+    g = torch.Generator().manual_seed(sub_seed(seed, 3, epoch))
     return (torch.rand(n, generator=g) * 2 - 1) * math.radians(degrees)
 
 

@@ -82,8 +82,9 @@ class SGDConfig:
         return self
 
 
-def _sub_seed(seed: int, *stream: int) -> int:
-    """An independent 63-bit seed for (seed, stream...) from numpy's SeedSequence."""
+def sub_seed(seed: int, *stream: int) -> int:
+    """An independent 63-bit seed for (seed, stream...) from numpy's SeedSequence: every random
+    draw of a run gets its own stream (0: data order, 1: augmentation, 2: eigen-solver start, ...)."""
     return int(np.random.SeedSequence([seed, *stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -109,7 +110,7 @@ def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch
     elif order == "index":
         perm = torch.arange(n)
     elif order == "shuffle":
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_sub_seed(seed, 0, epoch)))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(sub_seed(seed, 0, epoch)))
     else:
         raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
     return list(torch.split(perm, batch_size))
@@ -117,7 +118,7 @@ def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch
 
 def augmentation_draws(n: int, epoch: int, seed: int, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point crop offsets (n, 2) in [0, 2·pad] and flips (n,) for one epoch, from ``seed``."""
-    g = torch.Generator().manual_seed(_sub_seed(seed, 1, epoch))
+    g = torch.Generator().manual_seed(sub_seed(seed, 1, epoch))
     shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
     flips = torch.rand(n, generator=g) < 0.5
     return shifts, flips

@@ -32,9 +32,9 @@ from . import hessian, results
 from .losses import make_loss
 from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
                       weight_distance)
-from .training import (AUGMENTS, ORDERS, SGDConfig, _sub_seed, augmentation_draws, batch_order,
+from .training import (AUGMENTS, ORDERS, SGDConfig, augmentation_draws, batch_order,
                        check_lone_point_batches, check_sgd_fields, crop_flip, make_optimizer,
-                       require, sgd_step, train_sgd)
+                       require, sgd_step, sub_seed, train_sgd)
 from .propagated import PropagatedConfig, PropagatedUndo
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
@@ -228,7 +228,7 @@ class SigmaTracker:
             model, self.loss_fn, xh, yh, convention=cfg.sigma_convention, method=cfg.sigma_method,
             tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
             init=self.eigvec if cfg.sigma_warm_start else None,
-            generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)),
+            generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)),
             bn_mode=cfg.sigma_bn_mode,
             weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
         self.sigmas.append(sigma)
