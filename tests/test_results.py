@@ -54,3 +54,17 @@ def test_fingerprint_is_stable_and_sensitive():
     a = results.fingerprint({"lr": 0.1, "b": [1, 2]})
     assert a == results.fingerprint({"b": [1, 2], "lr": 0.1})
     assert a != results.fingerprint({"lr": 0.2, "b": [1, 2]})
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    """Tables are readable by others as any file the user writes (mkstemp alone would leave 0600)."""
+    import os
+
+    from unroll_utils import results
+
+    old = os.umask(0o022)
+    try:
+        p = results.atomic_write(tmp_path / "t.csv", lambda f: f.write("a\n"))
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644 and p.read_text() == "a\n"
