@@ -46,6 +46,8 @@ class Settings:
     finetune_epochs: int = 1       # Exp A default (paper §2.2)
     trajectory_steps: int = 12     # σ at every step of a short trajectory (row 1, trajectory)
     resnet_trajectory_steps: int = 6
+    exp_a_steps: int = 30          # row 6: Exp A end to end (σ every step), small CNN
+    exp_a_points: int = 512        # row 6: the fixed Hessian batch (paper §2.2)
 
     @classmethod
     def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
@@ -60,6 +62,7 @@ class Settings:
             s.resnet_lockstep_n = 128   # 4 steps
             s.resnet_tracemalloc = False
             s.resnet_trajectory_steps = 0   # ~40 s per step for the reference alone on a CPU
+            s.exp_a_steps = 20
         return s
 
 

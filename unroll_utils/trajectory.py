@@ -101,6 +101,15 @@ class LockStepConfig(SGDConfig):
             Hessian-propagated single gradient (gradients where M saw x*, propagated by
             f(H̄) = clamp((1 − ηH̄)^{n_k}, −1, 1)); adds the columns ``ve_propagated``,
             ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
+        sigma_track: measure λ_max with :class:`unroll_utils.hessian.TopEigenTracker` (about one
+            HVP per measurement: the carried eigenvector's Rayleigh quotient with a Kato–Temple
+            error estimate, a warm-started Lanczos solve with ``sigma_stop`` only when the estimate
+            exceeds ``sigma_tol``·λ). Every reported λ then satisfies λ ≤ λ_max ≤ λ +
+            ``eig_error_bound`` (under the tracker's gap assumption), so σ and e_t are within about
+            ``sigma_tol``/2 (relative); use it with ``sigma_every=1`` and a ``sigma_tol`` such as
+            1e-2 (σ, e_t within ≈ 0.5%). Needs ``sigma_method="lanczos"`` and
+            ``sigma_convention="sqrt_eig"``; adds the column ``eig_tracked`` (True where the step
+            was accepted without a fallback). False (default): a solve per measurement.
     """
 
     order: str = "forget_first"  # the SGD fields are SGDConfig's; only the default order differs
@@ -123,6 +132,7 @@ class LockStepConfig(SGDConfig):
     accuracy_every: int = 0
     include_buffers: bool = False
     propagated: PropagatedConfig | None = None
+    sigma_track: bool = False
 
     def validate(self) -> "LockStepConfig":
         """Raise ValueError naming the first bad field and its allowed range; return self."""
@@ -148,6 +158,11 @@ class LockStepConfig(SGDConfig):
         need(self.sigma_max_iter >= 1, "sigma_max_iter", ">= 1")
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(isinstance(self.sigma_weight_decay, bool), "sigma_weight_decay", "True or False")
+        need(isinstance(self.sigma_track, bool)
+             and (not self.sigma_track or (self.sigma_method == "lanczos"
+                                           and self.sigma_convention == "sqrt_eig")),
+             "sigma_track", "True or False; True needs sigma_method='lanczos' and "
+             "sigma_convention='sqrt_eig'")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
         need(self.propagated is None or isinstance(self.propagated, PropagatedConfig), "propagated",
              "None or a PropagatedConfig")
@@ -212,6 +227,7 @@ class SigmaTracker:
         self.fixed_x, self.fixed_y = fixed_x, fixed_y
         self.sigmas: list[float] = []
         self.eigvec: torch.Tensor | None = None
+        self.tracker: hessian.TopEigenTracker | None = None  # with sigma_track, made on first use
 
     def due(self, t: int, last: bool) -> bool:
         """σ is measured at t = 1, every ``sigma_every`` steps and at the last step (never if 0)."""
@@ -221,9 +237,11 @@ class SigmaTracker:
     def measure(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> dict:
         """Solve for the top Hessian eigenvalue of ``model`` on the configured batch (``xb``/``yb``
         is the current batch); record σ. Returns the row fields ``eigenvalue``, ``eig_residual``,
-        ``eig_error_bound``, ``eig_hvps``."""
+        ``eig_error_bound``, ``eig_hvps`` (and ``eig_tracked`` with ``sigma_track``)."""
         cfg = self.config
         xh, yh = (self.fixed_x, self.fixed_y) if cfg.sigma_batch == "fixed" else (xb, yb)
+        if cfg.sigma_track:
+            return self._track(model, xh, yh)
         sigma, eig = hessian.estimate_sigma(
             model, self.loss_fn, xh, yh, convention=cfg.sigma_convention, method=cfg.sigma_method,
             tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
@@ -235,6 +253,22 @@ class SigmaTracker:
         self.eigvec = eig.eigenvector
         return {"eigenvalue": eig.eigenvalue, "eig_residual": eig.residual,
                 "eig_error_bound": eig.error_bound, "eig_hvps": eig.n_hvp}
+
+    def _track(self, model: nn.Module, xh: torch.Tensor, yh: torch.Tensor) -> dict:
+        """``sigma_track``: one :meth:`hessian.TopEigenTracker.update` on this step's Hessian."""
+        cfg = self.config
+        if self.tracker is None:
+            self.tracker = hessian.TopEigenTracker(
+                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+                generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)))
+        op = hessian.HessianOperator(model, self.loss_fn, xh, yh, bn_mode=cfg.sigma_bn_mode,
+                                     weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
+        eig = self.tracker.update(op.matvec, op.numel, device=op.device)
+        self.sigmas.append(hessian.sigma_from_eigenvalue(eig.eigenvalue, "sqrt_eig"))
+        self.eigvec = self.tracker.eigenvector
+        return {"eigenvalue": eig.eigenvalue, "eig_residual": eig.residual,
+                "eig_error_bound": eig.error_bound, "eig_hvps": eig.n_hvp,
+                "eig_tracked": eig.method == hessian.TRACK_METHOD}
 
     def errors(self, t: int, delta_w: float) -> dict:
         """σ (latest), its running mean, e and rolling e at step t (e with t − 1 second-order
@@ -249,10 +283,19 @@ class SigmaTracker:
                 "rolling_unlearning_error": unlearning_error(lr, t - 1, delta_w, mean)}
 
     def state_dict(self) -> dict:
-        return {"sigmas": self.sigmas, "eigvec": self.eigvec}
+        state = {"sigmas": self.sigmas, "eigvec": self.eigvec}
+        if self.tracker is not None:
+            state["sigma_tracker"] = self.tracker.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sigmas, self.eigvec = state["sigmas"], state["eigvec"]
+        if "sigma_tracker" in state:
+            cfg = self.config
+            self.tracker = hessian.TopEigenTracker(
+                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+                generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)))
+            self.tracker.load_state_dict(state["sigma_tracker"])
 
 
 class UndoAccumulator:
@@ -451,6 +494,8 @@ class LockStep:
                "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
                "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
                "eig_hvps": 0}
+        if cfg.sigma_track:
+            row["eig_tracked"] = False
         if self.propagated is not None:
             row.update(self._propagated(t, last))
         if self.sigma.due(t, last):
@@ -566,7 +611,7 @@ class LockStep:
 
 # Fields added after the first release: left out of a run's fingerprint while they hold these values,
 # so checkpoints written before they existed still resume.
-LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False}
+LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False, "sigma_track": False}
 
 
 def _fingerprint_fields(cfg: LockStepConfig) -> dict:
@@ -616,8 +661,8 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
         unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
-        ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``,
-        ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
+        ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``
+        (and ``eig_tracked`` with ``config.sigma_track``), ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
         (``_unlearned``), in [0, 1]; with ``config.propagated``: ``ve_propagated`` (‖w‴_t − w′_t‖,
