@@ -260,7 +260,7 @@ class SigmaTracker:
         if self.tracker is None:
             self.tracker = hessian.TopEigenTracker(
                 tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)))
+                generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
         op = hessian.HessianOperator(model, self.loss_fn, xh, yh, bn_mode=cfg.sigma_bn_mode,
                                      weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
         eig = self.tracker.update(op.matvec, op.numel, device=op.device)
@@ -294,7 +294,7 @@ class SigmaTracker:
             cfg = self.config
             self.tracker = hessian.TopEigenTracker(
                 tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                generator=torch.Generator().manual_seed(_sub_seed(cfg.seed, 2)))
+                generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
             self.tracker.load_state_dict(state["sigma_tracker"])
 
 
