@@ -258,9 +258,7 @@ class SigmaTracker:
         """``sigma_track``: one :meth:`hessian.TopEigenTracker.update` on this step's Hessian."""
         cfg = self.config
         if self.tracker is None:
-            self.tracker = hessian.TopEigenTracker(
-                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
+            self.tracker = self._new_tracker()
         op = hessian.HessianOperator(model, self.loss_fn, xh, yh, bn_mode=cfg.sigma_bn_mode,
                                      weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
         eig = self.tracker.update(op.matvec, op.numel, device=op.device)
@@ -291,11 +289,13 @@ class SigmaTracker:
     def load_state_dict(self, state: dict) -> None:
         self.sigmas, self.eigvec = state["sigmas"], state["eigvec"]
         if "sigma_tracker" in state:
-            cfg = self.config
-            self.tracker = hessian.TopEigenTracker(
-                tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
+            self.tracker = self._new_tracker()
             self.tracker.load_state_dict(state["sigma_tracker"])
+
+    def _new_tracker(self) -> hessian.TopEigenTracker:
+        cfg = self.config
+        return hessian.TopEigenTracker(tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+                                       generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
 
 
 class UndoAccumulator:
