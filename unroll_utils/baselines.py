@@ -45,8 +45,10 @@ __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """How M (and naive retraining) are trained: plain SGD, the setting of the paper's theory.
+class TrainingConfig(SGDConfig):
+    """How M (and naive retraining) are trained: plain SGD, the setting of the paper's theory
+    (:class:`unroll_utils.training.SGDConfig` with this benchmark's defaults; the data order is a
+    seeded shuffle per epoch, no augmentation).
 
     Attributes: lr (η > 0), epochs (≥ 1), batch_size (b ≥ 1), momentum in [0, 1), weight_decay ≥ 0,
     loss ("ce" or "sd") with lam (λ of the SD loss), seed (data order and every method's draws).
@@ -54,17 +56,10 @@ class TrainingConfig:
 
     lr: float = 0.05
     epochs: int = 3
-    batch_size: int = 32
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loss: str = "ce"
-    lam: float = 0.0
-    seed: int = 0
 
     def __post_init__(self):
         """Raise ValueError naming the first bad field (the checks of ``training.SGDConfig``)."""
-        SGDConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
-                  weight_decay=self.weight_decay, loss=self.loss, lam=self.lam, seed=self.seed).validate()
+        self.validate()
 
 
 @dataclass
