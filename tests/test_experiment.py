@@ -200,7 +200,7 @@ def test_ctrl_c_stops_cleanly_and_the_resumed_run_is_bit_identical(tmp_path, mon
 
 
 def test_environment_records_the_cpu_model_and_keys_the_checkpoint(tmp_path, monkeypatch):
-    from unroll_utils import experiment
+    from unroll_utils import device as experiment  # cpu_model lives in unroll_utils.device
 
     cpu = experiment.cpu_model()
     assert isinstance(cpu, str) and cpu and cpu != "unknown"
@@ -223,7 +223,7 @@ def test_environment_records_the_cpu_model_and_keys_the_checkpoint(tmp_path, mon
 
 
 def test_cpu_model_fallbacks(monkeypatch):
-    from unroll_utils import experiment
+    from unroll_utils import device as experiment  # cpu_model lives in unroll_utils.device
 
     def no_file(*args, **kwargs):
         raise OSError("no /proc here")

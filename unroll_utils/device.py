@@ -13,6 +13,7 @@ there).
 from __future__ import annotations
 
 import os
+import platform
 from typing import Callable
 
 import torch
@@ -75,17 +76,38 @@ def make_deterministic(device: torch.device | str = "cpu") -> dict:
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")}
 
 
+def cpu_model() -> str:
+    """The CPU's model name: ``model name`` from /proc/cpuinfo (Linux), else
+    ``platform.processor()``, else ``platform.machine()``, else ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment(device: torch.device | str) -> dict:
-    """What decides the floating-point results besides the configuration: device type and name,
-    torch, CUDA and cuDNN versions, intra-op thread count. Put it into cache keys (a cache made
-    under another environment is not reused) and record it with results."""
+    """What decides the floating-point results besides the configuration: device type, torch
+    version, intra-op thread count, the CPU model (kernel paths differ between CPUs) and, on CUDA,
+    the GPU name and the CUDA and cuDNN versions. Record it with results; :func:`key_environment`
+    is the part that keys caches and checkpoints."""
     device = torch.device(device)
     env = {"device": device.type, "torch": torch.__version__,
-           "intra_op_threads": torch.get_num_threads()}
+           "intra_op_threads": torch.get_num_threads(), "cpu": cpu_model()}
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
     return env
+
+
+def key_environment(env: dict) -> dict:
+    """The part of :func:`environment` that keys caches and checkpoints (a cache made under another
+    environment is not reused): all of it on the CPU; on a GPU, without the host CPU's model."""
+    return {k: v for k, v in env.items() if not (k == "cpu" and env["device"] == "cuda")}
 
 
 def repeat_distance(run: Callable[[], nn.Module | list[torch.Tensor]]) -> float:

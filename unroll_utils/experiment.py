@@ -8,7 +8,6 @@ correlation of e with VE (paper §2.2 on the embedded MNIST subset, on CPU in a 
 from __future__ import annotations
 
 import math
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,7 +20,7 @@ import torch
 
 from . import data, models, plot, results
 from .metrics import correlations
-from .device import resolve_device
+from .device import environment, key_environment, resolve_device
 from .training import SGDTraining, require
 from .trajectory import LockStepConfig, run_lockstep
 
@@ -139,36 +138,6 @@ class MainJobConfig:
                                  if hasattr(self, f.name)})
 
 
-def cpu_model() -> str:
-    """The CPU's model name: ``model name`` from /proc/cpuinfo (Linux), else
-    ``platform.processor()``, else ``platform.machine()``, else ``"unknown"``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def run_environment(device: torch.device) -> dict:
-    """What decides the float reduction order, hence the numbers: device type, torch version,
-    intra-op thread count, CPU model (kernel paths differ between CPUs) and, on CUDA, the GPU."""
-    env = {"device": device.type, "torch": torch.__version__,
-           "intra_op_threads": torch.get_num_threads(), "cpu": cpu_model()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def _key_environment(env: dict) -> dict:
-    """The part of :func:`run_environment` that keys caches and checkpoints: all of it on the CPU;
-    on a GPU the GPU model instead of the host CPU's."""
-    return {k: v for k, v in env.items() if not (k == "cpu" and env["device"] == "cuda")}
-
-
 _FORGET_ARG_NAMES = {"k": "forget_k", "cls": "forget_class", "batch_index": "forget_batch"}
 
 
@@ -200,7 +169,7 @@ def _pretrained_w0(cfg: MainJobConfig, ds: data.TensorData, device: torch.device
     fp = results.fingerprint({**{f.name: getattr(cfg, f.name) for f in fields(cfg)
                                  if f.name.startswith(("dataset", "model", "width", "n_train",
                                                        "pretrain", "seed", "loss", "lam"))},
-                              **_key_environment(env)})
+                              **key_environment(env)})
     ckpt = out / f"pretrain-{fp}.pt"
     if not resume:
         ckpt.unlink(missing_ok=True)
@@ -241,7 +210,7 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
 
     Returns:
         Summary dict: correlations of e and rolling e with VE, final VE/accuracies, wall time,
-        ``environment`` (:func:`run_environment`: device type, torch version, intra-op threads,
+        ``environment`` (:func:`unroll_utils.device.environment`: device type, torch version, intra-op threads,
         CPU model, GPU model on CUDA) and ``table`` (the DataFrame).
 
     Raises:
@@ -260,11 +229,11 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     # the float reduction order, hence the numbers, depend on the device, the torch build, the
     # intra-op thread count and the CPU: a cache or checkpoint made under others is not reused
-    environment = run_environment(device)
-    model = _pretrained_w0(cfg, ds, device, out, environment, progress=progress, resume=resume,
+    env = environment(device)
+    model = _pretrained_w0(cfg, ds, device, out, env, progress=progress, resume=resume,
                            checkpoint_every=checkpoint_every)
     # one checkpoint per configuration: a changed option starts a fresh run, the same one resumes
-    ckpt = out / f"checkpoint-{results.fingerprint({**asdict(cfg), **_key_environment(environment)})}.pt"
+    ckpt = out / f"checkpoint-{results.fingerprint({**asdict(cfg), **key_environment(env)})}.pt"
     if not resume and ckpt.exists():
         ckpt.unlink()
     if ckpt.exists() and progress:
@@ -272,7 +241,7 @@ def main_job(config: MainJobConfig, out_dir: str | Path, *, progress: bool = Tru
     res = run_lockstep(model, ds.train_x, ds.train_y, forget, cfg.lockstep_config(),
                        test_x=ds.test_x, test_y=ds.test_y, checkpoint_path=ckpt,
                        checkpoint_every=checkpoint_every, progress=progress)
-    summary = _summary(res.table, forget, ds.train_x.shape[0], res.steps_done, environment)
+    summary = _summary(res.table, forget, ds.train_x.shape[0], res.steps_done, env)
     summary["wall_seconds"] = time.perf_counter() - start
     results.save_table(res.table, out / "results", config=asdict(cfg), summary=summary)
     _figure(cfg, res.table, summary["pearson_e_ve"], out / "figure.png")

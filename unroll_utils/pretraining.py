@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import models, results
-from .device import environment, resolve_device
+from .device import environment, key_environment, resolve_device
 from .losses import make_loss
 from .metrics import accuracy
 from .training import (augmentation_draws, batch_order, crop_flip, make_optimizer, require, sgd_step,
@@ -264,7 +264,7 @@ def pretrain_key(config: PretrainConfig, data: data_mod.TensorData, device: torc
     digest.update(data.train_x.reshape(-1)[::997].numpy().tobytes())
     blob = {"config": asdict(config), "data": [data.name, list(data.train_x.shape),
                                                list(data.test_x.shape), digest.hexdigest()[:16]],
-            "environment": environment(device)}
+            "environment": key_environment(environment(device))}
     return f"pretrain_{config.dataset}_{config.model}_{results.fingerprint(blob)}"
 
 
