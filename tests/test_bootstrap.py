@@ -36,3 +36,18 @@ def test_degenerate_inputs():
         metrics.bootstrap_ci([1, 2], confidence=1.0)
     with pytest.raises(ValueError, match="n_resamples"):
         metrics.bootstrap_ci([1, 2], n_resamples=10)
+
+
+def test_t_interval_closed_form():
+    """mean ± t_{0.975, 2}·s/√3 for (1, 2, 3): s = 1, t = 4.302652729749464."""
+    import math
+
+    from unroll_utils.metrics import t_interval
+
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729749464 / math.sqrt(3)
+    assert mean == 2.0 and math.isclose(low, 2 - half, rel_tol=1e-12) and math.isclose(high, 2 + half, rel_tol=1e-12)
+    assert math.isnan(t_interval([5.0])[1])
+    import pytest
+    with pytest.raises(ValueError, match="level"):
+        t_interval([1.0, 2.0], level=1.0)

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
 from .hessian import HessianOperator
 from .losses import make_loss
-from .metrics import verification_error
+from .metrics import t_interval, verification_error
 from .privacy import loss_attack_auc, per_example_loss, predict_probs
 from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
 from .training import SGDConfig, batch_order, make_optimizer, sgd_step, sub_seed, train_sgd
@@ -523,10 +522,7 @@ def summarize(table: pd.DataFrame, metrics=("forget_acc", "retain_acc", "test_ac
     out = []
     for (kind, method), g in table.groupby(["kind", "method"], sort=False):
         for m in metrics:
-            v = g[m].to_numpy(dtype=np.float64)
-            n, mean = len(v), float(np.mean(v))
-            half = (float(stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(v, ddof=1) / math.sqrt(n))
-                    if n > 1 else math.nan)
+            mean, low, high = t_interval(g[m].to_numpy(dtype=np.float64), confidence)
             out.append({"kind": kind, "method": method, "metric": m, "mean": mean,
-                        "ci_low": mean - half, "ci_high": mean + half, "n": n})
+                        "ci_low": low, "ci_high": high, "n": len(g)})
     return pd.DataFrame(out)

@@ -447,6 +447,31 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     return correct / inputs.shape[0]
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval of independent replicates (one value per
+    seed): mean ± t_{(1+level)/2, n−1}·s/√n with s the unbiased standard deviation.
+
+    Args:
+        values: (n,) finite values. level: coverage in (0, 1).
+
+    Returns:
+        (mean, low, high); low = high = NaN when n < 2.
+
+    Raises:
+        ValueError: ``values`` empty or ``level`` outside (0, 1).
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("values must hold at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
 def bootstrap_ci(values: Sequence[float], statistic=np.mean, *, confidence: float = 0.95,
                  n_resamples: int = 9999, seed: int = 0) -> tuple[float, float, float]:
     """A statistic of per-seed values and its percentile-bootstrap confidence interval.

@@ -658,21 +658,14 @@ def mean_ci(values: Sequence[float], level: float = 0.95, method: str = "t", see
     Raises:
         ValueError: if ``values`` is empty, ``level`` is outside (0, 1) or ``method`` is unknown.
     """
-    from scipy import stats
+    from unroll_utils.metrics import t_interval  # imports torch: only when intervals are drawn
 
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("values must hold at least one value")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
     if method not in ("t", "bootstrap"):
         raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, math.nan, math.nan
-    if method == "t":
-        half = float(stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-        return mean, mean - half, mean + half
+    mean, low, high = t_interval(values, level)
+    if method == "t" or math.isnan(low):
+        return mean, low, high
+    x = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
