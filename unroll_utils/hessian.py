@@ -500,11 +500,13 @@ class TopEigenTracker:
 
     When ε ≤ tol·θ the step is accepted (``method="track"``, ``n_hvp=1``) and the vector for the
     next step is Hv/‖Hv‖ (a free power step towards this step's top eigenvector). Otherwise the
-    step **falls back** to :func:`lanczos_top_eigen` (rule ``stop``, tolerance ``tol``),
-    warm-started from v, whose first HVP is the one already spent (so a fallback costs the
-    Lanczos iterations and nothing more); its Ritz vector is carried on, and its reported
-    ``error_bound`` is the same estimate ρ²/(θ·g) for the Ritz pair (not the Lanczos solve's own,
-    whose gap from a 2–3-vector Krylov space can be too optimistic). The first call (nothing
+    step **falls back** to :func:`lanczos_top_eigen`, warm-started from v, whose first HVP is the
+    one already spent (so a fallback costs the Lanczos iterations and nothing more). The fallback
+    stops on this same estimate: with ``stop="eigenvalue"`` when min(ρ, ρ²/δ) ≤ tol·θ for its Ritz
+    pair (a residual rule at max(tol, sqrt(tol·g·s))), with ``stop="residual"`` when ρ ≤ tol·θ;
+    not on the Lanczos solve's own gap, which from a 2–3-vector warm-started Krylov space can be
+    far too optimistic (its second Ritz value sits well below λ₂). The Ritz vector is carried on
+    and the reported ``error_bound`` is min(ρ, ρ²/δ) for the Ritz pair. The first call (nothing
     to carry yet) is a cold Lanczos solve to the residual rule at min(tol, 1e-3), which also
     resolves the second Ritz value for g.
 
@@ -512,7 +514,8 @@ class TopEigenTracker:
         tol: relative tolerance in (0, 1): a step is accepted when ε ≤ tol·θ, and fallbacks stop
             at tol. σ = sqrt(λ) then has a relative error ≤ ≈ tol/2 (e_t's too, since e_t ∝ σ).
         max_iter: HVP budget of a fallback solve, ≥ 1.
-        stop: the fallback's stopping rule, ``"eigenvalue"`` (default) or ``"residual"``.
+        stop: the fallback's stopping rule, ``"eigenvalue"`` (default: the tracker's own error
+            estimate ≤ tol) or ``"residual"`` (ρ ≤ tol·θ, more HVPs).
         generator: torch.Generator for the first (cold) solve's start vector (default seeded 0).
         gap_safety: s in (0, 1]: the fraction of the last measured relative gap assumed to hold
             at the following steps (default 0.5: the gap may halve between two full solves; with
@@ -569,7 +572,7 @@ class TopEigenTracker:
             self.eigenvector = hv / norm if math.isfinite(norm) and norm > 0 else v
             return TopEigen(theta, v, rho, 1, True, TRACK_METHOD, "LA", error_bound=bound,
                             stop=self.stop, gap=gap)
-        return self._solve(matvec, n, device, v, hv, self.stop, self.tol)
+        return self._solve(matvec, n, device, v, hv, "residual", self._fallback_tol(gap, theta))
 
     def _solve(self, matvec: MatVec, n: int, device, init, first_hv, stop: str,
                tol: float) -> TopEigen:
@@ -593,8 +596,16 @@ class TopEigenTracker:
         # report the tracker's estimate (Kato–Temple with the assumed gap θ·g), not the one from
         # a short warm-started Krylov space, whose second Ritz value can sit far below λ₂
         gap = self._gap(res.eigenvalue)
-        bound = res.residual ** 2 / gap if gap > 0 else math.inf
+        bound = min(res.residual, res.residual ** 2 / gap) if gap > 0 else res.residual
         return dataclasses.replace(res, error_bound=float(bound), gap=float(gap))
+
+    def _fallback_tol(self, gap: float, theta: float) -> float:
+        """The residual tolerance of a fallback solve. ``stop="eigenvalue"``: the largest relative
+        residual whose estimate min(ρ, ρ²/δ) (δ the assumed gap θ·g·s) is ≤ tol·θ, i.e.
+        max(tol, sqrt(tol·g·s)); ``"residual"`` (or no gap measured yet): tol."""
+        if self.stop == "eigenvalue" and gap > 0 and theta > 0:
+            return min(max(self.tol, math.sqrt(self.tol * gap / theta)), 0.5)
+        return self.tol
 
     def _gap(self, theta: float) -> float:
         """The assumed gap δ = θ·g·s below θ (NaN when θ ≤ 0 or no g has been measured)."""

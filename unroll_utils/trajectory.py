@@ -103,11 +103,14 @@ class LockStepConfig(SGDConfig):
             ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
         sigma_track: measure λ_max with :class:`unroll_utils.hessian.TopEigenTracker` (about one
             HVP per measurement: the carried eigenvector's Rayleigh quotient with a Kato–Temple
-            error estimate, a warm-started Lanczos solve with ``sigma_stop`` only when the estimate
-            exceeds ``sigma_tol``·λ). Every reported λ then satisfies λ ≤ λ_max ≤ λ +
-            ``eig_error_bound`` (under the tracker's gap assumption), so σ and e_t are within about
-            ``sigma_tol``/2 (relative); use it with ``sigma_every=1`` and a ``sigma_tol`` such as
-            1e-2 (σ, e_t within ≈ 0.5%). Needs ``sigma_method="lanczos"`` and
+            error estimate, a warm-started Lanczos solve only when the estimate exceeds
+            ``sigma_tol``·λ; with ``sigma_stop="eigenvalue"`` the fallback stops as soon as that
+            same estimate meets the tolerance, with ``"residual"`` when ‖Hv − λv‖ ≤ tol·λ, which
+            costs more HVPs). Every reported λ then satisfies λ ≤ λ_max ≤ λ + ``eig_error_bound``
+            (under the tracker's gap assumption), so σ and e_t are within about ``sigma_tol``/2
+            (relative); use it with ``sigma_every=1``, ``sigma_stop="eigenvalue"`` and a
+            ``sigma_tol`` of 2e-2 (σ, e_t within ≈ 1%) or 1e-2 (≈ 0.5%). Needs
+            ``sigma_method="lanczos"`` and
             ``sigma_convention="sqrt_eig"``; adds the column ``eig_tracked`` (True where the step
             was accepted without a fallback). False (default): a solve per measurement.
     """
