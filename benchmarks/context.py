@@ -48,6 +48,9 @@ class Settings:
     resnet_trajectory_steps: int = 6
     exp_a_steps: int = 30          # row 6: Exp A end to end (σ every step), small CNN
     exp_a_points: int = 512        # row 6: the fixed Hessian batch (paper §2.2)
+    resnet_exp_a_steps: int = 30   # row 6 on ResNet-18 (synthetic CIFAR); 0 leaves it out
+    resnet_exp_a_points: int = 512
+    resnet_exp_a_settle: int = 20  # train-mode forward passes that settle BatchNorm statistics
 
     @classmethod
     def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
@@ -63,6 +66,8 @@ class Settings:
             s.resnet_tracemalloc = False
             s.resnet_trajectory_steps = 0   # ~40 s per step for the reference alone on a CPU
             s.exp_a_steps = 20
+            s.resnet_exp_a_steps = 8       # ~1 min per step on a CPU, most of it truth and reference
+            s.resnet_exp_a_points = 16
         return s
 
 
