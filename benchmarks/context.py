@@ -48,6 +48,10 @@ class Settings:
     resnet_trajectory_steps: int = 6
     exp_a_steps: int = 30          # row 6: Exp A end to end (σ every step), small CNN
     exp_a_points: int = 512        # row 6: the fixed Hessian batch (paper §2.2)
+    peers_cnn_batch: int = 512     # row 7: small-CNN Hessian batch (paper's Exp A Hessian batch, §2.2)
+    peers_budget: int = 200        # row 7: HVPs allowed per call before a setting counts as failed
+    resnet_peers_budget: int = 100
+    peers_budget_s: float | None = None   # row 7: per-case timed-seconds budget (quick)
 
     @classmethod
     def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
@@ -63,6 +67,8 @@ class Settings:
             s.resnet_tracemalloc = False
             s.resnet_trajectory_steps = 0   # ~40 s per step for the reference alone on a CPU
             s.exp_a_steps = 20
+            s.resnet_peers_budget = 60
+            s.peers_budget_s = 15.0
         return s
 
 
