@@ -68,7 +68,7 @@ class Settings:
             s.resnet_trajectory_steps = 0   # ~40 s per step for the reference alone on a CPU
             s.exp_a_steps = 20
             s.resnet_peers_budget = 60
-            s.peers_budget_s = 15.0
+            s.peers_budget_s = 12.0
         return s
 
 

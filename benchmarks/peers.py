@@ -133,6 +133,14 @@ class Method:
         raise NotImplementedError
 
 
+def start_vector(n: int, seed: int) -> torch.Tensor:
+    """(n,) float32 N(0, 1) start vector, drawn exactly as hessian-eigenthings draws its own
+    (``torch.randn(n, dtype=float32, generator=torch.Generator().manual_seed(seed))``), so ours,
+    eigsh and hessian-eigenthings all start from the same vector. PyHessian draws one tensor per
+    parameter from the global RNG and takes no start vector; it is seeded with the same seed."""
+    return torch.randn(n, dtype=torch.float32, generator=torch.Generator().manual_seed(seed))
+
+
 _TOLS = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]
 _START = _TOLS.index(1e-3)  # the libraries' default tol and the target accuracy
 
@@ -149,12 +157,14 @@ class Ours(Method):
         self.knob = "tol"
 
     def grid(self):
-        return [([{"tol": t} for t in _TOLS], _START)]
+        # the walk starts at the library default (1e-3) for the eigenvalue rule; the residual
+        # rule over-solves the eigenvalue, so its walk starts looser (1e-2) to save calls
+        return [([{"tol": t} for t in _TOLS], _TOLS.index(1e-3 if self.stop == "eigenvalue" else 1e-2))]
 
     def _call(self, model, x, y, setting, seed, counter):
         op = HessianOperator(model, F.cross_entropy, x, y, bn_mode="eval")
         res = lanczos_top_eigen(counter.wrap(op.matvec), op.numel, which="LA", tol=setting["tol"],
-                                max_iter=self.budget, generator=torch.Generator().manual_seed(seed),
+                                max_iter=self.budget, init=start_vector(op.numel, seed).to(op.device),
                                 device=op.device, stop=self.stop)
         return res.eigenvalue, "" if res.converged else "not converged"
 
@@ -193,12 +203,12 @@ class CurvlinopsEigsh(Method):
     label = "curvlinops 3.0.1 + scipy eigsh (ARPACK Lanczos)"
     package = "curvlinops"
     knob = "tol × ncv"
-    ncvs = (3, 4, 8, 20)  # 20 = eigsh's default Krylov dimension for k=1
+    ncvs = (3, 8, 20)  # 20 = eigsh's default Krylov dimension for k=1
 
     def grid(self):
         # ncv = 20 is eigsh's default for k=1; a smaller Krylov space restarts sooner
         tols = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
-        return [([{"tol": t, "ncv": ncv} for t in tols], tols.index(1e-3)) for ncv in self.ncvs]
+        return [([{"tol": t, "ncv": ncv} for t in tols], tols.index(1e-2)) for ncv in self.ncvs]
 
     def min_hvps(self, setting):
         return setting["ncv"]  # ARPACK builds the whole ncv-step factorisation before it checks
@@ -217,7 +227,7 @@ class CurvlinopsEigsh(Method):
                                      check_deterministic=False).to_scipy()
         op = LinearOperator(hess.shape, dtype=hess.dtype, matvec=counter.wrap(hess.matvec),
                             matmat=counter.wrap(hess.matmat, columns=lambda m: m.shape[1]))
-        v0 = np.random.default_rng(seed).standard_normal(hess.shape[0])
+        v0 = start_vector(hess.shape[0], seed).double().numpy()
         try:
             vals = eigsh(op, k=1, which="LA", tol=setting["tol"], ncv=setting["ncv"], v0=v0,
                          return_eigenvectors=False)
@@ -243,7 +253,7 @@ class EigenthingsLanczos(Method):
 
     def grid(self):
         steps = list(range(2, min(self.budget, 50) + 1))  # > 50 steps turns reorthogonalisation off
-        return [([{"max_iter": m} for m in steps], steps.index(min(6, steps[-1])))]
+        return [([{"max_iter": m} for m in steps], steps.index(min(5, steps[-1])))]
 
     def _call(self, model, x, y, setting, seed, counter):
         import hessian_eigenthings as he
@@ -260,7 +270,9 @@ class EigenthingsPower(Method):
     knob = "tol (max_iter = budget)"
 
     def grid(self):
-        return [([{"tol": t, "max_iter": self.budget} for t in _TOLS], _START)]
+        # its rule also needs the relative residual below tol, which over-solves the eigenvalue:
+        # the walk starts looser (1e-2) to save calls
+        return [([{"tol": t, "max_iter": self.budget} for t in _TOLS], _TOLS.index(1e-2))]
 
     def _call(self, model, x, y, setting, seed, counter):
         import hessian_eigenthings as he
@@ -362,6 +374,14 @@ def describe(setting: dict | None) -> str:
 def run(ctx: Context, report: Report, models=("small_cnn", "resnet18")) -> None:
     """Row 7 on each model: reference, sweeps, side-by-side timing, report lines."""
     s = ctx.settings
+    report.notes.append(
+        f"Row 7: cold solves of the algebraically largest Hessian eigenvalue, eval-mode BatchNorm, "
+        f"float32 models, every method at its cheapest swept setting whose relative error against "
+        f"the reference is ≤ {s.rel_acc:g} (certified on every timed call); HVPs counted by "
+        f"wrapping each package's HVP entry point; start vectors seeded ({s.seed + 700}); each "
+        f"timed call is whole (operator setup, forward pass, create-graph backward included). "
+        f"Small-CNN batch: {s.peers_cnn_batch} MNIST images (the paper's Exp A Hessian batch); "
+        f"HVP budget per call {s.peers_budget} (ResNet-18: {s.resnet_peers_budget}).")
     for name in models:
         resnet = name == "resnet18"
         n = s.resnet_hessian_batch if resnet else s.peers_cnn_batch
@@ -433,7 +453,8 @@ def _detail(report: Report, label: str, method: Method, sw: Swept, tm, lam: floa
                   notes=(f"kept {describe(sw.setting)}"
                          + ("" if same else f"; timed calls made {hvps} HVPs (sweep: {sw.solve.n_hvp})")
                          + "; " + sweep_note))
-    return {"hvps": statistics.median(hvps), "seconds": tm.median, "error": max(errs)}
+    return {"hvps": statistics.median(hvps), "seconds": tm.median, "error": max(errs),
+            "spread": tm.spread}
 
 
 def _targets(report: Report, label: str, rows: dict, rel_acc: float) -> None:
@@ -454,6 +475,9 @@ def _targets(report: Report, label: str, rows: dict, rel_acc: float) -> None:
             else:
                 ratio = ratio_text(base / mine[key])
                 status = "PASS" if mine[key] < base else ("TIE" if mine[key] == base else "FAIL")
+                noise = max(mine["spread"], peers[best]["spread"])
+                if key == "seconds" and abs(base / mine[key] - 1) <= noise:
+                    status += f" (within the repeats' spread, {noise:.0%})"
             report.add(row=7, benchmark=f"cold λ_max: ours {bench} at equal accuracy", setting=label,
                        ours=ours, baseline=(f"best peer: {best}" if best else "best peer"),
                        quantity=quantity, ours_value=None if mine is None else mine[key],

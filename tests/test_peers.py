@@ -70,7 +70,7 @@ def test_ours_matches_dense_and_counts(problem, stop):
     from unroll_utils.hessian import lanczos_top_eigen
     op = HessianOperator(fresh(model), torch.nn.functional.cross_entropy, x, y)
     own = lanczos_top_eigen(op.matvec, op.numel, tol=1e-6, max_iter=200,
-                            generator=torch.Generator().manual_seed(3), stop=stop)
+                            init=peers.start_vector(op.numel, 3), stop=stop)
     assert res.n_hvp == own.n_hvp == op.n_hvp
 
 
@@ -183,3 +183,22 @@ def test_sweep_keeps_the_fewest_hvps_over_groups_and_prunes():
     out = peers.sweep(m, lambda: None, None, None, seed=0, lam_max=lam, rel_acc=1e-3)
     assert out.setting == {"g": 1, "k": 0} and out.solve.n_hvp == 5
     assert (2, 0) not in m.calls and len(out.skipped) == 1  # ≥ 8 HVPs cannot beat 5
+
+
+def test_ours_eigsh_and_eigenthings_share_the_start_vector(problem):
+    """One Lanczos step (and one power step) returns the start vector's Rayleigh quotient, so
+    equal first estimates mean equal start vectors; another seed gives another value."""
+    he = pytest.importorskip("hessian_eigenthings")
+    model, x, y, *_ = problem
+    op = HessianOperator(fresh(model), torch.nn.functional.cross_entropy, x, y)
+    v = peers.start_vector(op.numel, 3).double()
+    rq = float(v @ op.matvec(v) / (v @ v))
+    ours = peers.Ours(1, "residual").solve(fresh(model), x, y, {"tol": 1e-3}, seed=3)
+    eig = peers.EigenthingsLanczos(1).solve(fresh(model), x, y, {"max_iter": 1}, seed=3)
+    power = peers.EigenthingsPower(1).solve(fresh(model), x, y, {"tol": 1e-3, "max_iter": 1}, seed=3)
+    assert ours.n_hvp == eig.n_hvp == power.n_hvp == 1
+    for value in (ours.eigenvalue, eig.eigenvalue, power.eigenvalue):
+        assert value == pytest.approx(rq, rel=1e-5)
+    other = peers.start_vector(op.numel, 4).double()
+    assert float(other @ op.matvec(other) / (other @ other)) != pytest.approx(rq, rel=1e-3)
+    assert he.__version__ == "1.0.0a5"
