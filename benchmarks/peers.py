@@ -450,7 +450,9 @@ def _detail(report: Report, label: str, method: Method, sw: Swept, tm, lam: floa
     report.detail(row=7, setting=label, case=method.label, n=tm.n, seconds=tm.median,
                   spread=tm.spread, hvps=statistics.median(hvps), rel_err=max(errs),
                   peak_mem_mb=mb(tm.peak_mem_max),
-                  notes=(f"kept {describe(sw.setting)}"
+                  notes=(f"kept {describe(sw.setting)}; λ = {tm.values[0].eigenvalue:.7g}, signed "
+                         f"error {(tm.values[0].eigenvalue - lam) / lam:+.1e} (a Ritz or Rayleigh "
+                         f"value above λ_max is rounding: exact arithmetic forbids it)"
                          + ("" if same else f"; timed calls made {hvps} HVPs (sweep: {sw.solve.n_hvp})")
                          + "; " + sweep_note))
     return {"hvps": statistics.median(hvps), "seconds": tm.median, "error": max(errs),
