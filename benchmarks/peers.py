@@ -412,10 +412,12 @@ def _run_model(ctx: Context, report: Report, name: str, x, y, label: str, budget
                          f"{ref['lam_2'] / lam:.3f}; rel_err column = relative residual (bounds its "
                          f"error); converged={ref['converged']} (tol {s.ref_tol:g})"))
     swept: dict[str, tuple[Method, Swept]] = {}
+    not_run = []
     for method in methods(budget):
         reason = available(method)
         if reason is not None:
             report.detail(row=7, setting=label, case=method.label, notes="NOT RUN: " + reason)
+            not_run.append(method.label)
             continue
         print(f"    {MODEL_LABEL[name]}: sweeping {method.label}", flush=True)
         swept[method.label] = (method, sweep(method, lambda: ctx.model(name), x, y, seed=seed,
@@ -428,7 +430,7 @@ def _run_model(ctx: Context, report: Report, name: str, x, y, label: str, budget
     rows = {}
     for lab, (method, sw) in swept.items():
         rows[lab] = _detail(report, label, method, sw, timings.get(lab), lam, s.rel_acc)
-    _targets(report, label, rows, s.rel_acc)
+    _targets(report, label, rows, s.rel_acc, not_run)
 
 
 def _detail(report: Report, label: str, method: Method, sw: Swept, tm, lam: float,
@@ -459,11 +461,12 @@ def _detail(report: Report, label: str, method: Method, sw: Swept, tm, lam: floa
             "spread": tm.spread}
 
 
-def _targets(report: Report, label: str, rows: dict, rel_acc: float) -> None:
+def _targets(report: Report, label: str, rows: dict, rel_acc: float, not_run: list[str]) -> None:
     """"ours fewest HVPs" and "ours least wall time" against the best peer, per stop rule."""
     peers = {k: v for k, v in rows.items() if not k.startswith("ours") and v is not None
              and v["error"] <= rel_acc}
     missing = [k for k, v in rows.items() if not k.startswith("ours") and k not in peers]
+    missing += [f"{k} (not installed: {INSTALL_HINT})" for k in not_run]
     for ours in [k for k in rows if k.startswith("ours")]:
         mine = rows[ours]
         for quantity, key, bench in (("HVPs", "hvps", "fewest HVPs"), ("seconds", "seconds",
@@ -473,7 +476,7 @@ def _targets(report: Report, label: str, rows: dict, rel_acc: float) -> None:
             if mine is None or mine["error"] > rel_acc:
                 status, ratio = "FAIL (ours not at equal accuracy)", None
             elif best is None:
-                status, ratio = "n/a (no peer reached the accuracy)", None
+                status, ratio = "n/a (no peer ran and reached the accuracy)", None
             else:
                 ratio = ratio_text(base / mine[key])
                 status = "PASS" if mine[key] < base else ("TIE" if mine[key] == base else "FAIL")
@@ -486,4 +489,4 @@ def _targets(report: Report, label: str, rows: dict, rel_acc: float) -> None:
                        baseline_value=base, ratio=ratio, target=f"ours {bench} of all", status=status,
                        notes=(f"relative error ≤ {rel_acc:g} against the reference for all; "
                               f"ours {mine['error']:.1e}" if mine else "")
-                       + (f"; peers that never reached it: {', '.join(missing)}" if missing else ""))
+                       + (f"; peers without a result: {', '.join(missing)}" if missing else ""))

@@ -202,3 +202,38 @@ def test_ours_eigsh_and_eigenthings_share_the_start_vector(problem):
     other = peers.start_vector(op.numel, 4).double()
     assert float(other @ op.matvec(other) / (other @ other)) != pytest.approx(rq, rel=1e-3)
     assert he.__version__ == "1.0.0a5"
+
+
+def test_targets_report_what_was_measured():
+    from benchmarks.report import Report
+
+    ours = {"hvps": 7, "seconds": 8.0, "error": 1e-4, "spread": 0.01}
+    rows = {"ours: Lanczos": ours,
+            "peer A": {"hvps": 6, "seconds": 10.0, "error": 5e-4, "spread": 0.01},
+            "peer B": {"hvps": 3, "seconds": 1.0, "error": 2e-3, "spread": 0.0},  # not at 1e-3
+            "peer C": None}                                                     # never reached
+    rep = Report()
+    peers._targets(rep, "m", rows, 1e-3, ["peer D"])
+    hv, sec = rep.summary
+    assert hv["baseline"] == "best peer: peer A" and hv["status"] == "FAIL"   # 7 > 6: the peer wins
+    assert sec["status"] == "PASS" and sec["ratio"] == "1.25×"
+    assert "peer B" in hv["notes"] and "peer C" in hv["notes"] and "peer D (not installed" in hv["notes"]
+    rep = Report()
+    peers._targets(rep, "m", {"ours: Lanczos": ours, "peer A": {**rows["peer A"], "hvps": 7,
+                                                                 "seconds": 8.4, "spread": 0.1}},
+                   1e-3, [])
+    hv, sec = rep.summary
+    assert hv["status"] == "TIE" and sec["status"].startswith("PASS (within the repeats' spread")
+    rep = Report()
+    peers._targets(rep, "m", {"ours: Lanczos": {**ours, "error": 2e-3}, "peer A": rows["peer A"]},
+                   1e-3, [])
+    assert rep.summary[0]["status"].startswith("FAIL (ours not at equal accuracy)")
+
+
+def test_available_names_the_missing_package():
+    class Missing(peers.Method):
+        package = "no_such_peer_package_xyz"
+
+    assert peers.available(peers.Ours(10, "residual")) is None
+    reason = peers.available(Missing(10))
+    assert "no_such_peer_package_xyz" in reason and "benchmarks/requirements.txt" in reason
