@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 OUT    ?= results/main
 # CPU-only machine: `make run TORCH_INDEX=cpu` (on a fresh clone) installs PyTorch's CPU wheels of the same
 # pinned torch/torchvision versions (X.Y.Z+cpu, without the several GB of NVIDIA libraries). The default install,
@@ -37,9 +38,14 @@ test-unit: $(STAMP)
 test-notebooks: $(STAMP)
 	UNROLL_SMOKE=1 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_CELL_TIMEOUT) -p no:python notebooks
 
+# The benchmark's peer libraries (row 7) are benchmark-only dependencies, installed on top.
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
 # One intra-op thread, as the published numbers were measured (and immune to a busy machine);
 # ARGS="--threads N" overrides it.
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --threads 1 $(ARGS)
 
 clean:

@@ -51,6 +51,10 @@ class Settings:
     resnet_exp_a_steps: int = 30   # row 6 on ResNet-18 (synthetic CIFAR); 0 leaves it out
     resnet_exp_a_points: int = 512
     resnet_exp_a_settle: int = 20  # train-mode forward passes that settle BatchNorm statistics
+    peers_cnn_batch: int = 512     # row 7: small-CNN Hessian batch (paper's Exp A Hessian batch, §2.2)
+    peers_budget: int = 200        # row 7: HVPs allowed per call before a setting counts as failed
+    resnet_peers_budget: int = 100
+    peers_budget_s: float | None = None   # row 7: per-case timed-seconds budget (quick)
 
     @classmethod
     def make(cls, device: torch.device, quick: bool, seed: int = 0) -> "Settings":
@@ -68,6 +72,8 @@ class Settings:
             s.exp_a_steps = 20
             s.resnet_exp_a_steps = 8       # ~1 min per step on a CPU, most of it truth and reference
             s.resnet_exp_a_points = 16
+            s.resnet_peers_budget = 60
+            s.peers_budget_s = 12.0
         return s
 
 

@@ -1,5 +1,5 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick|--full] [--device cpu|cuda|auto]
-[--out benchmarks/out] [--threads N] [--rows 1,2,3,4,6]``.
+[--out benchmarks/out] [--threads N] [--rows 1,2,3,4,6,7]``.
 
 Prints the table of targets and ratios and writes ``results.csv`` (targets/ratios),
 ``measurements.csv`` (every timed case) and ``results.md`` (both tables) to ``--out``, atomically.
@@ -20,7 +20,7 @@ import torch
 
 from unroll_utils.experiment import resolve_device
 
-from . import exp_a, metrics_cost, sigma, throughput
+from . import exp_a, metrics_cost, peers, sigma, throughput
 from .context import Context, Settings
 from .report import Report
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch.set_num_threads, >= 1 (default: torch's own choice)")
-    p.add_argument("--rows", type=_rows, default="1,2,3,4,6", help="comma-separated rows to run, "
-                   "from 1,2,3,4,6 (row 5, memory, is collected by every row)")
+    p.add_argument("--rows", type=_rows, default="1,2,3,4,6,7", help="comma-separated rows to run, "
+                   "from 1,2,3,4,6,7 (row 5, memory, is collected by every row)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         (3, "lock-step throughput", lambda: throughput.run_lockstep_row(ctx, report)),
         (4, "unlearning vs retraining", lambda: throughput.run_unlearning_row(ctx, report, step_times)),
         (6, "Exp A end to end: σ every step", lambda: exp_a.run(ctx, report)),
+        (7, "cold λ_max vs the real peer libraries", lambda: peers.run(ctx, report)),
     ]
     for num, label, fn in stages:
         if num not in rows:
@@ -118,11 +119,11 @@ def _positive_int(text: str) -> int:
 
 
 def _rows(text: str) -> set[int]:
-    """``--rows``: a non-empty comma-separated subset of 1,2,3,4,6."""
+    """``--rows``: a non-empty comma-separated subset of 1,2,3,4,6,7."""
     parts = [r.strip() for r in text.split(",") if r.strip()]
-    if not parts or not all(r in ("1", "2", "3", "4", "6") for r in parts):
+    if not parts or not all(r in ("1", "2", "3", "4", "6", "7") for r in parts):
         raise argparse.ArgumentTypeError(
-            f"must be a comma-separated subset of 1,2,3,4,6 (row 5, memory, comes with every row); "
+            f"must be a comma-separated subset of 1,2,3,4,6,7 (row 5, memory, comes with every row); "
             f"got {text!r}")
     return {int(r) for r in parts}
 
