@@ -15,7 +15,7 @@ TORCH_INDEX_URL := $(if $(filter cpu,$(TORCH_INDEX)),--extra-index-url https://d
 # nbval's per-cell limit: the slowest smoke cell takes well under a minute, so a dead kernel fails fast.
 NB_CELL_TIMEOUT ?= 300
 
-.PHONY: run test test-unit test-notebooks bench clean
+.PHONY: run test test-unit test-notebooks bench bench-deps clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,8 @@ test-notebooks: $(STAMP)
 $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
 
 # One intra-op thread, as the published numbers were measured (and immune to a busy machine);
 # ARGS="--threads N" overrides it.
