@@ -485,9 +485,10 @@ class TopEigenTracker:
     at each new operator H, spends **one** HVP: θ = vᵀHv (the Rayleigh quotient), r = Hv − θv,
     ρ = ‖r‖. It reports θ with the a-posteriori error estimate
 
-        ε = ρ² / δ,   δ = θ·g·s,   (g: the relative gap of the last full solve, s = ``gap_safety``),
+        ε = min(ρ, ρ²/δ),   δ = θ·g·s
 
-    the **Kato–Temple** bound for the top eigenvalue: for a symmetric H, a unit v with Rayleigh
+    (g: the relative gap of the last full solve, s = ``gap_safety``); its quadratic term is the
+    **Kato–Temple** bound for the top eigenvalue: for a symmetric H, a unit v with Rayleigh
     quotient θ and residual ρ, and any α with λ₂ ≤ α < θ, θ ≤ λ_max ≤ θ + ρ²/(θ − α) (Kato 1949;
     Parlett, *The Symmetric Eigenvalue Problem*, Thm 10.8.1; the lower half, θ ≤ λ_max, holds
     for every unit v). It is used with α = θ − δ, so it is a *bound* exactly when
@@ -570,7 +571,7 @@ class TopEigenTracker:
         theta = float(torch.dot(v, hv))
         rho = float((hv - theta * v).norm())
         gap = self._gap(theta)
-        bound = rho * rho / gap if gap > 0 else math.inf
+        bound = self._estimate(rho, gap)
         if bound <= self.tol * abs(theta):
             self.n_tracked += 1
             norm = float(hv.norm())
@@ -601,8 +602,14 @@ class TopEigenTracker:
         # report the tracker's estimate (Kato–Temple with the assumed gap θ·g), not the one from
         # a short warm-started Krylov space, whose second Ritz value can sit far below λ₂
         gap = self._gap(res.eigenvalue)
-        bound = min(res.residual, res.residual ** 2 / gap) if gap > 0 else res.residual
-        return dataclasses.replace(res, error_bound=float(bound), gap=float(gap))
+        return dataclasses.replace(res, error_bound=float(self._estimate(res.residual, gap)),
+                                   gap=float(gap))
+
+    @staticmethod
+    def _estimate(rho: float, gap: float) -> float:
+        """The error estimate ε = min(ρ, ρ²/δ) of a Rayleigh quotient with residual ρ and assumed
+        gap δ (∞ while no gap has been measured)."""
+        return min(rho, rho * rho / gap) if gap > 0 else math.inf
 
     def _fallback_tol(self, gap: float, theta: float) -> float:
         """The residual tolerance of a fallback solve. ``stop="eigenvalue"``: the largest relative
