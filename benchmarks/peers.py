@@ -49,7 +49,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,7 +78,6 @@ class HVPCounter:
     def __init__(self, budget: int | None = None) -> None:
         self.count = 0
         self.budget = budget
-        self.values: list[float] = []
 
     def wrap(self, fn: Callable, columns: Callable[..., int] = lambda *a, **k: 1) -> Callable:
         def counted(*args, **kwargs):

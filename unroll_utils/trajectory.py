@@ -644,12 +644,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
     """Train M and M′ in lock-step from ``model``'s weights w_0 and measure unlearning.
 
     Args:
-        model: the network at w_0 (not modified; M, M′ and a frozen w_0 copy are deep copies).
-        train_x: (N, ...) inputs; train_y: (N,) int64 labels (moved to the model's device).
-        forget: sorted unique int64 forget indices in [0, N) (see
-            :func:`unroll_utils.data.select_forget_set`); at least one point must remain.
-        config: a :class:`LockStepConfig`.
-        test_x, test_y: optional test set for accuracies.
+        model, train_x, train_y, forget, config, test_x, test_y: as :class:`LockStep`.
         checkpoint_path: if given, the run state is saved there atomically every
             ``checkpoint_every`` steps and at the end; an existing checkpoint of the same
             configuration is resumed (bit-identical to an uninterrupted run).
