@@ -49,7 +49,7 @@ from .common import sync
 from .context import Context
 from .metrics_cost import reference_metrics, weights_to_list_fast
 from .pyhessian_ref import PyHessianEigen
-from .report import Report, status
+from .report import Report, ratio_text, status
 
 REFERENCE = "reference protocol: PyHessian default every step"
 TRACK_1PCT = "ours: σ tracking every step (sigma_track, tol 2e-2: e_t within 1%)"
@@ -224,9 +224,10 @@ def _report(report, label, cases, seconds, sigmas, truth_sigma, train_s, undo_on
     report.detail(row=6, setting=setting, case="ground truth: tight Lanczos (residual ≤ 1e-6·λ)",
                   n=steps, hvps=truth_hvps, notes="untimed; σ* range "
                   f"{min(truth_sigma):.3g}–{max(truth_sigma):.3g}")
+    errors = {name: _errors(sigmas[name], truth_sigma, lr) for name in cases}
     for name, case in cases.items():
         total = train_s + seconds[name] + (0.0 if name == REFERENCE else undo_once)
-        err = _errors(sigmas[name], truth_sigma, lr)
+        err = errors[name]
         per_step = total / steps / step_s
         extra = ""
         if name != REFERENCE and case.bounds:
@@ -244,9 +245,9 @@ def _report(report, label, cases, seconds, sigmas, truth_sigma, train_s, undo_on
         ok = err["max"] <= TARGET_ERR and speed >= TARGET_SPEEDUP
         report.add(row=6, benchmark="Exp A end to end: σ every step", setting=setting, ours=name,
                    baseline=REFERENCE, quantity="seconds", ours_value=total,
-                   baseline_value=total_ref, ratio=f"{speed:.3g}×",
+                   baseline_value=total_ref, ratio=ratio_text(speed),
                    target=f"≥{TARGET_SPEEDUP:g}× at max e_t error ≤ {TARGET_ERR:.0%}",
                    status=status(ok),
                    notes=f"max e_t error {err['max']:.2%} (mean {err['mean']:.2%}), rolling "
                          f"{err['roll_max']:.2%}; HVPs {case.hvps} vs {cases[REFERENCE].hvps}; "
-                         f"reference max e_t error {_errors(sigmas[REFERENCE], truth_sigma, lr)['max']:.2%}")
+                         f"reference max e_t error {errors[REFERENCE]['max']:.2%}")
