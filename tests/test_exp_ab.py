@@ -152,3 +152,20 @@ def test_fine_tuning_run_is_cached(tmp_path):
     pd.testing.assert_frame_equal(first, again)
     with pytest.raises(ValueError, match="experiment"):
         protocols.fine_tuning_run("C", *args[1:], cache_dir=tmp_path, key_extra={}, progress=False)
+
+
+def test_exp_ab_grid_is_the_references(monkeypatch):
+    # misc/submit_checkpoint.py: model {vgg, resnet} × loss {regular, std} × dataset {cifar10, cifar100}
+    from pathlib import Path
+
+    from unroll_utils import sweep
+
+    monkeypatch.delenv("UNROLL_SMOKE", raising=False)
+    path = Path(__file__).resolve().parents[1] / "sweeps" / "paper_exp_ab.yaml"
+    grid = sweep.load_grid(path)
+    assert grid.axes == {"MODEL": ["resnet18", "vgg19"], "LOSS": ["ce", "sd"], "DATASET": ["cifar10", "cifar100"]}
+    assert grid.parameters["LAM"] == 1.0 and grid.parameters["PRESET"] == "paper"
+    points = grid.points()
+    assert len({(p["MODEL"], p["LOSS"], p["DATASET"]) for p in points}) == 8
+    assert len(points) == 8 * len(grid.seeds["SEED"]) == 24
+    assert "= 8 configurations" in path.read_text() and "= 24 runs" in path.read_text()
