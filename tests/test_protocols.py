@@ -1,4 +1,4 @@
-"""The experiment protocols: Exp B's checkpointed error, the regime map, intervals over seeds."""
+"""The experiment protocols: the regime map, intervals over seeds (Exp A/B: test_exp_ab.py)."""
 
 import math
 
@@ -19,40 +19,6 @@ def digits():
 
 def net():
     return models.build_model("small_cnn", in_channels=1, width=4, seed=0)
-
-
-def test_checkpointed_errors_hand_computed():
-    # c = 3, η = 0.1: E_1 = η²·2·D_1·mean(σ at t=2,3), E_2 = E_1 + η²·2·D_2·(σ at t=6: the latest)
-    table = pd.DataFrame({"t": [1, 2, 3, 4, 5, 6, 7],
-                          "eig_hvps": [5, 5, 5, 0, 5, 0, 0],
-                          "sigma": [9.0, 2.0, 4.0, 4.0, 6.0, 6.0, 6.0]})
-    out = protocols.checkpointed_errors(table, [1.5, 2.0], lr=0.1, c=3)
-    e1 = 0.01 * 2 * 1.5 * 3.0
-    e2 = e1 + 0.01 * 2 * 2.0 * 6.0  # window t in [5, 6]: only t=5 measured, σ = 6
-    assert out[0] == 0.0 and out[3] == pytest.approx(e1) and out[6] == pytest.approx(e2)
-    assert np.isnan(out[[1, 2, 4, 5]]).all()
-
-
-def test_checkpointed_run_matches_the_engine_and_resumes(digits, tmp_path):
-    forget = data.select_forget_set(200, "batch", batch_size=32, batch_index=2)
-    cfg = LockStepConfig(lr=0.05, batch_size=32, epochs=2, undo_at="checkpoint", checkpoint_freq=3,
-                         sigma_every=2, sigma_points=64, momentum=0.9, weight_decay=5e-4)
-    run = protocols.CheckpointedRun(net(), digits.train_x, digits.train_y, forget, cfg, tmp_path / "b.pt")
-    res = run.run(progress=False)
-    plain = run_lockstep(net(), digits.train_x, digits.train_y, forget,
-                         LockStepConfig(**{**cfg.__dict__, "eval_every": 1}), progress=False)
-    pd.testing.assert_frame_equal(res.table.drop(columns="checkpointed_error"), plain.table)
-    assert len(run.segment_distances) == 14 // 3
-    rows = res.table[res.table.t % 3 == 1]
-    assert np.isfinite(rows.checkpointed_error).all() and rows.checkpointed_error.iloc[0] == 0
-    assert (np.diff(rows.checkpointed_error) > 0).all()
-    assert res.table[res.table.t % 3 != 1].checkpointed_error.isna().all()
-    # resume: a fresh object on the same files reproduces the finished table
-    again = protocols.CheckpointedRun(net(), digits.train_x, digits.train_y, forget, cfg, tmp_path / "b.pt")
-    pd.testing.assert_frame_equal(again.run(progress=False).table, res.table)
-    with pytest.raises(ValueError, match="undo_at"):
-        protocols.CheckpointedRun(net(), digits.train_x, digits.train_y, forget,
-                                  LockStepConfig(), tmp_path / "c.pt")
 
 
 def test_regime_map_ratio_is_ve_over_distance(digits):

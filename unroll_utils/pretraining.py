@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,10 +36,10 @@ from . import models, results
 from .device import environment, key_environment, resolve_device
 from .losses import make_loss
 from .metrics import accuracy
-from .training import (augmentation_draws, batch_order, crop_flip, make_optimizer, require, sgd_step,
-                       sub_seed)
-
-AUGMENTS = ("none", "crop_flip", "crop_flip_rotate")
+from .training import ALL_AUGMENTS as AUGMENTS
+from .training import (augment_batch, batch_order, epoch_draws, make_optimizer, require,
+                       sgd_step)
+from .training import rotate, rotation_draws  # noqa: F401  (moved to training; kept importable here)
 SCHEDULES = ("cosine", "constant")
 
 
@@ -136,22 +135,6 @@ def cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> f
     return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
 
 
-def rotation_draws(n: int, epoch: int, seed: int, degrees: float = 15.0) -> torch.Tensor:
-    """Per-point rotation angles (n,) in radians, uniform in ±``degrees``, for one epoch."""
-    g = torch.Generator().manual_seed(sub_seed(seed, 3, epoch))
-    return (torch.rand(n, generator=g) * 2 - 1) * math.radians(degrees)
-
-
-def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate a batch (B, C, H, W) by ``angles`` (B,) radians about the centre (nearest
-    neighbour, as torchvision's RandomRotation; outside pixels 0)."""
-    cos, sin = angles.cos().to(x), angles.sin().to(x)
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
-
 class Pretrainer:
     """One pretraining run with explicit state: model, optimiser, scheduler, epoch, history.
 
@@ -184,22 +167,12 @@ class Pretrainer:
         return math.ceil(self.x.shape[0] / self.config.batch_size)
 
     def _batch(self, idx: torch.Tensor, draws) -> torch.Tensor:
-        xb = self.x[idx.to(self.device)]
-        if draws is not None:
-            shifts, flips, angles = draws
-            xb = crop_flip(xb, shifts[idx], flips[idx])
-            if angles is not None:
-                xb = rotate(xb, angles[idx])
-        return xb
+        return augment_batch(self.x[idx.to(self.device)], idx, draws)
 
     def train_epoch(self, bar=None) -> dict:
         """One epoch of SGD, then the scheduler step and the test accuracy; returns its record."""
         cfg, n = self.config, self.x.shape[0]
-        draws = None
-        if cfg.augment != "none":
-            shifts, flips = augmentation_draws(n, self.epoch, cfg.seed)
-            angles = rotation_draws(n, self.epoch, cfg.seed) if cfg.augment == "crop_flip_rotate" else None
-            draws = (shifts, flips, angles)
+        draws = epoch_draws(cfg.augment, n, self.epoch, cfg.seed)
         lr = self.optimizer.param_groups[0]["lr"]
         total = 0.0
         for idx in batch_order(n, torch.empty(0, dtype=torch.long), cfg.batch_size, "shuffle",

@@ -1,7 +1,8 @@
 """Training primitives shared by every trajectory: data order, augmentation, SGD steps (paper §2.0–§2.1).
 
 The batches of an epoch (:func:`batch_order`), the per-point augmentation draws
-(:func:`augmentation_draws`, :func:`crop_flip`), one SGD step (:func:`sgd_step`), the optimiser
+(:func:`augmentation_draws`, :func:`crop_flip`, :func:`rotation_draws`, :func:`rotate`,
+:func:`epoch_draws`, :func:`augment_batch`), one SGD step (:func:`sgd_step`), the optimiser
 (:func:`make_optimizer`) and plain SGD training (:func:`train_sgd`, the pretraining that produces
 w_0). Every draw comes from an explicit seed, so that M and M′ (:mod:`unroll_utils.trajectory`)
 see bit-identical batches and augmentations.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,6 +26,9 @@ from .losses import make_loss
 
 ORDERS = ("forget_first", "index", "shuffle")
 AUGMENTS = ("none", "crop_flip")
+#: The augmentations of fine-tuning (lock-step) and pretraining runs: the reference's CIFAR-10
+#: transform (crop + flip) and its CIFAR-100 transform (crop + flip + rotation in ±15°).
+ALL_AUGMENTS = ("none", "crop_flip", "crop_flip_rotate")
 LOSSES = ("ce", "sd")
 
 
@@ -33,9 +38,10 @@ def require(config, ok: bool, name: str, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}; got {getattr(config, name)!r}")
 
 
-def check_sgd_fields(config) -> None:
+def check_sgd_fields(config, augments: tuple[str, ...] = AUGMENTS) -> None:
     """Validate the SGD fields every training configuration shares (``lr``, ``batch_size``,
-    ``epochs``, ``momentum``, ``weight_decay``, ``loss``, ``lam``, ``order``, ``augment``).
+    ``epochs``, ``momentum``, ``weight_decay``, ``loss``, ``lam``, ``order``, ``augment``;
+    ``augment`` must be one of ``augments``).
 
     Raises:
         ValueError: naming the first bad field, its allowed range and its value.
@@ -52,7 +58,7 @@ def check_sgd_fields(config) -> None:
     need(config.lam >= 0 and (config.loss == "sd" or config.lam == 0), "lam",
          ">= 0, and 0 unless loss='sd'")
     need(config.order in ORDERS, "order", f"one of {ORDERS}")
-    need(config.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
+    need(config.augment in augments, "augment", f"one of {augments}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,54 @@ def crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: i
     bi = torch.arange(b, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def rotation_draws(n: int, epoch: int, seed: int, degrees: float = 15.0) -> torch.Tensor:
+    """Per-point rotation angles (n,) in radians, uniform in ±``degrees``, for one epoch."""
+    g = torch.Generator().manual_seed(sub_seed(seed, 3, epoch))
+    return (torch.rand(n, generator=g) * 2 - 1) * math.radians(degrees)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate a batch (B, C, H, W) by ``angles`` (B,) radians about the centre (nearest
+    neighbour, as torchvision's RandomRotation; outside pixels 0)."""
+    cos, sin = angles.cos().to(x), angles.sin().to(x)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def epoch_draws(augment: str, n: int, epoch: int, seed: int) -> tuple | None:
+    """One epoch's augmentation draws for ``augment`` (one of :data:`ALL_AUGMENTS`): None for
+    ``"none"``, else ``(shifts (n, 2), flips (n,), angles (n,) or None)``; the same (seed, epoch)
+    gives the same crops and flips whether or not the rotation is on.
+
+    Source: the reference's train transforms (``Unlearning/pretrain.py``,
+    ``Unlearning/correlation_verification.py``): ``RandomCrop(32, padding=4)``,
+    ``RandomHorizontalFlip()`` and, for CIFAR-100 only, ``RandomRotation(15)``.
+
+    Raises:
+        ValueError: unknown ``augment``.
+    """
+    if augment not in ALL_AUGMENTS:
+        raise ValueError(f"augment must be one of {ALL_AUGMENTS}; got {augment!r}")
+    if augment == "none":
+        return None
+    shifts, flips = augmentation_draws(n, epoch, seed)
+    angles = rotation_draws(n, epoch, seed) if augment == "crop_flip_rotate" else None
+    return shifts, flips, angles
+
+
+def augment_batch(x: torch.Tensor, idx: torch.Tensor, draws: tuple | None) -> torch.Tensor:
+    """The points ``idx`` of an epoch as the model trains on them: ``x`` (B, C, H, W) holds
+    those points (already indexed), ``draws`` is :func:`epoch_draws`'s (indexed by ``idx``);
+    crop + flip, then the rotation when drawn (torchvision's order). None: ``x`` unchanged."""
+    if draws is None:
+        return x
+    shifts, flips, angles = draws
+    x = crop_flip(x, shifts[idx], flips[idx])
+    return x if angles is None else rotate(x, angles[idx])
 
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, x: torch.Tensor,

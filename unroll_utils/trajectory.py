@@ -32,9 +32,9 @@ from . import hessian, results
 from .losses import make_loss
 from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
                       weight_distance)
-from .training import (AUGMENTS, ORDERS, SGDConfig, augmentation_draws, batch_order,
-                       check_lone_point_batches, check_sgd_fields, crop_flip, make_optimizer,
-                       require, sgd_step, sub_seed, train_sgd)
+from .training import (ALL_AUGMENTS, AUGMENTS, ORDERS, SGDConfig, augment_batch, augmentation_draws,
+                       batch_order, check_lone_point_batches, check_sgd_fields, crop_flip,
+                       epoch_draws, make_optimizer, require, sgd_step, sub_seed, train_sgd)
 from .propagated import PropagatedConfig, PropagatedUndo
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 SIGMA_BATCHES = ("fixed", "current")
+SIGMA_DATA = ("augmented", "raw")
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ class LockStepConfig(SGDConfig):
         lam: λ ≥ 0 of the SD loss.
         order: ``"forget_first"`` (paper: x* first, then the rest in index order, every epoch),
             ``"index"`` (dataset order), ``"shuffle"`` (a seeded permutation per epoch).
-        augment: ``"none"`` or ``"crop_flip"`` (random 4-pixel-padded crop + horizontal flip,
-            drawn per point and epoch from ``seed``, identical for M and M′).
+        augment: ``"none"``, ``"crop_flip"`` (random 4-pixel-padded crop + horizontal flip,
+            drawn per point and epoch from ``seed``, identical for M and M′; the reference's
+            CIFAR-10 transform) or ``"crop_flip_rotate"`` (also a rotation uniform in ±15°, the
+            reference's CIFAR-100 transform in ``Unlearning/correlation_verification.py``).
         seed: seeds the order, the augmentation and the Hessian start vector.
         undo_at: where single gradient unlearning takes the gradient (see
             :mod:`unroll_utils.unlearning`): ``"w0"``, ``"current"``, ``"final"``, ``"checkpoint"``.
@@ -80,6 +83,11 @@ class LockStepConfig(SGDConfig):
         sigma_batch: ``"fixed"`` (the first ``sigma_points`` training points, Exp A) or
             ``"current"`` (the current batch, Exp C/D).
         sigma_points: size of the fixed Hessian batch, ≥ 1.
+        sigma_data: the fixed Hessian batch's images: ``"augmented"`` (default, the reference:
+            ``list(trainset)`` in ``correlation_verification.py`` augments every point once, and
+            σ's points are those same images, which M trains on; here the first epoch's draws of
+            those points) or ``"raw"`` (the un-augmented points). Identical when
+            ``augment="none"``.
         sigma_convention: ``"sqrt_eig"`` (reference, σ = sqrt(λ_max)) or ``"abs_eig"``.
         sigma_method: ``"lanczos"`` or ``"power"``.
         sigma_tol: relative tolerance of the eigen-solve's stopping rule, in (0, 1).
@@ -124,6 +132,7 @@ class LockStepConfig(SGDConfig):
     sigma_every: int = 10
     sigma_batch: str = "fixed"
     sigma_points: int = 512
+    sigma_data: str = "augmented"
     sigma_convention: str = "sqrt_eig"
     sigma_method: str = "lanczos"
     sigma_tol: float = 1e-3
@@ -142,7 +151,7 @@ class LockStepConfig(SGDConfig):
         def need(ok: bool, name: str, allowed: str) -> None:
             require(self, ok, name, allowed)
 
-        check_sgd_fields(self)
+        check_sgd_fields(self, ALL_AUGMENTS)
         need(self.undo_at in UNDO_POINTS, "undo_at", f"one of {UNDO_POINTS}")
         need(self.undo_bn_mode in hessian.BN_MODES, "undo_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.undo_form in UNDO_FORMS, "undo_form", f"one of {UNDO_FORMS}")
@@ -151,6 +160,7 @@ class LockStepConfig(SGDConfig):
         need(self.sigma_every >= 0, "sigma_every", ">= 0 (0 disables σ)")
         need(self.sigma_batch in SIGMA_BATCHES, "sigma_batch", f"one of {SIGMA_BATCHES}")
         need(self.sigma_points >= 1, "sigma_points", ">= 1")
+        need(self.sigma_data in SIGMA_DATA, "sigma_data", f"one of {SIGMA_DATA}")
         need(self.sigma_convention in hessian.SIGMA_CONVENTIONS, "sigma_convention",
              f"one of {hessian.SIGMA_CONVENTIONS}")
         need(self.sigma_method in hessian.METHODS, "sigma_method", f"one of {hessian.METHODS}")
@@ -308,7 +318,12 @@ class UndoAccumulator:
     ``"w0"`` adds η·∇L(w_0; x*∩B) (cached per distinct batch) at every step that saw forget points;
     ``"current"`` adds η·∇L(w_t; x*∩B) right after M's step; ``"final"`` and ``"checkpoint"``
     remember each distinct forget-holding batch with its summed η and evaluate the gradients when u
-    is asked for (at the current weights, or at the last checkpoint every ``checkpoint_freq`` steps).
+    is asked for (at the current weights, or at the last checkpoint).
+
+    The checkpoint follows ``Unlearning/checkpoint_version.py``: before step t + 1 with t a
+    positive multiple of c = ``checkpoint_freq`` it moves to the weights w_t, so the measurement
+    after step t uses w_ckpt = w_{c·⌊(t−1)/c⌋} (w_0 for t ≤ c): at t = kc it is still
+    w_{(k−1)c}, and w_{kc} is first used at t = kc + 1.
     """
 
     def __init__(self, config: LockStepConfig, loss_fn, params: list[torch.Tensor]) -> None:
@@ -335,9 +350,10 @@ class UndoAccumulator:
             occ = self.occurrences.setdefault(key, {"x": xb, "y": yb, "mask": fmask, "eta": 0.0})
             occ["eta"] += cfg.lr
 
-    def after_step(self, t: int) -> None:
-        """Move the checkpoint to the current weights every ``checkpoint_freq`` steps."""
-        if self.config.undo_at == "checkpoint" and t % self.config.checkpoint_freq == 0:
+    def before_step(self, t: int) -> None:
+        """Before step t + 1 (``t`` steps done): move the checkpoint to the current weights w_t
+        when t is a positive multiple of ``checkpoint_freq``."""
+        if self.config.undo_at == "checkpoint" and t > 0 and t % self.config.checkpoint_freq == 0:
             with torch.no_grad():
                 torch._foreach_copy_(self.ckpt_weights, self.params)
 
@@ -413,8 +429,11 @@ class LockStep:
         self.opt_model = make_optimizer(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.opt_retrained = make_optimizer(self.retrained, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.undo = UndoAccumulator(cfg, self.loss_fn, list(self.model.parameters()))
-        self.sigma = SigmaTracker(cfg, self.loss_fn, self.x[: cfg.sigma_points],
-                                  self.y[: cfg.sigma_points])
+        sigma_x = self.x[: cfg.sigma_points]
+        if cfg.sigma_data == "augmented":  # the first epoch's images of these points, as M sees them
+            sigma_idx = torch.arange(sigma_x.shape[0])
+            sigma_x = augment_batch(sigma_x, sigma_idx, epoch_draws(cfg.augment, n, 0, cfg.seed))
+        self.sigma = SigmaTracker(cfg, self.loss_fn, sigma_x, self.y[: cfg.sigma_points])
         self.propagated = None if cfg.propagated is None else PropagatedUndo(
             cfg.propagated, cfg.lr, cfg.weight_decay, self.loss_fn, self.x[: cfg.propagated.points],
             self.y[: cfg.propagated.points], undo_bn_mode=cfg.undo_bn_mode, undo_form=cfg.undo_form)
@@ -424,7 +443,7 @@ class LockStep:
         self.fingerprint = results.fingerprint({"config": _fingerprint_fields(cfg), "n": n,
                                                 "forget": self.forget.tolist(),
                                                 "x_shape": list(train_x.shape)})
-        self._epoch_plan: tuple | None = None  # (epoch, batches, shifts, flips)
+        self._epoch_plan: tuple | None = None  # (epoch, batches, draws)
         self._last: tuple | None = None  # (xb, yb, loss, epoch) of the last step
 
     @property
@@ -436,10 +455,9 @@ class LockStep:
         """The epoch's batches and augmentation draws (computed once per epoch)."""
         if self._epoch_plan is None or self._epoch_plan[0] != epoch:
             cfg = self.config
-            shifts, flips = (augmentation_draws(self.n, epoch, cfg.seed)
-                             if cfg.augment == "crop_flip" else (None, None))
+            draws = epoch_draws(cfg.augment, self.n, epoch, cfg.seed)
             batches = batch_order(self.n, self.forget, cfg.batch_size, cfg.order, epoch, cfg.seed)
-            self._epoch_plan = (epoch, batches, shifts, flips)
+            self._epoch_plan = (epoch, batches, draws)
         return self._epoch_plan
 
     def step(self) -> float:
@@ -449,14 +467,14 @@ class LockStep:
         if self.done:
             raise RuntimeError(f"the run is done ({self.total_steps} steps)")
         epoch, i = divmod(self.t, self.per_epoch)
-        _, batches, shifts, flips = self._plan(epoch)
+        _, batches, draws = self._plan(epoch)
         idx = batches[i]
         xb, yb = self.x[idx.to(self.device)], self.y[idx.to(self.device)]
-        if shifts is not None:
-            xb = crop_flip(xb, shifts[idx], flips[idx])
+        xb = augment_batch(xb, idx, draws)
         fmask = self.is_forget[idx].to(self.device)
         if self.propagated is not None and bool(fmask.any()):  # the gradient where M sees x*
             self.propagated.record(self.t + 1, self.model, xb, yb, fmask)
+        self.undo.before_step(self.t)
         loss_value = sgd_step(self.model, self.opt_model, self.loss_fn, xb, yb)
         keep = ~fmask
         if bool(keep.any()):
@@ -464,9 +482,8 @@ class LockStep:
         self.t += 1
         if bool(fmask.any()):
             self.times_seen += 1
-            key = idx.numpy().tobytes() + (epoch.to_bytes(4, "little") if shifts is not None else b"")
+            key = idx.numpy().tobytes() + (epoch.to_bytes(4, "little") if draws is not None else b"")
             self.undo.record(key, xb, yb, fmask, self.model, self.initial)
-        self.undo.after_step(self.t)
         self._last = (xb, yb, loss_value, epoch)
         return loss_value
 
@@ -497,6 +514,8 @@ class LockStep:
                "ve": dist.ve, "delta_w": dist.delta_w, "dist_retrained": dist.dist_retrained,
                "eigenvalue": math.nan, "eig_residual": math.nan, "eig_error_bound": math.nan,
                "eig_hvps": 0}
+        if cfg.undo_at == "checkpoint":  # Exp B's ‖w_t − w_ckpt‖ (parameters), see before_step
+            row["dist_ckpt"] = weight_distance(list(self.model.parameters()), self.undo.ckpt_weights)
         if cfg.sigma_track:
             row["eig_tracked"] = False
         if self.propagated is not None:
@@ -618,11 +637,18 @@ LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False, "sigma_track": 
 
 
 def _fingerprint_fields(cfg: LockStepConfig) -> dict:
-    """The config fields that identify a run's checkpoint (see ``LATER_FIELDS``)."""
+    """The config fields that identify a run's checkpoint (see ``LATER_FIELDS``). ``sigma_data``
+    enters only where it changes the run (an augmented run with a fixed σ batch), and runs with
+    ``undo_at="checkpoint"`` carry the checkpoint rule (moved one step later to match the
+    reference), so checkpoints written under the earlier rules are not resumed."""
     fields_ = asdict(cfg)
     for name, neutral in LATER_FIELDS.items():
         if fields_[name] == neutral:
             del fields_[name]
+    if cfg.augment == "none" or cfg.sigma_batch != "fixed":
+        del fields_["sigma_data"]
+    if cfg.undo_at == "checkpoint":
+        fields_["checkpoint_rule"] = "before_step"
     return fields_
 
 
@@ -660,7 +686,8 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
         ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``
-        (and ``eig_tracked`` with ``config.sigma_track``), ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
+        (and ``eig_tracked`` with ``config.sigma_track``; ``dist_ckpt``, ‖w_t − w_ckpt‖ over the
+        parameters, with ``undo_at="checkpoint"``), ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
         ``unlearning_error`` (e with t−1 second-order terms), ``rolling_unlearning_error``, and,
         at accuracy steps, ``test_acc``/``forget_acc`` for M, M′ (``_retrained``) and M″
         (``_unlearned``), in [0, 1]; with ``config.propagated``: ``ve_propagated`` (‖w‴_t − w′_t‖,
