@@ -197,3 +197,19 @@ def test_sgu_propagated_needs_the_record_with_step_indices(digits, task):
         B.sgu_propagated(task, krylov=0)
     assert task.record.batch_steps == sorted(set(task.record.batch_steps))
     assert 1 <= task.record.batch_steps[0] and task.record.batch_steps[-1] <= task.record.steps
+
+
+def test_random_forget_kind_that_takes_every_point_says_so_in_the_users_words():
+    y = torch.arange(10) % 2
+    with pytest.raises(ValueError) as e:
+        B.make_forget_sets(y, ["random99"], seed=0)
+    msg = str(e.value)
+    assert "forget kind 'random99' takes ⌈99% · 10⌉ = 10 of the 10 training points" in msg, msg
+    assert "randomK needs K <= 90 (at most 9 points)" in msg and "k must be" not in msg, msg
+    assert len(B.make_forget_sets(y, ["random90"], seed=0)["random90"]) == 9  # the largest K that fits
+    with pytest.raises(ValueError, match="randomK needs K <= 90"):
+        B.make_forget_sets(y, ["random91"], seed=0)  # ⌈9.1⌉ = 10 points
+    with pytest.raises(ValueError, match="1 training point"):
+        B.make_forget_sets(torch.zeros(1, dtype=torch.int64), ["random1"], seed=0)
+    # ⌈K% · N⌉ exactly: 7% of 100 is 7 points (7 / 100 * 100 is 7.000000000000001 in floats)
+    assert len(B.make_forget_sets(torch.arange(100) % 2, ["random7"], seed=0)["random7"]) == 7

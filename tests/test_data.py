@@ -248,6 +248,60 @@ def test_cifar_download_failure(tmp_path, monkeypatch):
     assert "cifar-10-python.tar.gz" in str(e.value) and str(tmp_path) in str(e.value)
 
 
+def _rewrite(folder, fname, **changes):
+    """Re-write one generated CIFAR file with some entries replaced."""
+    entry = pickle.loads((folder / fname).read_bytes(), encoding="bytes")
+    entry.update({k.encode(): v for k, v in changes.items()})
+    _dump(folder / fname, entry)
+
+
+@pytest.mark.parametrize("name,fname,key,label", [("cifar10", "data_batch_3", "labels", 10),
+                                                  ("cifar10", "test_batch", "labels", -1),
+                                                  ("cifar100", "train", "fine_labels", 100)])
+def test_cifar_label_out_of_range_names_file(tmp_path, name, fname, key, label):
+    written = _write_cifar(tmp_path, name, CIFAR10_SIZES if name == "cifar10" else {"train": 5, "test": 3})
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    labels = list(written[fname][1])
+    labels[1] = label
+    _rewrite(folder, fname, **{key: labels})
+    with pytest.raises(ValueError) as e:
+        D.load_cifar(name, root=tmp_path, verify=False)
+    msg = str(e.value)
+    hi = 9 if name == "cifar10" else 99
+    for part in (str(folder / fname), key, f"[0, {hi}]", f"got {label} at position 1"):
+        assert part in msg, (part, msg)
+
+
+def test_cifar_truncated_file_names_file(tmp_path):
+    _write_cifar(tmp_path, "cifar10", CIFAR10_SIZES)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:500])  # cut inside the data array
+    with pytest.raises(ValueError, match="not a readable CIFAR pickle") as e:
+        D.load_cifar("cifar10", root=tmp_path, verify=False)
+    assert str(path) in str(e.value) and "truncated" in str(e.value)
+
+
+@pytest.mark.parametrize("data", [np.zeros((2, 3000), np.uint8), np.zeros(2 * 3072, np.uint8),
+                                  np.zeros((2, 3072), np.float32)])
+def test_cifar_wrong_row_length_names_file(tmp_path, data):
+    _write_cifar(tmp_path, "cifar10", CIFAR10_SIZES)
+    folder = tmp_path / "cifar-10-batches-py"
+    _rewrite(folder, "data_batch_5", data=data)
+    with pytest.raises(ValueError) as e:
+        D.load_cifar("cifar10", root=tmp_path, verify=False)
+    msg = str(e.value)
+    assert str(folder / "data_batch_5") in msg and "(n, 3072)" in msg and str(data.shape) in msg, msg
+
+
+def test_cifar_label_count_mismatch_names_file(tmp_path):
+    _write_cifar(tmp_path, "cifar10", CIFAR10_SIZES)
+    folder = tmp_path / "cifar-10-batches-py"
+    _rewrite(folder, "data_batch_1", labels=[0, 1])  # 3 rows
+    with pytest.raises(ValueError, match="must be 3 integers") as e:
+        D.load_cifar("cifar10", root=tmp_path, verify=False)
+    assert str(folder / "data_batch_1") in str(e.value)
+
+
 def test_cifar_bad_name(tmp_path):
     with pytest.raises(ValueError, match="cifar10.*cifar100"):
         D.load_cifar("cifar1000", root=tmp_path)

@@ -385,3 +385,88 @@ def test_weight_decay_shifts_every_eigenvalue_by_wd():
             hessian.estimate_sigma(net, loss_fn, x, y, weight_decay=bad)
         with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got"):
             hessian.HessianOperator(net, loss_fn, x, y, weight_decay=bad)
+
+
+# ------------------------------------------------------------------------------------------ micro-batches
+def _bn_float32_setup(n=8):
+    net, x, y = tiny_setup()
+    x = torch.cat([x, x[:max(0, n - len(x))] * 0.5])[:n]
+    return net.float(), x.float(), torch.cat([y, y])[:n]
+
+
+@pytest.mark.parametrize("micro_batch", [[3, 5], [5, 3], [8], 3, [1] * 8, 100])
+def test_micro_batch_hvp_is_the_full_batch_hvp_in_eval_mode(micro_batch):
+    net, x, y = _bn_float32_setup()
+    loss_fn = make_loss("sd", 2.0)
+    full = hessian.HessianOperator(net, loss_fn, x, y)
+    split = hessian.HessianOperator(net, loss_fn, x, y, micro_batch=micro_batch)
+    expect = {3: [3, 3, 2], 100: [8]}.get(micro_batch, micro_batch) if isinstance(micro_batch, int) else micro_batch
+    assert split.micro_sizes == expect
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(full.numel, generator=gen)
+        ref, got = full.matvec(v), split.matvec(v)
+        assert got.dtype == torch.float32
+        # float32 precision: only the summation order differs
+        assert float((got - ref).norm() / ref.norm()) < 2e-6
+    torch.testing.assert_close(split.gradient, full.gradient, rtol=1e-5, atol=1e-7)
+    assert split.loss == pytest.approx(full.loss, rel=1e-6)
+    assert split.n_hvp == 3
+
+
+def test_micro_batch_dense_hessian_matches_torch_func_in_float64():
+    net, x, y = tiny_setup()  # float64, BatchNorm with non-trivial running statistics, 10 points
+    loss_fn = make_loss("ce")
+    ref = dense_hessian(net, loss_fn, x, y, training=False)  # independent: torch.func.hessian
+    got = hessian.HessianOperator(net, loss_fn, x, y, micro_batch=[3, 5, 2]).dense()
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_micro_batch_top_eigenvalue_is_the_full_batch_one():
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    lam_dense = float(torch.linalg.eigvalsh(dense_hessian(net, loss_fn, x, y, training=False))[-1])
+    for micro_batch in (None, [3, 7], 4):
+        res = hessian.top_hessian_eigenvalue(net, loss_fn, x, y, tol=1e-8, max_iter=200,
+                                             micro_batch=micro_batch)
+        assert res.converged and res.eigenvalue == pytest.approx(lam_dense, rel=1e-9)
+    sigma, _ = hessian.estimate_sigma(net, loss_fn, x, y, tol=1e-8, max_iter=200, micro_batch=[5, 5])
+    assert sigma == pytest.approx(math.sqrt(lam_dense), rel=1e-9)
+
+
+def test_train_mode_micro_batches_use_their_own_batch_statistics():
+    # documented semantics: the size-weighted mean of the micro-batches' own Hessians, not the
+    # full-batch Hessian (BatchNorm's batch statistics couple the points of one forward pass)
+    net, x, y = tiny_setup()
+    loss_fn = make_loss("ce")
+    full = hessian.HessianOperator(net, loss_fn, x, y, bn_mode="train").dense()
+    parts = [hessian.HessianOperator(net, loss_fn, x[s], y[s], bn_mode="train").dense()
+             for s in (slice(0, 4), slice(4, 10))]
+    split = hessian.HessianOperator(net, loss_fn, x, y, bn_mode="train", micro_batch=[4, 6]).dense()
+    torch.testing.assert_close(split, 0.4 * parts[0] + 0.6 * parts[1], rtol=1e-10, atol=1e-12)
+    assert float((split - full).norm() / full.norm()) > 1e-2  # not the full-batch Hessian
+    one = hessian.HessianOperator(net, loss_fn, x, y, bn_mode="train", micro_batch=[10]).dense()
+    torch.testing.assert_close(one, full, rtol=0, atol=0)
+
+
+def test_train_mode_micro_batches_with_dropout_give_one_fixed_symmetric_operator():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3)).double()
+    x = torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (9,), generator=torch.Generator().manual_seed(2))
+    op = hessian.HessianOperator(net, make_loss("ce"), x, y, bn_mode="train", micro_batch=4)
+    gen = torch.Generator().manual_seed(3)
+    u, v = (torch.randn(op.numel, dtype=torch.float64, generator=gen) for _ in range(2))
+    hv = op.matvec(v)
+    torch.testing.assert_close(op.matvec(v), hv, rtol=0, atol=0)  # the same masks at every HVP
+    assert float(u @ hv) == pytest.approx(float(v @ op.matvec(u)), rel=1e-10)
+    state = torch.random.get_rng_state()
+    op.matvec(v)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
+
+
+@pytest.mark.parametrize("micro_batch", [0, -2, [3, 4], [0, 10], [2.5, 7.5], "4", [True, 9], []])
+def test_bad_micro_batch_names_the_parameter_and_n(micro_batch):
+    net, x, y = tiny_setup()
+    with pytest.raises(ValueError, match=r"micro_batch must be None, an integer >= 1 or .*N=10"):
+        hessian.HessianOperator(net, make_loss("ce"), x, y, micro_batch=micro_batch)

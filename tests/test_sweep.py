@@ -129,6 +129,83 @@ def test_notebook_parameters_read_lines_papermill_skips(tmp_path):
     assert list(sweep.notebook_parameters(other)) == ["SMOKE", "N"]
 
 
+NB08 = (Path(__file__).parent.parent / "notebooks" / "08_sd_loss_sweep.ipynb").resolve()
+
+
+def test_two_axes_keys_are_an_error_not_the_last_one_kept(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"notebook: {FIXTURE}\noutput: out\naxes: {{A: [1, 2]}}\nseeds: {{SEED: [0]}}\n"
+                    "axes: {TAG: [a, b]}\n", encoding="utf-8")
+    with pytest.raises(GridError) as e:
+        sweep.load_grid(path)
+    msg = str(e.value)
+    assert f"{path}, line 5, column 1" in msg and "duplicate key 'axes' (first given on line 3)" in msg, msg
+    assert sweep.main(["check", str(path)]) == 2
+    nested = tmp_path / "nested.yaml"  # inside a mapping too, e.g. one axis given twice
+    nested.write_text(f"notebook: {FIXTURE}\noutput: out\naxes:\n  TAG: [a]\n  TAG: [b]\n", encoding="utf-8")
+    with pytest.raises(GridError, match=r"line 5, column 3: .*duplicate key 'TAG' \(first given on line 4\)"):
+        sweep.load_grid(nested)
+    merged = tmp_path / "merged.yaml"  # an explicit key after a YAML merge overrides it: allowed
+    merged.write_text(f"notebook: {FIXTURE}\noutput: out\nbase: &b {{A: 1, B: 0.5}}\n", encoding="utf-8")
+    loader = yaml.load(merged.read_text() + "parameters: {<<: *b, A: 3}\n", Loader=sweep._Loader)
+    assert loader["parameters"] == {"A": 3, "B": 0.5}
+
+
+@pytest.mark.parametrize("text, line, column", [
+    ("notebook: x\naxes: {A: [1, 2}\n", 2, 16),           # the "}" closes a "[": column of the "}"
+    ("notebook: x\noutput: out\n  parameters: 1\n", 3, 13),  # a bad indentation
+])
+def test_malformed_yaml_names_file_line_and_column(tmp_path, text, line, column):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(GridError) as e:
+        sweep.load_grid(path)
+    msg = str(e.value)
+    assert msg.startswith(f"grid file {path}, line {line}, column {column}: not valid YAML"), msg
+    assert "<unicode string>" not in msg
+    assert sweep.main(["check", str(path)]) == 2
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"N_SEEDS": "two"}, r"parameters.N_SEEDS: parameter N_SEEDS must be an integer >= 1, got 'two'"),
+    ({"N_SEEDS": 0}, r"parameters.N_SEEDS: parameter N_SEEDS must be an integer >= 1, got 0"),
+    ({"LAMS": [0.0, -1.0]}, r"parameters.LAMS: parameter LAMS\[1\] must be a finite number >= 0"),
+    ({"MODEL": "resnet50"}, r"parameters.MODEL: parameter MODEL must be one of \['small_cnn', 'resnet18'"),
+    ({"PRESET": "tiny"}, r"parameters.PRESET: parameter PRESET must be one of \['smoke', 'small', 'paper'\]"),
+])
+def test_none_default_parameters_are_checked_by_the_notebooks_validation_line(tmp_path, parameters, message):
+    # notebook 08 declares these as None ("the preset's"): only its validation cell knows their type
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"notebook": str(NB08), "output": "out", "parameters": parameters}))
+    with pytest.raises(GridError, match=message):
+        sweep.load_grid(path)
+    assert sweep.main(["check", str(path)]) == 2
+
+
+def test_validation_line_accepts_what_the_notebook_accepts(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"notebook": str(NB08), "output": "out",
+                                    "parameters": {"N_SEEDS": 2, "PRESET": None, "LAMS": "0,5", "EPOCHS": 3.0},
+                                    "axes": {"MODEL": ["small_cnn", None]}}))
+    grid = sweep.load_grid(path)  # None: the preset's; "0,5" and 3.0 are what params reads as [0, 5] and 3
+    assert grid.parameters["N_SEEDS"] == 2 and grid.axes["MODEL"] == ["small_cnn", None]
+    # a validation line with arguments that need the notebook's state is checked without them
+    nb = json.loads(FIXTURE.read_text())
+    nb["cells"][1]["source"] = ["N = None  # needs the notebook\n", "M = 4  # bounded by N\n"]
+    nb["cells"][2]["source"] = ["from unroll_utils import params\n", "P = {'n': 3}\n",
+                                'N = params.integer("N", N, low=1, default=P["n"])\n',
+                                'M = params.integer("M", M, low=2, high=N // 2)\n']
+    other = tmp_path / "other.ipynb"
+    other.write_text(json.dumps(nb))
+    declared = sweep.notebook_parameters(other)
+    assert declared["N"].check(None) is None and declared["N"].check(7) == 7  # default dropped, None allowed
+    assert declared["M"].check(100) == 100  # high=N // 2 dropped: only widens the check
+    with pytest.raises(ValueError, match="parameter M must be an integer >= 2, got 1"):
+        declared["M"].check(1)
+    with pytest.raises(ValueError, match="parameter N must be an integer >= 1"):
+        declared["N"].check("x")
+
+
 def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -24,7 +24,10 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # from_pretrained on the folder reads vocab.txt in transformers 4 and 5 (the constructor's
+    # vocab_file= is ignored by transformers 5, which then builds a vocabulary of special tokens only)
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    assert tokenizer("the movie")["input_ids"] == [2, 5, 6, 3]  # [CLS] the movie [SEP], no [UNK]
     config = DistilBertConfig(vocab_size=len(WORDS) + 5, dim=16, n_layers=2, n_heads=2, hidden_dim=32,
                               max_position_embeddings=512, dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
@@ -109,6 +112,54 @@ def test_missing_hub_model_offline_says_where(monkeypatch):
     enc = text.TextEncoder.from_pretrained("distilbert-base-uncased")
     with pytest.raises(FileNotFoundError, match=r"distilbert-base-uncased.*Hugging Face cache.*HF_HOME"):
         enc.encode(["a"], progress=False)
+
+
+def test_folder_without_vocabulary_is_an_error(tiny, tmp_path):
+    # transformers builds, without an error, a tokenizer of the special tokens alone from a folder
+    # with tokenizer_config.json but neither vocab.txt nor tokenizer.json: every word -> [UNK]
+    model, tok, _ = tiny
+    folder = tmp_path / "no-vocab"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for f in ("vocab.txt", "tokenizer.json"):
+        (folder / f).unlink(missing_ok=True)
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(str(folder))
+    assert set(t.get_vocab().values()) <= set(t.all_special_ids)  # the silent failure being guarded
+    enc = text.TextEncoder.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"no vocabulary.*\[UNK\].*vocab\.txt") as e:
+        enc.encode(TEXTS, progress=False)
+    assert str(folder) in str(e.value)
+    with pytest.raises(ValueError, match="no vocabulary"):
+        text.TextEncoder(model, t, name="tiny")
+
+
+def test_empty_or_partial_folder_names_the_folder_not_the_cache(tiny, tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as e:
+        text.TextEncoder.from_pretrained(empty).encode(["a"], progress=False)
+    msg = str(e.value)
+    assert f"encoder folder {empty} is empty" in msg and "save_pretrained" in msg
+    assert "Hugging Face cache" not in msg
+    model, tok, _ = tiny
+    tok_only = tmp_path / "tokenizer-only"
+    tok.save_pretrained(tok_only)
+    with pytest.raises(FileNotFoundError, match="has no config.json") as e:
+        text.TextEncoder.from_pretrained(tok_only).encode(["a"], progress=False)
+    assert "tokenizer_config.json" in str(e.value) and "Hugging Face cache" not in str(e.value)
+
+
+def test_encode_a_string_is_an_error_not_one_row_per_character(tiny):
+    model, tok, _ = tiny
+    enc = text.TextEncoder(model, tok, name="tiny")
+    with pytest.raises(TypeError, match=r"list of strings, got one str.*\[text\]"):
+        enc.encode("the movie was great !", progress=False)
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+        enc.encode(["fun", None], progress=False)
+    one = enc.encode(["the movie was great !"], progress=False)
+    assert one.shape == (1, 16)
+    torch.testing.assert_close(one[0], enc.encode(TEXTS, progress=False)[0])
 
 
 # --------------------------------------------------------------------------- feature cache

@@ -381,3 +381,31 @@ def test_sigma_with_weight_decay_adds_wd_to_the_top_eigenvalue():
     assert plain["ve"].equals(with_wd["ve"])  # σ changes, the trajectory does not
     with pytest.raises(ValueError, match="sigma_weight_decay"):
         cfg(sigma_weight_decay="yes").validate()
+
+
+def test_sigma_micro_batch_gives_the_one_pass_sigma_in_eval_mode():
+    """sigma_micro_batch: the fixed Hessian batch (32 points) in micro-batches of 10 (10, 10, 10, 2);
+    BatchNorm in eval mode, so every σ is the one-pass σ (float64: to the solver's tolerance)."""
+    from unroll_utils.trajectory import _fingerprint_fields
+
+    x, y = toy_data()
+    net = tiny_net(torch.float64)
+    x = x.double()
+    base = dict(sigma_every=3, sigma_points=32, sigma_tol=1e-10, sigma_max_iter=300, epochs=1)
+    one = run_lockstep(net, x, y, torch.arange(16), cfg(**base), progress=False).table
+    split = run_lockstep(net, x, y, torch.arange(16), cfg(**base, sigma_micro_batch=10), progress=False).table
+    measured = one["eigenvalue"].notna()
+    assert measured.sum() >= 2
+    assert split["eigenvalue"][measured].to_numpy() == pytest.approx(one["eigenvalue"][measured].to_numpy(),
+                                                                     rel=1e-9)
+    assert one["ve"].equals(split["ve"])
+    track = dict(base, sigma_every=1, sigma_track=True, sigma_stop="eigenvalue", sigma_tol=1e-2)
+    one_t = run_lockstep(net, x, y, torch.arange(16), cfg(**track), progress=False).table
+    split_t = run_lockstep(net, x, y, torch.arange(16), cfg(**track, sigma_micro_batch=7), progress=False).table
+    assert split_t["eigenvalue"].to_numpy() == pytest.approx(one_t["eigenvalue"].to_numpy(), rel=1e-9)
+    # the default leaves a run's checkpoint fingerprint as it was before the field existed
+    assert "sigma_micro_batch" not in _fingerprint_fields(cfg(**base))
+    assert _fingerprint_fields(cfg(**base, sigma_micro_batch=10))["sigma_micro_batch"] == 10
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=r"sigma_micro_batch must be None \(one forward pass\) or an integer"):
+            cfg(sigma_micro_batch=bad).validate()

@@ -412,14 +412,23 @@ def make_forget_sets(labels: torch.Tensor, kinds, *, seed: int, forget_class: in
     (:func:`unroll_utils.data.select_forget_set`); ``"class"``: every point of ``forget_class``.
 
     Raises:
-        ValueError: an unknown kind (the allowed forms are named) or a class absent from ``labels``.
+        ValueError: an unknown kind (the allowed forms are named), a ``randomK`` that would take every
+            training point (naming the kind, the number of points and the largest K that fits), or a
+            class absent from ``labels``.
     """
     n, out = len(labels), {}
     for kind in kinds:
         if kind == "class":
             out[kind] = D.select_forget_set(n, "class", labels=labels, cls=forget_class)
         elif isinstance(kind, str) and kind.startswith("random") and kind[6:].isdigit() and 1 <= int(kind[6:]) <= 99:
-            k = max(1, math.ceil(int(kind[6:]) / 100 * n))
+            pct = int(kind[6:])
+            k = max(1, -(-pct * n // 100))  # ⌈K·N/100⌉ in integers (K/100*N in floats gives 8 for 7% of 100)
+            if k > n - 1:
+                top = max((q for q in range(1, 100) if -(-q * n // 100) <= n - 1), default=None)
+                fits = (f"with {n} training points randomK needs K <= {top} (at most {n - 1} points)" if top
+                        else f"{n} training point(s) leave no random forget set")
+                raise ValueError(f"forget kind {kind!r} takes ⌈{pct}% · {n}⌉ = {k} of the {n} training points, so "
+                                 f"nothing would be left to retain: {fits}")
             out[kind] = D.select_forget_set(n, "random", k=k, seed=seed)
         else:
             raise ValueError(f"forget kind must be 'class' or 'randomK' with K in 1..99 (e.g. {list(FORGET_KINDS)}); "

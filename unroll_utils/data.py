@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,43 +129,75 @@ def data_root() -> Path:
     return Path(os.environ.get("UNROLL_DATA") or Path.cwd() / "data").expanduser()
 
 
-def _unverified(cls):
-    """A subclass of a torchvision CIFAR class with every md5 set to None.
+def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """One file of the official CIFAR python archive: (n, 3072) uint8 rows and n labels.
 
-    torchvision's ``check_integrity(path, None)`` only checks that the file exists, so this
-    reads the real on-disk pickle format without the official checksums. It lets tests (with
-    small generated files) and users with re-packed copies load the data; the price is that a
-    corrupted file is not detected. Used only with ``verify=False``.
+    The format (https://www.cs.toronto.edu/~kriz/cifar.html, read as torchvision's ``CIFAR10``
+    reads it): a Python-2 pickle of a dict whose ``data`` is a uint8 (n, 3072) array (R, G, B
+    planes of 32x32, row-major) and whose ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100) is a
+    list of n ints in [0, num_classes - 1].
+
+    Raises ValueError naming ``path``: not a readable pickle (a truncated or corrupted file),
+    not a dict with those keys, ``data`` not uint8 with 3072 values per row, a label count that
+    differs from the row count, or a label outside [0, num_classes - 1] (naming its position and
+    value).
     """
-    return type(f"Unverified{cls.__name__}", (cls,), {
-        "train_list": [[f, None] for f, _ in cls.train_list],
-        "test_list": [[f, None] for f, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
+    hint = "re-extract the archive (the file may be truncated or corrupted)"
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except Exception as e:  # EOFError, UnpicklingError, ValueError, ... from a damaged file
+        raise ValueError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e}); {hint}") from e
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        keys = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"{path} must hold a dict with keys 'data' and {label_key!r}, got {keys}; {hint}")
+    x = entry["data"]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        got = (f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__)
+        raise ValueError(f"{path}: 'data' must be a uint8 array of shape (n, 3072) (one 3x32x32 image "
+                         f"per row), got {got}; {hint}")
+    try:
+        y = np.asarray(entry[label_key])
+    except Exception as e:
+        raise ValueError(f"{path}: {label_key!r} is not a list of integers ({e}); {hint}") from e
+    if y.ndim != 1 or len(y) != len(x) or (len(y) and y.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: {label_key!r} must be {len(x)} integers (one per row of 'data'), got "
+                         f"shape {y.shape} dtype {y.dtype}; {hint}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(bad):
+        raise ValueError(f"{path}: {label_key!r} must be in [0, {num_classes - 1}] ({num_classes} classes), "
+                         f"got {int(y[bad[0]])} at position {int(bad[0])} ({len(bad)} such labels); {hint}")
+    return x, [int(v) for v in y]
 
 
 def load_cifar(name: str = "cifar10", root=None, download: bool = False,
                verify: bool = True) -> TensorData:
-    """CIFAR-10 or CIFAR-100 (paper §2.0) via torchvision, whole splits as tensors.
+    """CIFAR-10 or CIFAR-100 (paper §2.0) from the official python archive, whole splits as tensors.
 
     ``root`` (default :func:`data_root`) is the folder that holds ``cifar-10-batches-py`` or
     ``cifar-100-python``. Images are scaled to [0, 1] and normalised per channel with the
     paper's constants (:data:`CIFAR_STATS`); no augmentation. Returns train (50000, 3, 32, 32)
-    and test (10000, 3, 32, 32) float32 inputs, (N,) int64 labels, 10 or 100 classes.
-    ``verify=False`` skips torchvision's md5 checks (see :func:`_unverified`).
+    and test (10000, 3, 32, 32) float32 inputs, (N,) int64 labels, 10 or 100 classes. Files
+    are checked against torchvision's md5 sums (``verify=False`` skips that, for re-packed
+    copies; then a corrupted file is caught only by the format checks) and read as
+    torchvision's ``CIFAR10``/``CIFAR100`` read them (train = the train files in order).
 
-    Raises ValueError for an unknown ``name``; FileNotFoundError if the files are missing (or
-    fail the md5 check) and ``download`` is False; RuntimeError if the download fails. The
-    messages name the archive, its URL and the folder to place it in.
+    Raises ValueError for an unknown ``name``, or (naming the file) for a file that is not in
+    the CIFAR format: truncated, a row that is not 3072 values, a label count that differs
+    from the row count, a label outside [0, num_classes - 1]. FileNotFoundError if the files
+    are missing (or fail the md5 check) and ``download`` is False; RuntimeError if the
+    download fails. The messages name the archive, its URL and the folder to place it in.
     """
+    from torchvision.datasets.utils import check_integrity
+
     if name not in CIFAR_STATS:
         raise ValueError(f"name must be one of {sorted(CIFAR_STATS)}, got {name!r}")
     cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    if not verify:
-        cls = _unverified(cls)
+    num_classes, label_key = (10, "labels") if name == "cifar10" else (100, "fine_labels")
     root = Path(root).expanduser() if root is not None else data_root()
+    folder = root / cls.base_folder
     guide = (f"Place {cls.filename} (from {cls.url}) in {root} and extract it there "
-             f"(it creates {root / cls.base_folder}), or set UNROLL_DATA to the folder that holds "
+             f"(it creates {folder}), or set UNROLL_DATA to the folder that holds "
              f"it, or (from Python) call load_cifar(..., download=True).")
     if download:
         try:
@@ -172,20 +205,22 @@ def load_cifar(name: str = "cifar10", root=None, download: bool = False,
         except Exception as e:  # no network, bad archive, ...
             raise RuntimeError(f"Could not download {name}: {e}. {guide}") from e
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [f for f in files if not (root / cls.base_folder / f).is_file()]
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{name} not found: missing {missing} in {root / cls.base_folder}. {guide}")
-    try:
-        splits = [cls(str(root), train=t, download=False) for t in (True, False)]
-    except RuntimeError as e:  # torchvision's md5 check failed
-        raise FileNotFoundError(f"{name} files in {root / cls.base_folder} failed the md5 check ({e}). "
-                                f"{guide} (verify=False skips the check for re-packed files.)") from e
+        raise FileNotFoundError(f"{name} not found: missing {missing} in {folder}. {guide}")
+    if verify:
+        failed = [f for f, md5 in cls.train_list + cls.test_list if not check_integrity(str(folder / f), md5)]
+        if failed:
+            raise FileNotFoundError(f"{name} files {failed} in {folder} failed the md5 check. "
+                                    f"{guide} (verify=False skips the check for re-packed files.)")
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in CIFAR_STATS[name])
     out = []
-    for ds in splits:  # ds.data: (N, 32, 32, 3) uint8 (HWC); ds.targets: list of int
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0)
-        out += [((x - mean) / std).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)]
-    return TensorData(*out, 10 if name == "cifar10" else 100, name)
+    for split in (cls.train_list, cls.test_list):
+        parts = [_read_cifar_file(folder / f, label_key, num_classes) for f, _ in split]
+        raw = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)  # (N, 3, 32, 32) uint8
+        x = torch.from_numpy(raw).float().div_(255.0)
+        out += [((x - mean) / std).contiguous(), torch.tensor(sum((p[1] for p in parts), []), dtype=torch.int64)]
+    return TensorData(*out, num_classes, name)
 
 
 def _read_images(paths: list[Path]) -> torch.Tensor:

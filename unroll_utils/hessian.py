@@ -6,7 +6,9 @@ largest-*magnitude* eigenvalue, NaN when it is negative). Here:
 
 * :class:`HessianOperator` wraps H = ∇²_w L(w; X, Y) as a matrix-free operator on flat parameter
   vectors (float64 in and out). It never touches the model: parameters are detached copies, BatchNorm
-  buffers are cloned, ``.grad`` is not written, and each module's train/eval flag is restored.
+  buffers are cloned, ``.grad`` is not written, and each module's train/eval flag is restored. With
+  ``micro_batch`` it accumulates the HVP over micro-batches (as PyHessian does over a data loader), so
+  a Hessian batch larger than one forward pass fits in memory.
 * :func:`lanczos_top_eigen` (full reorthogonalisation) and :func:`power_top_eigen` find the
   algebraically largest (``which="LA"``) or largest-magnitude (``which="LM"``) eigenvalue of any
   symmetric operator. The default stopping rule is the residual ‖Hv − λv‖₂ ≤ tol·|λ|, which
@@ -34,8 +36,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +119,27 @@ class HessianOperator:
     wd on the diagonal); they keep their coordinates, so P is always the number of trainable
     entries in ``model.named_parameters()`` order.
 
+    **Micro-batches.** ``micro_batch`` splits the N points into consecutive micro-batches of sizes
+    n_1, ..., n_J (Σ n_j = N) and accumulates H v = Σ_j (n_j/N)·H_j v, where H_j is the Hessian of
+    ``loss_fn`` (a batch mean) on micro-batch j; :attr:`loss` and :attr:`gradient` are weighted the
+    same way. Each HVP then runs one forward and a double backward per micro-batch (nothing is
+    kept between HVPs but the inputs), so memory is that of one micro-batch and an HVP costs about
+    J forward passes more than the one-batch operator, which builds its graph once. This is
+    PyHessian's data-loader HVP (``dataloader_hv_product``: per-batch HVPs weighted by batch size).
+    What it computes depends on BatchNorm:
+
+    * ``bn_mode="eval"`` (the default): BN uses its running statistics, each example's loss depends
+      on that example alone, and the sum is **exactly the full-batch mean-loss HVP** (up to
+      floating-point summation order: float32 rounding, ≈ 1e-6 relative).
+    * ``bn_mode="train"``: BN normalises each micro-batch with that micro-batch's own statistics, so
+      the result is the size-weighted mean of the micro-batches' Hessians, **not** the full-batch
+      Hessian (whose statistics couple all N points); it depends on the split. Dropout (put in
+      train mode too) draws its masks from a generator seeded per micro-batch, so every HVP of one
+      operator sees the same masks and the operator stays one fixed symmetric matrix.
+
+    Any other loss that is a mean of per-example terms (cross-entropy, the SD loss) decomposes
+    this way; a loss with cross-example terms would not.
+
     Args:
         model: the network; its trainable parameters define the P coordinates.
         loss_fn: ``loss(logits, targets) -> scalar`` (batch mean), e.g. the training objective.
@@ -126,10 +150,15 @@ class HessianOperator:
             with ``weight_decay=wd`` descends: every HVP gets + wd·v, so every eigenvalue moves up
             by exactly wd; :attr:`loss` and :attr:`gradient` include the term too. Default 0: the
             data loss alone, as the reference code's σ.
+        micro_batch: ``None`` (default: one forward pass over the N points), an int m ≥ 1
+            (consecutive micro-batches of m points, the last one smaller when m does not divide N;
+            m ≥ N is one batch), or a sequence of positive ints summing to N (the micro-batch
+            sizes, in order). :attr:`micro_sizes` holds the sizes used.
 
     Raises:
-        ValueError: unknown ``bn_mode``, negative or non-finite ``weight_decay``, empty batch, or
-            a model without trainable parameters.
+        ValueError: unknown ``bn_mode``, negative or non-finite ``weight_decay``, empty batch, a
+            model without trainable parameters, or a ``micro_batch`` that is not None, an int
+            ≥ 1 or positive sizes summing to N (the message names ``micro_batch`` and N).
         RuntimeError: called inside ``torch.inference_mode()``, where no gradient graph can be
             built (``torch.no_grad()`` is fine).
 
@@ -137,7 +166,8 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
-                 *, bn_mode: str = "eval", weight_decay: float = 0.0) -> None:
+                 *, bn_mode: str = "eval", weight_decay: float = 0.0,
+                 micro_batch: int | Sequence[int] | None = None) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
         _check_weight_decay(weight_decay)
@@ -155,22 +185,53 @@ class HessianOperator:
         self.weight_decay = float(weight_decay)
         # clones are ordinary tensors even when the originals were made under inference_mode
         inputs, targets = _usable(inputs), _usable(targets)
+        self.micro_sizes = micro_batch_sizes(micro_batch, int(inputs.shape[0]))
         self._params = [p.detach().clone().requires_grad_(True) for _, p in named]
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        state = {**dict(zip(self.names, self._params)), **buffers}
-        with torch.enable_grad(), preserved_modes(model, training=(bn_mode == "train")):
-            loss = loss_fn(functional_call(model, state, (inputs,)), targets)
-            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
-            # an unused parameter's gradient is None: its gradient and Hessian block are zero
-            self._flat_grad = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                         for g, p in zip(grads, self._params)])
+        self._model, self._loss_fn = model, loss_fn
+        self._state = {**dict(zip(self.names, self._params)), **buffers}
         self._flat_params = torch.cat([p.detach().reshape(-1) for p in self._params])
-        self.loss = float(loss.detach()) + 0.5 * self.weight_decay * float(
-            self._flat_params.double().square().sum())
+        self._chunks: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        if len(self.micro_sizes) == 1:
+            loss, self._flat_grad = self._graph(inputs, targets, 0)  # kept: one backward per HVP
+            data_loss = float(loss.detach())
+        else:
+            n, start = int(inputs.shape[0]), 0
+            for size in self.micro_sizes:
+                self._chunks.append((inputs[start:start + size], targets[start:start + size], size / n))
+                start += size
+            data_loss, grad = 0.0, None
+            for j, (x, y, weight) in enumerate(self._chunks):
+                loss, g = self._graph(x, y, j)
+                data_loss += weight * float(loss.detach())
+                g = g.detach() * weight
+                grad = g if grad is None else grad + g
+            self._flat_grad = grad
+        self.loss = data_loss + 0.5 * self.weight_decay * float(self._flat_params.double().square().sum())
         self.numel = self._flat_grad.numel()
         self.device = self._flat_grad.device
         self.dtype = self._flat_grad.dtype
         self.n_hvp = 0
+
+    def _graph(self, x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, flat gradient with its graph) of ``loss_fn`` on (x, y) at the operator's weights.
+
+        In train mode with several micro-batches, the forward pass draws its random numbers (dropout)
+        from a generator seeded with the micro-batch's index, so every HVP sees the same masks."""
+        training = self.bn_mode == "train"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(preserved_modes(self._model, training=training))
+            if training and len(self.micro_sizes) > 1:
+                devices = [x.device] if x.device.type == "cuda" else []
+                stack.enter_context(torch.random.fork_rng(devices=devices))
+                torch.manual_seed(index)
+            loss = self._loss_fn(functional_call(self._model, self._state, (x,)), y)
+            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+            # an unused parameter's gradient is None: its gradient and Hessian block are zero
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                              for g, p in zip(grads, self._params)])
+        return loss, flat
 
     @property
     def gradient(self) -> torch.Tensor:
@@ -179,15 +240,26 @@ class HessianOperator:
         return g + self.weight_decay * self._flat_params.double() if self.weight_decay else g
 
     def _second_backward(self, grad_outputs: torch.Tensor, batched: bool) -> list[torch.Tensor]:
-        """∂(gradient · grad_outputs)/∂w per parameter (zeros where nothing depends on w)."""
-        if not self._flat_grad.requires_grad:  # the loss is at most linear in w: H = 0
-            lead = grad_outputs.shape[:1] if batched else ()
+        """∂(gradient · grad_outputs)/∂w per parameter (zeros where nothing depends on w); with
+        micro-batches, the size-weighted sum over them (each one's graph rebuilt and freed)."""
+        if not self._chunks:
+            return self._rows(self._flat_grad, grad_outputs, batched, retain=True)
+        total = None
+        for j, (x, y, weight) in enumerate(self._chunks):
+            rows = [r.mul_(weight) for r in self._rows(self._graph(x, y, j)[1], grad_outputs, batched,
+                                                        retain=False)]
+            total = rows if total is None else [t.add_(r) for t, r in zip(total, rows)]
+        return total
+
+    def _rows(self, flat_grad: torch.Tensor, grad_outputs: torch.Tensor, batched: bool,
+              retain: bool) -> list[torch.Tensor]:
+        lead = grad_outputs.shape[:1] if batched else ()
+        if not flat_grad.requires_grad:  # the loss is at most linear in w: H = 0
             return [torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) for p in self._params]
         with torch.enable_grad():
-            rows = torch.autograd.grad(self._flat_grad, self._params, grad_outputs=grad_outputs,
-                                       retain_graph=True, allow_unused=True,
+            rows = torch.autograd.grad(flat_grad, self._params, grad_outputs=grad_outputs,
+                                       retain_graph=retain, allow_unused=True,
                                        is_grads_batched=batched)
-        lead = grad_outputs.shape[:1] if batched else ()
         return [r if r is not None else torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)
                 for r, p in zip(rows, self._params)]
 
@@ -226,6 +298,29 @@ class HessianOperator:
         if self.weight_decay:
             h.diagonal().add_(self.weight_decay)
         return h
+
+
+def micro_batch_sizes(micro_batch: int | Sequence[int] | None, n: int) -> list[int]:
+    """The micro-batch sizes for ``micro_batch`` (see :class:`HessianOperator`) over n points.
+
+    ``None`` → [n]; an int m ≥ 1 → [m, ..., m, n mod m] (one batch when m ≥ n); a sequence of
+    positive ints summing to n → that list. Raises ValueError naming ``micro_batch`` otherwise."""
+    if micro_batch is None:
+        return [n]
+    if isinstance(micro_batch, (int, np.integer)) and not isinstance(micro_batch, bool):
+        m = int(micro_batch)
+        if m < 1:
+            raise ValueError(f"micro_batch must be None, an integer >= 1 or sizes summing to N={n}; got {m}")
+        return [min(m, n - start) for start in range(0, n, m)]
+    try:
+        sizes = [operator.index(s) for s in micro_batch if not isinstance(s, bool)]
+        ok = len(sizes) == len(micro_batch) and sizes and all(s >= 1 for s in sizes) and sum(sizes) == n
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"micro_batch must be None, an integer >= 1 or positive integer sizes summing to "
+                         f"N={n} (the Hessian batch); got {micro_batch!r}")
+    return sizes
 
 
 def _check_weight_decay(weight_decay: float) -> None:
@@ -425,7 +520,8 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
                            max_iter: int = 100, init: torch.Tensor | None = None,
                            generator: torch.Generator | None = None,
                            bn_mode: str = "eval", stop: str = "residual",
-                           weight_decay: float = 0.0) -> TopEigen:
+                           weight_decay: float = 0.0,
+                           micro_batch: int | Sequence[int] | None = None) -> TopEigen:
     """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) (+ wd·I) at the model's current weights.
 
     Parameters the loss does not reach count with a zero Hessian block (see
@@ -449,13 +545,16 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
         weight_decay: wd ≥ 0; the solve is on the Hessian of L + ½·wd·‖w‖² (the objective of SGD
             with that weight decay), whose eigenvalues are those of ∇²L plus wd. Default 0: the
             data loss alone, as the reference code.
+        micro_batch: accumulate each HVP over micro-batches (an int size or a list of sizes; see
+            :class:`HessianOperator`): the same eigenvalue in eval mode for a fraction of the
+            memory, at about one forward pass per micro-batch per HVP. Default None: one pass.
 
     Returns:
         :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
 
     Raises:
         ValueError: unknown ``method``/``which``/``bn_mode``/``stop`` (``"eigenvalue"`` with
-            ``method="power"``), bad ``tol``/``max_iter``/``init``/``weight_decay``.
+            ``method="power"``), bad ``tol``/``max_iter``/``init``/``weight_decay``/``micro_batch``.
         RuntimeError: inside ``torch.inference_mode()`` (see :class:`HessianOperator`).
 
     Source: paper §1.4 (σ from the top Hessian eigenvalue), §2.9 (PyHessian semantics).
@@ -468,7 +567,7 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
         raise ValueError(f"stop={stop!r} needs method='lanczos' (power iteration has no gap "
                          "estimate); use stop='residual' with method='power'")
     op = HessianOperator(model, loss_fn, inputs, targets, bn_mode=bn_mode,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, micro_batch=micro_batch)
     kwargs = {"stop": stop} if method == "lanczos" else {}
     solver = lanczos_top_eigen if method == "lanczos" else power_top_eigen
     res = solver(op.matvec, op.numel, which=which, tol=tol, max_iter=max_iter, init=init,

@@ -381,7 +381,8 @@ def regime_map(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, f
     loss_fn = make_loss(config.loss, config.lam)
     top = hessian.top_hessian_eigenvalue(model, loss_fn, train_x[:sigma_points].to(_device(model)),
                                          train_y[:sigma_points].to(_device(model)), tol=1e-4,
-                                         generator=torch.Generator().manual_seed(config.seed))
+                                         generator=torch.Generator().manual_seed(config.seed),
+                                         micro_batch=config.sigma_micro_batch)
     frames = []
     for lr in tqdm(list(lrs), desc="regime map", disable=not progress, leave=False):
         cfg = replace(config, lr=float(lr), sigma_every=0, eval_every=1, accuracy_every=0,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -69,7 +70,27 @@ class GridError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 loader that also reads ``1e-3`` as a float (PyYAML's YAML 1.1 reads it as a string)."""
+    """YAML 1.1 loader that also reads ``1e-3`` as a float (PyYAML's YAML 1.1 reads it as a string) and
+    rejects a key given twice in one mapping (PyYAML keeps the last one silently: two ``axes:`` would
+    drop the first axis)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor`; a key given after a merge overrides it, as YAML intends
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first given on line {first.line + 1}): "
+                        f"give each key once (merge the two entries)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -94,6 +115,7 @@ class NotebookParameter:
     source: str
     value: Any
     help: str = ""
+    check: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def type_name(self) -> str:
@@ -140,7 +162,90 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, NotebookParameter]
     logging.getLogger("papermill").setLevel(logging.ERROR)  # "Unable to parse line" for the ast-read lines
     for name, info in papermill.inspect_notebook(str(path)).items():
         found.setdefault(name, NotebookParameter(name, info["default"], _NONLITERAL, info.get("help") or ""))
+    index = nb.cells.index(cells[0])
+    following = nb.cells[index + 1] if index + 1 < len(nb.cells) else None
+    if following is not None and following.cell_type == "code":
+        for name, check in _validation_checks(following.source).items():
+            if name in found:
+                found[name] = dataclasses.replace(found[name], check=check)
     return found
+
+
+_PARAMS_FUNCTIONS = ("flag", "integer", "real", "choice", "sequence", "folder")
+
+
+def _validation_checks(source: str) -> dict[str, Callable[[Any], Any]]:
+    """Checks read from a notebook's validation cell (the cell after ``parameters``), by parameter.
+
+    The house rule (:mod:`unroll_utils.params`) validates each parameter there with a line such as
+    ``N_SEEDS = params.integer("N_SEEDS", N_SEEDS, low=1, default=P["n_seeds"])``. Each such call is
+    rebuilt here with the arguments that evaluate without running the notebook (literals, ``params``
+    and ``unroll_utils`` modules, lambdas over them); an argument that needs the notebook's state
+    (``default=P[...]``, ``high=N_TRAIN // 2``) is dropped, which only widens the check. ``None`` passes
+    when the call has a ``default`` or ``optional`` argument (the notebook fills it in). A line that
+    cannot be rebuilt gives no check (the notebook still validates the value when it runs).
+    """
+    import builtins
+    import importlib
+
+    from unroll_utils import params as params_mod
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    modules = {}
+    for node in tree.body:  # `from unroll_utils import a, b` / `import unroll_utils.x as y`
+        if isinstance(node, ast.ImportFrom) and node.module == "unroll_utils":
+            for alias in node.names:
+                with contextlib.suppress(ImportError):
+                    modules[alias.asname or alias.name] = importlib.import_module(f"unroll_utils.{alias.name}")
+    modules["params"] = params_mod
+    scope = {**modules, "__builtins__": {n: getattr(builtins, n)
+                                         for n in ("str", "int", "float", "bool", "len", "list", "tuple", "range",
+                                                   "min", "max", "abs", "round", "sorted")}}
+
+    def evaluate(expr: ast.expr):
+        return eval(compile(ast.Expression(expr), "<validation cell>", "eval"), scope)  # noqa: S307
+
+    checks = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name, call = node.targets[0].id, node.value
+        if (name in checks or not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute)
+                or not isinstance(call.func.value, ast.Name) or call.func.value.id != "params"
+                or call.func.attr not in _PARAMS_FUNCTIONS or len(call.args) < 2
+                or not (isinstance(call.args[0], ast.Constant) and call.args[0].value == name)
+                or not (isinstance(call.args[1], ast.Name) and call.args[1].id == name)):
+            continue
+        function = getattr(params_mod, call.func.attr)
+        try:
+            extra = [evaluate(a) for a in call.args[2:]]  # choice's choices, sequence's item check
+        except Exception:
+            if call.func.attr != "sequence":
+                continue  # e.g. choices from the notebook's state: no check
+            extra = [lambda n, x: x]  # a sequence whose item check needs the notebook: check the list only
+        kwargs, none_ok = {}, call.func.attr == "folder"
+        for kw in call.keywords:
+            if kw.arg in ("default", "optional"):
+                none_ok = True
+                continue  # None is filled in by the notebook; a given value is checked without it
+            with contextlib.suppress(Exception):
+                kwargs[kw.arg] = evaluate(kw.value)
+
+        def check(value, _f=function, _name=name, _extra=tuple(extra), _kw=kwargs, _none_ok=none_ok):
+            if value is None and _none_ok:
+                return value
+            try:
+                return _f(_name, value, *_extra, **_kw)
+            except params_mod.ParameterError:
+                raise
+            except Exception:  # the line needs more of the notebook than was rebuilt: no check
+                return value
+
+        checks[name] = check
+    return checks
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -159,10 +264,19 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 
 def _check_value(key: str, value: Any, param: NotebookParameter, notebook: Path) -> Any:
-    """``value`` for ``param`` (ints become floats for float parameters) or a GridError naming ``key``."""
+    """``value`` for ``param`` (ints become floats for float parameters) or a GridError naming ``key``.
+
+    Two checks: the type of the notebook's literal default, then the notebook's own validation line
+    (``params.integer(...)`` etc. in the cell after ``parameters``, see :func:`_validation_checks`), which
+    also covers parameters whose default is ``None``."""
     if not _type_ok(value, param.value):
         raise GridError(f"{key}: parameter {param.name} of {notebook.name} is a {param.type_name} "
                         f"(default {param.source}); got {value!r} ({type(value).__name__})")
+    if param.check is not None:
+        try:
+            param.check(value)
+        except ValueError as exc:  # params.ParameterError
+            raise GridError(f"{key}: {exc} (checked as {notebook.name}'s validation cell will)") from None
     if isinstance(param.value, float) and isinstance(value, int):
         return float(value)
     return value
@@ -349,14 +463,21 @@ def load_grid(path: str | os.PathLike, kind: str | None = None, workers: int | N
         workers: overrides ``executor.workers``.
 
     Raises:
-        GridError: naming the key, for an unknown key or parameter, a value whose type differs from the
-            notebook's default literal, an empty axis, a duplicate value (duplicate points), a missing
+        GridError: naming the file, line and column for malformed YAML or a key given twice in one
+            mapping; naming the key, for an unknown key or parameter, a value whose type differs from the
+            notebook's default literal or that the notebook's validation line rejects, an empty axis, a duplicate value (duplicate points), a missing
             notebook or output, a bad executor or figure option.
     """
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} does not exist")
-    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = ": ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+        raise GridError(f"grid file {where}: not valid YAML: {problem or exc}") from None
     if not isinstance(raw, dict):
         raise GridError(f"grid file {path} must be a YAML mapping with at least notebook and output")
     _check_keys("", raw, GRID_KEYS)

@@ -104,7 +104,9 @@ class TextEncoder:
     features never load the encoder.
 
     Raises:
-        ValueError: bad ``pooling``/``max_length``/``batch_size``, or no ``name`` available.
+        ValueError: bad ``pooling``/``max_length``/``batch_size``, no ``name`` available, or a
+            tokenizer whose vocabulary holds only its special tokens (every word would become
+            [UNK]: the folder it was read from lacks ``vocab.txt``/``tokenizer.json``).
     """
 
     def __init__(self, model, tokenizer, *, name: str | None = None, pooling: str = "cls",
@@ -123,8 +125,30 @@ class TextEncoder:
         self.name, self.pooling, self.max_length, self.batch_size = name, pooling, max_length, batch_size
         self.source: str | None = None  # hub name or folder, for a deferred load
         self._model, self.tokenizer = None, tokenizer
+        self._local = False  # source is a local folder (set by from_pretrained)
+        if tokenizer is not None:
+            self._check_tokenizer(tokenizer, "the tokenizer passed")
         if model is not None:
             self._set_model(model)
+
+    @staticmethod
+    def _check_tokenizer(tokenizer, where: str) -> None:
+        """ValueError if the tokenizer's vocabulary is only its special tokens ([PAD], [UNK], ...):
+        ``transformers`` builds such a tokenizer, without an error, from a folder that has a
+        ``tokenizer_config.json`` but neither ``vocab.txt`` nor ``tokenizer.json``; it maps every
+        word to [UNK], so every text would get the same features."""
+        get_vocab = getattr(tokenizer, "get_vocab", None)
+        if get_vocab is None:
+            return
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        if not set(get_vocab().values()) - special:
+            names = sorted(getattr(tokenizer, "all_special_tokens", []) or [])
+            raise ValueError(
+                f"{where} has no vocabulary: only its special tokens {names}, so every word would be "
+                f"encoded as {getattr(tokenizer, 'unk_token', '[UNK]')} and every text would get the same "
+                f"features. The vocabulary file (vocab.txt for WordPiece models such as DistilBERT and "
+                f"MiniLM, or tokenizer.json) is missing: copy the files that tokenizer.save_pretrained() "
+                f"writes into the folder.")
 
     def _set_model(self, model) -> None:
         limit = getattr(model.config, "max_position_embeddings", None)
@@ -160,11 +184,15 @@ class TextEncoder:
                                     f"model.save_pretrained() and tokenizer.save_pretrained()")
         enc = cls(None, None, name=name or (local.name if looks_local else text), **kwargs)
         enc.source = str(local) if looks_local else text
+        enc._local = looks_local
         return enc
 
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        if self._local:
+            self._load_local(AutoModel, AutoTokenizer)
+            return
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
             model = AutoModel.from_pretrained(self.source)
@@ -174,6 +202,26 @@ class TextEncoder:
                 f"could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
                 f"Run once on a machine with internet (it is then cached), copy that cache here, "
                 f"or pass a local folder written by save_pretrained().") from e
+        self._check_tokenizer(self.tokenizer, f"the tokenizer of {self.source!r}")
+        self._set_model(model)
+
+    def _load_local(self, AutoModel, AutoTokenizer) -> None:
+        """Load from a local folder; errors name the folder and what is missing in it (never the
+        Hugging Face cache, which a local folder does not use)."""
+        folder = Path(self.source)
+        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        fix = "pass a folder written by model.save_pretrained() and tokenizer.save_pretrained()"
+        if "config.json" not in present:
+            what = "is empty" if not present else f"has no config.json (it holds {present})"
+            raise FileNotFoundError(f"encoder folder {folder} {what}: {fix}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModel.from_pretrained(str(folder))
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(
+                f"could not load the encoder from folder {folder} (it holds {present}; "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {fix}") from e
+        self._check_tokenizer(self.tokenizer, f"the tokenizer in {folder}")
         self._set_model(model)
 
     @torch.no_grad()  # not inference_mode: the features are later used in autograd (Hessians)
@@ -183,12 +231,24 @@ class TextEncoder:
         Texts are truncated to ``max_length`` tokens and encoded in batches of similar length
         (sorted by character length, so that little padding is computed; padding does not
         enter the pooled vector). A tqdm.auto bar counts texts.
+
+        Raises:
+            TypeError: ``texts`` is a single string (it would be read as one text per character:
+                pass ``[text]``), or an item is not a string (naming its index).
+            ValueError: ``texts`` is empty.
         """
         from tqdm.auto import tqdm
 
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(f"texts must be a list of strings, got one {type(texts).__name__} "
+                            f"({texts[:40]!r}{'...' if len(texts) > 40 else ''}): pass [text] to encode one text")
         texts = list(texts)
         if not texts:
             raise ValueError("texts is empty")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"texts must be a list of strings; texts[{bad}] is "
+                            f"{type(texts[bad]).__name__} {texts[bad]!r}")
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = torch.empty(len(texts), self.model.config.hidden_size, dtype=torch.float32)
         with tqdm(total=len(texts), desc=f"encoding ({self.name})", disable=not progress,

@@ -97,6 +97,12 @@ class LockStepConfig(SGDConfig):
         sigma_max_iter: HVP budget per σ, ≥ 1.
         sigma_warm_start: start each solve from the previous eigenvector.
         sigma_bn_mode: ``"eval"`` (reference) or ``"train"``.
+        sigma_micro_batch: None (default: the Hessian batch in one forward pass, as the reference
+            code) or a size m ≥ 1: each HVP is accumulated over micro-batches of m points
+            (:class:`unroll_utils.hessian.HessianOperator`), so ``sigma_points`` = 512 CIFAR images
+            or the whole training set fit in a small GPU's memory. With ``sigma_bn_mode="eval"``
+            this is the same Hessian (float32 rounding aside); with ``"train"`` BatchNorm uses each
+            micro-batch's own statistics, a different Hessian.
         sigma_weight_decay: take σ from the Hessian of the objective SGD actually minimises with
             ``weight_decay`` > 0, L + ½·wd·‖w‖², whose eigenvalues are the data loss's plus wd
             (λ_max(H + wd·I) = λ_max(H) + wd). False (default, as the reference code): the data
@@ -141,6 +147,7 @@ class LockStepConfig(SGDConfig):
     sigma_warm_start: bool = True
     sigma_bn_mode: str = "eval"
     sigma_weight_decay: bool = False
+    sigma_micro_batch: int | None = None
     accuracy_every: int = 0
     include_buffers: bool = False
     propagated: PropagatedConfig | None = None
@@ -171,6 +178,10 @@ class LockStepConfig(SGDConfig):
         need(self.sigma_max_iter >= 1, "sigma_max_iter", ">= 1")
         need(self.sigma_bn_mode in hessian.BN_MODES, "sigma_bn_mode", f"one of {hessian.BN_MODES}")
         need(isinstance(self.sigma_weight_decay, bool), "sigma_weight_decay", "True or False")
+        need(self.sigma_micro_batch is None or (isinstance(self.sigma_micro_batch, int)
+                                                and not isinstance(self.sigma_micro_batch, bool)
+                                                and self.sigma_micro_batch >= 1),
+             "sigma_micro_batch", "None (one forward pass) or an integer >= 1")
         need(isinstance(self.sigma_track, bool)
              and (not self.sigma_track or (self.sigma_method == "lanczos"
                                            and self.sigma_convention == "sqrt_eig")),
@@ -260,7 +271,7 @@ class SigmaTracker:
             tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
             init=self.eigvec if cfg.sigma_warm_start else None,
             generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)),
-            bn_mode=cfg.sigma_bn_mode,
+            bn_mode=cfg.sigma_bn_mode, micro_batch=cfg.sigma_micro_batch,
             weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
         self.sigmas.append(sigma)
         self.eigvec = eig.eigenvector
@@ -273,7 +284,8 @@ class SigmaTracker:
         if self.tracker is None:
             self.tracker = self._new_tracker()
         op = hessian.HessianOperator(model, self.loss_fn, xh, yh, bn_mode=cfg.sigma_bn_mode,
-                                     weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0)
+                                     weight_decay=cfg.weight_decay if cfg.sigma_weight_decay else 0.0,
+                                     micro_batch=cfg.sigma_micro_batch)
         eig = self.tracker.update(op.matvec, op.numel, device=op.device)
         self.sigmas.append(hessian.sigma_from_eigenvalue(eig.eigenvalue, "sqrt_eig"))
         self.eigvec = self.tracker.eigenvector
@@ -633,7 +645,8 @@ class LockStep:
 
 # Fields added after the first release: left out of a run's fingerprint while they hold these values,
 # so checkpoints written before they existed still resume.
-LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False, "sigma_track": False}
+LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False, "sigma_track": False,
+                "sigma_micro_batch": None}
 
 
 def _fingerprint_fields(cfg: LockStepConfig) -> dict:
