@@ -394,20 +394,22 @@ def mia_cv_accuracy(member_losses, nonmember_losses, *, n_splits: int = 10, seed
     Args:
         member_losses: (m,) per-example losses of the members (e.g. the forget set).
         nonmember_losses: (n,) losses of the non-members (e.g. the test set).
-        n_splits: cross-validation splits (≥ 2). seed: the subsample and the splits.
+        n_splits: cross-validation splits (≥ 2). seed: the subsample and the splits, in [0, 2³² − 1].
 
     Returns:
         Mean held-out accuracy in [0, 1].
 
     Raises:
         ValueError: fewer than 6 points on the smaller side (a 10% fold then cannot hold both
-            classes), non-finite losses or ``n_splits`` < 2.
+            classes), non-finite losses, ``n_splits`` < 2 or ``seed`` outside [0, 2³² − 1].
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
 
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
         raise ValueError(f"n_splits must be an integer >= 2; got {n_splits!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1]; got {seed!r}")
     a = _np(member_losses).astype(np.float64).ravel()
     b = _np(nonmember_losses).astype(np.float64).ravel()
     if min(a.size, b.size) < 6:
