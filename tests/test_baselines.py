@@ -114,6 +114,12 @@ def test_forget_set_validation(digits, task):
         B.neggrad_plus(task, alpha=1.0)
     with pytest.raises(ValueError, match="epochs"):
         B.fine_tuning(task, epochs=0)
+    with pytest.raises(ValueError, match="momentum"):
+        B.random_labels_salun(task, momentum=1.0)
+    with pytest.raises(ValueError, match="lr"):
+        B.gradient_ascent(task, lr=-1e-4)
+    with pytest.raises(ValueError, match="no option 'epochs'"):
+        B.budget("amnesiac", task.config, options={"epochs": 2})
 
 
 def test_summarize_t_interval():
@@ -134,7 +140,7 @@ def test_run_forget_benchmark_table(digits):
     assert len(tab) == 2 * 2 * 5  # seeds x kinds x (original, naive_retraining, 3 methods)
     ref = tab[tab.method == "naive_retraining"]
     assert (ref.ve == 0).all() and (ref.time_rel == 1).all()
-    for col in ("forget_acc", "retain_acc", "test_acc", "mia_auc"):
+    for col in ("forget_acc", "retain_acc", "test_acc") + B.MIA_METRICS:
         assert tab[col].between(0, 1).all()
     assert (tab[tab.kind == "class"].n_forget == int((digits.train_y == 2).sum())).all()
     assert (tab[(tab.kind == "class") & (tab.method == "naive_retraining")].forget_acc == 0).all()
@@ -213,3 +219,120 @@ def test_random_forget_kind_that_takes_every_point_says_so_in_the_users_words():
         B.make_forget_sets(torch.zeros(1, dtype=torch.int64), ["random1"], seed=0)
     # ⌈K% · N⌉ exactly: 7% of 100 is 7 points (7 / 100 * 100 is 7.000000000000001 in floats)
     assert len(B.make_forget_sets(torch.arange(100) % 2, ["random7"], seed=0)["random7"]) == 7
+
+
+# --- the baselines' reference budgets and forms, checked by hand on a linear model (one batch = all points) --
+
+@pytest.fixture(scope="module")
+def full_batch(digits):
+    """A linear model trained one full-batch epoch; every baseline's batch then holds its whole set."""
+    cfg = B.TrainingConfig(lr=0.1, epochs=1, batch_size=300, seed=0)
+    initial = models.build_model("linear", in_features=64, seed=2)
+    original = copy.deepcopy(initial)
+    B.train_recorded(original, digits.train_x, digits.train_y, cfg)
+    forget = data.select_forget_set(300, "random", k=15, seed=1)
+    return B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
+
+
+def _vec(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).double()
+
+
+def _hand_sgd(model, batches, lr, momentum=0.0, wd=0.0):
+    """torch.optim.SGD written out: d = g + wd·w; buf = d (first step) else μ·buf + d; w -= lr·buf.
+    ``batches``: list of loss closures of the model."""
+    model = copy.deepcopy(model)
+    params, buf = list(model.parameters()), None
+    for loss_of in batches:
+        grads = torch.autograd.grad(loss_of(model), params)
+        d = [g + wd * p.detach() for g, p in zip(grads, params)]
+        buf = d if buf is None else [momentum * b + di for b, di in zip(buf, d)]
+        with torch.no_grad():
+            for p, b in zip(params, buf):
+                p -= lr * b
+    return model
+
+
+def test_reference_budgets_are_the_sources(task):
+    cfg = task.config
+    assert B.budget("fine_tuning", cfg) == dict(epochs=10, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    assert B.budget("gradient_ascent", cfg) == dict(epochs=5, lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    assert B.budget("neggrad_plus", cfg) == dict(epochs=10, lr=0.01, momentum=0.0, weight_decay=0.0)
+    assert B.budget("random_labels_salun", cfg) == dict(epochs=10, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    # Graves: as many epochs as M's training, with M's optimiser settings
+    assert B.budget("random_labels_graves", cfg) == dict(epochs=2, lr=0.1, momentum=0.0, weight_decay=0.0)
+    assert B.budget("fine_tuning", cfg, 5, {"lr": 0.1}) == dict(epochs=5, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    assert set(B.SOURCES) == set(B.METHODS)
+
+
+def test_fine_tuning_and_gradient_ascent_use_momentum_and_weight_decay(full_batch):
+    t = full_batch
+    xr, yr = t.subset(t.retain)
+    xf, yf = t.subset(t.forget)
+    ce = F.cross_entropy
+    ft = B.fine_tuning(t, 2, lr=0.05)  # 2 epochs of one retain batch each, momentum 0.9, wd 5e-4
+    hand = _hand_sgd(t.original, [lambda m: ce(m(xr), yr)] * 2, 0.05, 0.9, 5e-4)
+    assert torch.allclose(_vec(ft), _vec(hand), atol=1e-6)
+    ga = B.gradient_ascent(t, 0.05, epochs=3)  # ascent on the forget batch, 3 epochs
+    hand = _hand_sgd(t.original, [lambda m: -ce(m(xf), yf)] * 3, 0.05, 0.9, 5e-4)
+    assert torch.allclose(_vec(ga), _vec(hand), atol=1e-6)
+    # the old one-epoch plain-SGD form lands elsewhere
+    assert not torch.allclose(_vec(ga), _vec(_hand_sgd(t.original, [lambda m: -ce(m(xf), yf)], 0.05)), atol=1e-4)
+
+
+def test_neggrad_plus_epochs_by_hand(full_batch):
+    t = full_batch
+    xr, yr = t.subset(t.retain)
+    xf, yf = t.subset(t.forget)
+    ce = F.cross_entropy
+    out = B.neggrad_plus(t, 0.9, epochs=2, lr=0.2)
+    hand = _hand_sgd(t.original, [lambda m: 0.9 * ce(m(xr), yr) - 0.1 * ce(m(xf), yf)] * 2, 0.2)
+    assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
+
+
+def test_graves_relabel_touches_only_forget_points_and_never_keeps_the_label():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (3000,), generator=g)
+    forget = torch.arange(0, 3000, 3)
+    new = B.graves_relabel(y, forget, 10, seed=5)
+    rest = torch.ones(3000, dtype=torch.bool)
+    rest[forget] = False
+    assert torch.equal(new[rest], y[rest])                 # only forget points change
+    assert bool((new[forget] != y[forget]).all())          # and every one of them changes
+    assert bool(((new >= 0) & (new < 10)).all())
+    # uniform over the 9 other classes: each (true, new) pair of a class appears, none dominates
+    pairs = torch.bincount(y[forget] * 10 + new[forget], minlength=100).reshape(10, 10)
+    assert bool((pairs.diagonal() == 0).all()) and int((pairs > 0).sum()) == 90
+    # two classes: the only wrong label is the other one
+    y2 = torch.tensor([0, 1, 1, 0, 1])
+    assert B.graves_relabel(y2, torch.tensor([0, 2, 4]), 2, seed=1).tolist() == [1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="num_classes"):
+        B.graves_relabel(y2, torch.tensor([0]), 1, seed=0)
+
+
+def test_random_labels_graves_trains_on_the_whole_relabelled_set(full_batch):
+    t = full_batch
+    c = t.config
+    relabelled = B.graves_relabel(t.train_y, t.forget, 10, B.sub_seed(c.seed, 14))
+    out = B.random_labels_graves(t, 1)  # M's lr 0.1, one epoch = one full batch of all 300 points
+    hand = _hand_sgd(t.original, [lambda m: F.cross_entropy(m(t.train_x), relabelled)], 0.1)
+    assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
+    # not the forget set alone (the form this package ran before)
+    xf, _ = t.subset(t.forget)
+    alone = _hand_sgd(t.original, [lambda m: F.cross_entropy(m(xf), relabelled[t.forget])], 0.1)
+    assert not torch.allclose(_vec(out), _vec(alone), atol=1e-4)
+
+
+def test_random_labels_salun_forget_pass_then_retain_pass(full_batch):
+    t = full_batch
+    c = t.config
+    xr, yr = t.subset(t.retain)
+    order = B.batch_order(len(t.forget), torch.empty(0, dtype=torch.long), 300, "shuffle", 0, B.sub_seed(c.seed, 17))
+    xf, _ = t.subset(t.forget[order[0]])  # the forget pass's one batch, in its shuffled order
+    drawn = torch.randint(0, 10, (len(t.forget),), generator=torch.Generator().manual_seed(B.sub_seed(c.seed, 16)))
+    ce = F.cross_entropy
+    out = B.random_labels_salun(t, 1, lr=0.1)  # momentum 0.9 and wd 5e-4 carried from pass to pass
+    hand = _hand_sgd(t.original, [lambda m: ce(m(xf), drawn), lambda m: ce(m(xr), yr)], 0.1, 0.9, 5e-4)
+    assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
+    swapped = _hand_sgd(t.original, [lambda m: ce(m(xr), yr), lambda m: ce(m(xf), drawn)], 0.1, 0.9, 5e-4)
+    assert not torch.allclose(_vec(out), _vec(swapped), atol=1e-4)

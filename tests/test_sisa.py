@@ -8,7 +8,7 @@ import torch
 from unroll_utils import data, models
 from unroll_utils.metrics import weight_distance
 from unroll_utils.privacy import predict_probs
-from unroll_utils.sisa import SISA
+from unroll_utils.sisa import SISA, expected_retrain_fraction, stage_epochs
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,46 @@ def digits():
     return data.load_digits_data(n_train=240, seed=0)
 
 
-def _make(seed=0):
+def _make(seed=0, **kw):
+    kw = kw or dict(schedule="per_stage", epochs_per_slice=1)
     return SISA(lambda s: models.build_model("linear", in_features=64, seed=s % 1000), 3, 4, lr=0.1,
-                epochs_per_slice=1, batch_size=16, seed=seed)
+                batch_size=16, seed=seed, **kw)
+
+
+def test_stage_epochs_follow_bourtoule_by_hand():
+    # sisa.py: avg = 2R/(R+1) * E/R; stage r gets int((r+1) avg) - int(r avg)
+    # R = 4, E = 5: avg = 8/5 * 5/4 = 2 -> [2, 2, 2, 2], 8 stage-epochs; data seen 2*(1+2+3+4)/4 = 5 epochs
+    e = stage_epochs(5, 4)
+    assert e == [2, 2, 2, 2] and sum(e) == 8
+    assert sum(ei * (r + 1) / 4 for r, ei in enumerate(e)) == 5.0
+    # R = 3, E = 5: avg = 6/4 * 5/3 = 2.5 -> int(2.5)=2, int(5)-2=3, int(7.5)-5=2
+    assert stage_epochs(5, 3) == [2, 3, 2]
+    # R = 4, E = 1: avg = 0.4 -> 0, 0, int(1.2)=1, int(1.6)-1=0: a stage may get no epoch
+    assert stage_epochs(1, 4) == [0, 0, 1, 0]
+    assert stage_epochs(7, 1) == [7]
+    with pytest.raises(ValueError, match="epochs"):
+        stage_epochs(0, 4)
+
+
+def test_expected_retrain_fraction_by_hand():
+    # R = 4, equal stage epochs: a point in slice j redoes stages j..3 of cost (r+1):
+    # (10 + 9 + 7 + 4) / 4 / 10 = 30/40 = 3/4 = (2R+1)/(3R)
+    assert expected_retrain_fraction([2, 2, 2, 2]) == pytest.approx(0.75, abs=1e-15)
+    for r in (1, 2, 5, 10):
+        assert expected_retrain_fraction([1] * r) == pytest.approx((2 * r + 1) / (3 * r), abs=1e-15)
+    # R = 3, [2, 3, 2]: costs 2, 6, 6 (total 14); from j=0: 14, j=1: 12, j=2: 6 -> 32/42
+    assert expected_retrain_fraction([2, 3, 2]) == pytest.approx(32 / 42, abs=1e-15)
+
+
+def test_spread_schedule_steps_and_default_vote(digits):
+    sisa = _make(epochs=5)  # the default schedule: Bourtoule's, [2, 2, 2, 2] at R = 4
+    assert sisa.schedule == "spread" and sisa.stage_epochs == [2, 2, 2, 2]
+    cost = sisa.fit(digits.train_x, digits.train_y)
+    assert cost.steps == 3 * sum(2 * math.ceil(20 * (r + 1) / 16) for r in range(4))
+    x = digits.test_x[:40]
+    assert torch.equal(sisa.predict(x), sisa.predict(x, "majority_vote"))  # the vote is the default
+    one = _make(epochs=1)  # [0, 0, 1, 0]: only stage 2 (60 points) trains
+    assert one.fit(digits.train_x, digits.train_y).steps == 3 * math.ceil(60 / 16)
 
 
 def test_partition_and_fit_steps(digits):
@@ -70,8 +107,14 @@ def test_aggregation(digits):
 
 def test_validation(digits):
     with pytest.raises(ValueError, match="n_shards"):
-        SISA(lambda s: None, 0, 2, lr=0.1)
+        SISA(lambda s: None, 0, 2, lr=0.1, epochs=1)
+    with pytest.raises(ValueError, match="epochs .*required"):
+        SISA(lambda s: None, 2, 2, lr=0.1)
+    with pytest.raises(ValueError, match="schedule"):
+        SISA(lambda s: None, 2, 2, lr=0.1, epochs=1, schedule="linear")
+    with pytest.raises(ValueError, match="epochs_per_slice"):
+        SISA(lambda s: None, 2, 2, lr=0.1, schedule="per_stage", epochs_per_slice=0)
     with pytest.raises(ValueError, match="exceeds"):
-        SISA(lambda s: None, 100, 10, lr=0.1).fit(digits.train_x, digits.train_y)
+        SISA(lambda s: None, 100, 10, lr=0.1, epochs=1).fit(digits.train_x, digits.train_y)
     with pytest.raises(ValueError, match="fit first"):
         _make().unlearn([0])

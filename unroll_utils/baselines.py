@@ -11,8 +11,12 @@ of plain SGD on a seeded per-epoch shuffle of all N points; naive retraining tra
 on the *same* batches with the forget points removed (a batch of forget points only is skipped), so
 VE = ‖w_method − w′‖ measures the method, not SGD's order noise.
 
-Every method is ``method(task, <one hyper-parameter>) -> nn.Module``: it returns a new model and never
-modifies ``task.original``, ``task.initial`` or any model passed in.
+Every method is ``method(task, <one hyper-parameter>, **options) -> nn.Module``: it returns a new model
+and never modifies ``task.original``, ``task.initial`` or any model passed in. The iterative baselines
+(fine-tuning, gradient ascent, NegGrad+, the two random-label methods) run by default at the budget of
+the code each one cites (epochs, learning rate, momentum, weight decay; :data:`SOURCES`, the docstrings,
+and ``docs/fidelity.md``); ``options`` (:data:`BUDGET_OPTIONS`) change it, and :func:`budget` says
+what ran. Membership inference is reported three ways (:data:`MIA_METRICS`).
 """
 
 from __future__ import annotations
@@ -32,15 +36,16 @@ from . import data as D
 from .hessian import HessianOperator
 from .losses import make_loss
 from .metrics import t_interval, verification_error
-from .privacy import loss_attack_auc, per_example_loss, predict_probs
+from .privacy import loss_attack_auc, mia_cv_accuracy, per_example_loss, predict_probs, svc_mia_efficacy
 from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
 from .training import SGDConfig, batch_order, make_optimizer, sgd_step, sub_seed, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 
 __all__ = ["TrainingConfig", "TrainingRecord", "UnlearningTask", "train_recorded", "naive_retraining",
-           "fine_tuning", "gradient_ascent", "neggrad_plus", "random_labels", "amnesiac",
-           "sgu_at_w0", "sgu_at_final", "sgu_propagated", "PROPAGATED_POINTS", "METHODS", "FORGET_KINDS",
-           "make_forget_sets", "run_forget_benchmark", "summarize"]
+           "fine_tuning", "gradient_ascent", "neggrad_plus", "graves_relabel", "random_labels_graves",
+           "random_labels_salun", "amnesiac", "sgu_at_w0", "sgu_at_final", "sgu_propagated",
+           "PROPAGATED_POINTS", "METHODS", "SOURCES", "BUDGET_OPTIONS", "FORGET_KINDS", "MIA_METRICS",
+           "budget", "make_forget_sets", "run_forget_benchmark", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -174,75 +179,195 @@ def naive_retraining(task: UnlearningTask, epochs: int | None = None) -> nn.Modu
     return model
 
 
-def fine_tuning(task: UnlearningTask, epochs: int = 1) -> nn.Module:
-    """Fine-tune M on the retain set only, at M's η, for ``epochs`` epochs (seeded shuffle), hoping
-    for catastrophic forgetting of the forget set. Source: Golatkar et al., CVPR 2020 ("Fine-tune"
-    baseline); Warnecke et al., NDSS 2023."""
+def _num_classes(task: UnlearningTask) -> int:
+    """C, the width of M's output (one eval-mode forward pass on one training point)."""
+    return int(predict_probs(task.original, task.train_x[:1]).shape[1])
+
+
+def _check_options(epochs, lr, momentum, weight_decay) -> None:
+    """ValueError naming the first bad budget option (epochs ≥ 1, lr > 0, momentum in [0, 1), wd ≥ 0)."""
     _check_positive("epochs", epochs, True)
+    _check_positive("lr", lr)
+    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+
+
+def fine_tuning(task: UnlearningTask, epochs: int = 10, *, lr: float = 0.01, momentum: float = 0.9,
+                weight_decay: float = 5e-4) -> nn.Module:
+    """Fine-tune M on the retain set only (seeded shuffle per epoch, M's loss and batch size), hoping
+    for catastrophic forgetting of the forget set.
+
+    Defaults: the budget of Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS
+    2023 (OPTML-Group/Unlearn-Sparse, ``unlearn/FT.py``; README command ``--unlearn FT
+    --unlearn_lr 0.01 --unlearn_epochs 10``; ``arg_parser.py`` momentum 0.9, weight decay 5e-4;
+    SalUn's FT is the same code): 10 epochs of SGD at lr 0.01, momentum 0.9, weight decay 5e-4.
+    The unlearning challenge's starting kit fine-tunes for 5 epochs at lr 0.1 (cosine schedule):
+    ``fine_tuning(task, 5, lr=0.1)`` without the schedule. The idea: Golatkar et al., CVPR 2020
+    ("Fine-tune"); Warnecke et al., NDSS 2023.
+
+    Raises:
+        ValueError: a budget option out of range (named).
+    """
+    _check_options(epochs, lr, momentum, weight_decay)
     model = copy.deepcopy(task.original)
     xr, yr = task.subset(task.retain)
     c = task.config
-    train_sgd(model, xr, yr, lr=c.lr, epochs=epochs, batch_size=c.batch_size, seed=sub_seed(c.seed, 10),
-              loss=c.loss, lam=c.lam, momentum=c.momentum, weight_decay=c.weight_decay, progress=False)
+    train_sgd(model, xr, yr, lr=lr, epochs=epochs, batch_size=c.batch_size, seed=sub_seed(c.seed, 10),
+              loss=c.loss, lam=c.lam, momentum=momentum, weight_decay=weight_decay, progress=False)
     return model
 
 
-def _ascent_epoch(model: nn.Module, xf, yf, lr: float, batch_size: int, seed: int, loss_fn) -> None:
-    """One epoch of gradient *ascent* on (xf, yf): SGD on −loss."""
-    opt = make_optimizer(model, lr)
-    neg = lambda z, t: -loss_fn(z, t)  # noqa: E731
-    for idx in batch_order(xf.shape[0], torch.empty(0, dtype=torch.long), batch_size, "shuffle", 0, seed):
-        dev = idx.to(xf.device)
-        sgd_step(model, opt, neg, xf[dev], yf[dev])
+def gradient_ascent(task: UnlearningTask, lr: float = 1e-4, *, epochs: int = 5, momentum: float = 0.9,
+                    weight_decay: float = 5e-4) -> nn.Module:
+    """Gradient ascent on the forget set: SGD on −loss over the forget set (seeded shuffle per epoch,
+    M's loss and batch size); weight decay still pulls towards 0, as in the source's optimiser.
 
+    Defaults: the budget of Jia et al., NeurIPS 2023 (OPTML-Group/Unlearn-Sparse, ``unlearn/GA.py``;
+    README command ``--unlearn GA --unlearn_lr 0.0001 --unlearn_epochs 5``; momentum 0.9, weight decay
+    5e-4): 5 epochs at lr 1e-4. The idea: Golatkar et al., CVPR 2020 ("NegGrad"); Thudi et al. 2022
+    discuss it as a naive method.
 
-def gradient_ascent(task: UnlearningTask, lr_scale: float = 0.1) -> nn.Module:
-    """One epoch of gradient ascent on the forget set at learning rate ``lr_scale``·η (the ascent
-    diverges quickly, so it is usually run at a fraction of the training η).
-    Source: Golatkar et al., CVPR 2020 ("NegGrad"); Thudi et al. 2022 discuss it as a naive method."""
-    _check_positive("lr_scale", lr_scale)
+    Raises:
+        ValueError: a budget option out of range (named).
+    """
+    _check_options(epochs, lr, momentum, weight_decay)
     model = copy.deepcopy(task.original)
     xf, yf = task.subset(task.forget)
-    _ascent_epoch(model, xf, yf, lr_scale * task.config.lr, task.config.batch_size,
-                  sub_seed(task.config.seed, 11), make_loss(task.config.loss, task.config.lam))
+    c, loss_fn = task.config, make_loss(task.config.loss, task.config.lam)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
+    neg = lambda z, t: -loss_fn(z, t)  # noqa: E731
+    none = torch.empty(0, dtype=torch.long)
+    for epoch in range(epochs):
+        for idx in batch_order(xf.shape[0], none, c.batch_size, "shuffle", epoch, sub_seed(c.seed, 11)):
+            dev = idx.to(xf.device)
+            sgd_step(model, opt, neg, xf[dev], yf[dev])
     return model
 
 
-def neggrad_plus(task: UnlearningTask, alpha: float = 0.95) -> nn.Module:
-    """NegGrad+: one epoch over the retain set minimising α·L(retain batch) − (1 − α)·L(forget batch),
-    cycling through forget batches; ``alpha`` in (0, 1) weighs retaining against forgetting.
-    Source: Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023."""
-    if not 0.0 < alpha < 1.0:
+def neggrad_plus(task: UnlearningTask, alpha: float = 0.95, *, epochs: int = 10, lr: float = 0.01,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> nn.Module:
+    """NegGrad+: epochs over the retain set minimising α·L(retain batch) − (1 − α)·L(forget batch),
+    the forget batches cycled alongside (a new shuffle of both every epoch); ``alpha`` in (0, 1)
+    weighs retaining against forgetting.
+
+    Defaults: SCRUB's NegGrad+ (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023;
+    meghdadk/SCRUB, ``small_scale_unlearning.ipynb``: ``negative_grad`` with ``ng_alpha = 0.95``,
+    ``ng_epochs = 10``, ``ng_lr = 0.01``, ``torch.optim.SGD(lr, weight_decay=0)``, no momentum).
+    Deviation: the notebook adds α·(wd/2)·‖w − w_M‖² (its ``l2_penalty`` towards the original
+    weights) to the retain loss; this function does not (``weight_decay`` here is the optimiser's).
+
+    Raises:
+        ValueError: ``alpha`` outside (0, 1) or a budget option out of range (named).
+    """
+    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
+    _check_options(epochs, lr, momentum, weight_decay)
     model = copy.deepcopy(task.original)
     c, loss_fn = task.config, make_loss(task.config.loss, task.config.lam)
-    opt = make_optimizer(model, c.lr, c.momentum, c.weight_decay)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
     none = torch.empty(0, dtype=torch.long)
     retain, forget = task.retain, task.forget
-    f_batches = batch_order(len(forget), none, c.batch_size, "shuffle", 0, sub_seed(c.seed, 12))
     model.train()
-    for i, idx in enumerate(batch_order(len(retain), none, c.batch_size, "shuffle", 0, sub_seed(c.seed, 13))):
-        xr, yr = task.subset(retain[idx])
-        xf, yf = task.subset(forget[f_batches[i % len(f_batches)]])
-        opt.zero_grad(set_to_none=True)
-        loss = alpha * loss_fn(model(xr), yr) - (1.0 - alpha) * loss_fn(model(xf), yf)
-        loss.backward()
-        opt.step()
+    for epoch in range(epochs):
+        f_batches = batch_order(len(forget), none, c.batch_size, "shuffle", epoch, sub_seed(c.seed, 12))
+        r_batches = batch_order(len(retain), none, c.batch_size, "shuffle", epoch, sub_seed(c.seed, 13))
+        for i, idx in enumerate(r_batches):
+            xr, yr = task.subset(retain[idx])
+            xf, yf = task.subset(forget[f_batches[i % len(f_batches)]])
+            opt.zero_grad(set_to_none=True)
+            loss = alpha * loss_fn(model(xr), yr) - (1.0 - alpha) * loss_fn(model(xf), yf)
+            loss.backward()
+            opt.step()
     return model
 
 
-def random_labels(task: UnlearningTask, epochs: int = 1) -> nn.Module:
-    """Train M for ``epochs`` epochs on the forget set relabelled with uniformly drawn *wrong* labels
-    (seeded), at M's η. Source: Graves et al., "Amnesiac Machine Learning", AAAI 2021 (§4, relabelling)."""
-    _check_positive("epochs", epochs, True)
-    model = copy.deepcopy(task.original)
-    xf, yf = task.subset(task.forget)
-    n_cls = int(task.train_y.max()) + 1
-    g = torch.Generator().manual_seed(sub_seed(task.config.seed, 14))
-    wrong = (yf.cpu() + torch.randint(1, n_cls, yf.shape, generator=g)) % n_cls  # never the true label
+def graves_relabel(labels: torch.Tensor, forget: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """Graves et al.'s relabelled training labels: a copy of (N,) ``labels`` in which each forget point
+    gets a label drawn uniformly from the C − 1 classes other than its own (seeded, once); every
+    other label is unchanged. Returns (N,) int64 on ``labels``' device.
+
+    Raises:
+        ValueError: ``num_classes`` < 2 or a label outside [0, C − 1].
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 to draw a wrong label; got {num_classes}")
+    y = labels.detach().cpu().to(torch.int64)
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes - 1}]")
+    g = torch.Generator().manual_seed(int(seed))
+    out = y.clone()
+    shift = torch.randint(1, num_classes, (len(forget),), generator=g)
+    out[forget] = (y[forget] + shift) % num_classes  # uniform over the other C − 1 classes
+    return out.to(labels.device)
+
+
+def random_labels_graves(task: UnlearningTask, epochs: int | None = None, *, lr: float | None = None,
+                         momentum: float | None = None, weight_decay: float | None = None) -> nn.Module:
+    """Graves et al.'s relabelling ("unlearning"): relabel each forget point once with a wrong label
+    (:func:`graves_relabel`) and keep training M on the **whole** training set with the relabelled
+    points among the rest (seeded shuffle per epoch), with M's optimiser settings.
+
+    Source: Graves, Nagisetty, Ganesh, "Amnesiac Machine Learning", AAAI 2021 (lmgraves/AmnesiacML,
+    ``Amnesiac Unlearning - MNIST.ipynb`` and ``Unlearning Tester - CIFAR100.ipynb``: the
+    ``unlearningdata`` copy of the training set with the target points' labels replaced by
+    ``random.choice`` of the other labels, trained for ``forgetfulepochs = 10`` epochs, as many as
+    ``trainingepochs``, by the optimiser that trained the model). Defaults: ``epochs`` = M's epochs
+    (the source's unlearning budget equals its training budget) and M's lr, momentum and weight
+    decay (None = M's). The source continues M's optimiser state (Adam); M here is trained by SGD
+    and this run starts a fresh optimiser (no momentum buffer carried over).
+
+    Raises:
+        ValueError: a budget option out of range (named).
+    """
     c = task.config
-    train_sgd(model, xf, wrong.to(yf.device), lr=c.lr, epochs=epochs, batch_size=c.batch_size,
-              seed=sub_seed(c.seed, 15), loss=c.loss, lam=c.lam, progress=False)
+    epochs = c.epochs if epochs is None else epochs
+    lr = c.lr if lr is None else lr
+    momentum = c.momentum if momentum is None else momentum
+    weight_decay = c.weight_decay if weight_decay is None else weight_decay
+    _check_options(epochs, lr, momentum, weight_decay)
+    model = copy.deepcopy(task.original)
+    y = graves_relabel(task.train_y, task.forget, _num_classes(task), sub_seed(c.seed, 14))
+    train_sgd(model, task.train_x, y, lr=lr, epochs=epochs, batch_size=c.batch_size,
+              seed=sub_seed(c.seed, 15), loss=c.loss, lam=c.lam, momentum=momentum,
+              weight_decay=weight_decay, progress=False)
+    return model
+
+
+def random_labels_salun(task: UnlearningTask, epochs: int = 10, *, lr: float = 0.01, momentum: float = 0.9,
+                        weight_decay: float = 5e-4) -> nn.Module:
+    """SalUn's random labelling ("RL"), without the saliency mask: every epoch, one pass over the forget
+    set with labels drawn uniformly from all C classes afresh for each batch (a draw may hit the true
+    label), then one pass over the retain set with its true labels; one SGD optimiser throughout
+    (seeded shuffles and draws; M's loss and batch size).
+
+    Source: Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency",
+    ICLR 2024 (OPTML-Group/Unlearn-Saliency, ``Classification/unlearn/RL.py``, the CIFAR-10/SVHN
+    branch, ``target = torch.randint(0, num_classes, ...)``; ``unlearn/impl.py`` builds
+    ``SGD(unlearn_lr, momentum, weight_decay)`` once; ``arg_parser.py`` defaults: ``unlearn_epochs``
+    10, ``unlearn_lr`` 0.01, momentum 0.9, weight decay 5e-4; its learning-rate milestones 91 and 136
+    never trigger in 10 epochs). SalUn's CIFAR-100/Tiny-ImageNet branch instead shuffles the relabelled
+    forget set into the retain set; the README's lr 0.013 is for RL with the saliency mask.
+
+    Raises:
+        ValueError: a budget option out of range (named).
+    """
+    _check_options(epochs, lr, momentum, weight_decay)
+    model = copy.deepcopy(task.original)
+    c, loss_fn = task.config, make_loss(task.config.loss, task.config.lam)
+    n_cls = _num_classes(task)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
+    g = torch.Generator().manual_seed(sub_seed(c.seed, 16))
+    none = torch.empty(0, dtype=torch.long)
+    retain, forget = task.retain, task.forget
+    for epoch in range(epochs):
+        for idx in batch_order(len(forget), none, c.batch_size, "shuffle", epoch, sub_seed(c.seed, 17)):
+            xf, _ = task.subset(forget[idx])
+            sgd_step(model, opt, loss_fn, xf, torch.randint(0, n_cls, (len(idx),), generator=g).to(xf.device))
+        for idx in batch_order(len(retain), none, c.batch_size, "shuffle", epoch, sub_seed(c.seed, 18)):
+            xr, yr = task.subset(retain[idx])
+            sgd_step(model, opt, loss_fn, xr, yr)
     return model
 
 
@@ -392,15 +517,65 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
 #: name → (method, hyper-parameter name, default value).
 METHODS = {
     "naive_retraining": (naive_retraining, "epochs", None),
-    "fine_tuning": (fine_tuning, "epochs", 1),
-    "gradient_ascent": (gradient_ascent, "lr_scale", 0.1),
+    "fine_tuning": (fine_tuning, "epochs", 10),
+    "gradient_ascent": (gradient_ascent, "lr", 1e-4),
     "neggrad_plus": (neggrad_plus, "alpha", 0.95),
-    "random_labels": (random_labels, "epochs", 1),
+    "random_labels_graves": (random_labels_graves, "epochs", None),
+    "random_labels_salun": (random_labels_salun, "epochs", 10),
     "amnesiac": (amnesiac, "scale", 1.0),
     "sgu_w0": (sgu_at_w0, "scale", 1.0),
     "sgu_final": (sgu_at_final, "scale", 1.0),
     "sgu_propagated": (sgu_propagated, "krylov", 10),
 }
+#: name → the source whose code (and default budget) the method follows (details in its docstring).
+SOURCES = {
+    "naive_retraining": "Cao & Yang 2015; Thudi et al. 2022 (M', same batches)",
+    "fine_tuning": "Jia et al. 2023, Unlearn-Sparse unlearn/FT.py",
+    "gradient_ascent": "Jia et al. 2023, Unlearn-Sparse unlearn/GA.py",
+    "neggrad_plus": "Kurmanji et al. 2023, SCRUB small_scale_unlearning.ipynb",
+    "random_labels_graves": "Graves et al. 2021, AmnesiacML notebooks",
+    "random_labels_salun": "Fan et al. 2024, Unlearn-Saliency unlearn/RL.py",
+    "amnesiac": "Graves et al. 2021, AmnesiacML notebooks",
+    "sgu_w0": "Thudi et al. 2022, correlation_verification.py",
+    "sgu_final": "Thudi et al. 2022, cumulative_verification.py",
+    "sgu_propagated": "this package (notebook 14)",
+}
+#: the budget options (keyword arguments) of the iterative methods.
+BUDGET_OPTIONS = ("epochs", "lr", "momentum", "weight_decay")
+
+
+def budget(name: str, config: TrainingConfig, hyper=None, options: dict | None = None) -> dict:
+    """The budget method ``name`` runs with: epochs, lr, momentum and weight decay after the
+    hyper-parameter ``hyper`` (None = the default of :data:`METHODS`) and the keyword ``options``
+    are applied to its signature's defaults (None there = M's ``config`` value). Methods without
+    such options (naive retraining: M's own budget; amnesiac and the single-gradient methods: no
+    training) give the keys they have, the others None.
+
+    Raises:
+        ValueError: an unknown method or option name.
+    """
+    import inspect
+
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}; got {name!r}")
+    fn, hp, default = METHODS[name]
+    opts = dict(options or {})
+    unknown = [k for k in opts if k not in inspect.signature(fn).parameters]
+    if unknown:
+        raise ValueError(f"{name} has no option {unknown[0]!r} (options: {list(BUDGET_OPTIONS)})")
+    params = inspect.signature(fn).parameters
+    chosen = {k: (p.default if p.default is not inspect.Parameter.empty else None) for k, p in params.items()}
+    chosen.update({hp: default if hyper is None else hyper}, **opts)
+    out = {}
+    for key in BUDGET_OPTIONS:
+        if key in params or (name == "naive_retraining" and key != "epochs"):
+            value = chosen.get(key)
+            out[key] = getattr(config, key) if value is None else value
+        else:
+            out[key] = None
+    return out
+
+
 #: forget-set kinds: random k% of the training set, or a whole class.
 FORGET_KINDS = ("random1", "random5", "random10", "class")
 
@@ -436,20 +611,36 @@ def make_forget_sets(labels: torch.Tensor, kinds, *, seed: int, forget_class: in
     return out
 
 
+#: the membership-inference columns of :func:`run_forget_benchmark`, each as its source computes it.
+MIA_METRICS = ("loss_auc", "mia_accuracy", "mia_efficacy")
+
+
 def _measure(model: nn.Module, task: UnlearningTask, test_x, test_y, reference: nn.Module | None) -> dict:
-    """Accuracies, the loss-attack AUC (forget set as members vs the test set) and VE to M′, from one
-    eval-mode forward pass over the training and test sets."""
+    """Accuracies, the three membership-inference numbers of :data:`MIA_METRICS` and VE to M′, from
+    one eval-mode forward pass over the training and test sets.
+
+    ``loss_auc``: ROC-AUC of the loss, forget set as members vs the test set
+    (:func:`~unroll_utils.privacy.loss_attack_auc`). ``mia_accuracy``: the unlearning challenge kit's
+    cross-validated logistic regression on the same losses (:func:`~unroll_utils.privacy.mia_cv_accuracy`,
+    seeded by M's seed; NaN with fewer than 6 forget or test points). ``mia_efficacy``: SalUn's SVC
+    MIA-Efficacy on p_y, shadow members = the first len(test) retain points, non-members = the test
+    set (:func:`~unroll_utils.privacy.svc_mia_efficacy`)."""
     p_train, p_test = predict_probs(model, task.train_x).cpu(), predict_probs(model, test_x).cpu()
     y_train, y_test = task.train_y.cpu(), test_y.cpu()
     hit_train, hit_test = p_train.argmax(1) == y_train, p_test.argmax(1) == y_test
     f, r = task.forget, task.retain
+    loss_f, loss_t = per_example_loss(p_train[f], y_train[f]), per_example_loss(p_test, y_test)
+    acc = (mia_cv_accuracy(loss_f, loss_t, seed=sub_seed(task.config.seed, 19) % 2**32)
+           if min(len(loss_f), len(loss_t)) >= 6 else float("nan"))
+    shadow = r[: len(y_test)]
     return {"forget_acc": float(hit_train[f].double().mean()), "retain_acc": float(hit_train[r].double().mean()),
             "test_acc": float(hit_test.double().mean()),
-            "mia_auc": loss_attack_auc(per_example_loss(p_train[f], y_train[f]), per_example_loss(p_test, y_test)),
+            "loss_auc": loss_attack_auc(loss_f, loss_t), "mia_accuracy": acc,
+            "mia_efficacy": svc_mia_efficacy(p_train[shadow], y_train[shadow], p_test, y_test, p_train[f], y_train[f]),
             "ve": verification_error(model, reference) if reference is not None else 0.0}
 
 
-def _run_kind(task: UnlearningTask, methods, hyper: dict, test_x, test_y) -> list[dict]:
+def _run_kind(task: UnlearningTask, methods, hyper: dict, options: dict, test_x, test_y) -> list[dict]:
     """Naive retraining first (the reference for VE and time), then every other method."""
     start = time.perf_counter()
     reference = naive_retraining(task)
@@ -461,7 +652,7 @@ def _run_kind(task: UnlearningTask, methods, hyper: dict, test_x, test_y) -> lis
             continue
         fn, hp, default = METHODS[name]
         start = time.perf_counter()
-        model = fn(task, **{hp: hyper.get(name, default)})
+        model = fn(task, **{hp: hyper.get(name, default)}, **options.get(name, {}))
         seconds = time.perf_counter() - start
         rows.append({"method": name, "seconds": seconds, **_measure(model, task, test_x, test_y, reference)})
     for r in rows:
@@ -471,7 +662,8 @@ def _run_kind(task: UnlearningTask, methods, hyper: dict, test_x, test_y) -> lis
 
 def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, methods=tuple(METHODS),
                          seeds=(0, 1, 2), config: TrainingConfig = TrainingConfig(), forget_class: int = 0,
-                         hyper: dict | None = None, progress: bool = True) -> pd.DataFrame:
+                         hyper: dict | None = None, options: dict | None = None,
+                         progress: bool = True) -> pd.DataFrame:
     """The forget benchmark: for every seed, train M, then for every forget-set kind retrain M′ and
     apply every method.
 
@@ -483,22 +675,31 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
         config: how M is trained (its ``seed`` is replaced by each seed).
         forget_class: the class forgotten by the ``"class"`` kind.
         hyper: method name → value of its hyper-parameter (default: :data:`METHODS`).
+        options: method name → dict of budget options (:data:`BUDGET_OPTIONS`, e.g.
+            ``{"fine_tuning": {"epochs": 5, "lr": 0.1}}``); default: each method's reference budget
+            (:func:`budget` says what ran).
 
     Returns:
         Tidy table, one row per (seed, kind, method): ``forget_acc``, ``retain_acc``, ``test_acc``
-        (in [0, 1]), ``mia_auc`` (loss-attack ROC-AUC, forget set as members vs the test set; the
-        retrained model's value is the target), ``ve`` (‖w − w′‖ to naive retraining), ``seconds``
-        (wall time of the method) and ``time_rel`` (seconds / naive retraining's). The ``original``
-        row is M itself (no unlearning).
+        (in [0, 1]); the membership-inference numbers of :data:`MIA_METRICS` (forget set against
+        the test set; the retrained model's values are the target): ``loss_auc`` (ROC-AUC of the
+        loss), ``mia_accuracy`` (the unlearning challenge kit's cross-validated logistic-regression
+        accuracy) and ``mia_efficacy`` (SalUn's SVC MIA-Efficacy: the fraction of forget points
+        called non-member); ``ve`` (‖w − w′‖ to naive retraining), ``seconds`` (wall time of the
+        method) and ``time_rel`` (seconds / naive retraining's). The ``original`` row is M itself
+        (no unlearning).
 
     Raises:
-        ValueError: unknown method or kind, empty ``seeds``, or a class absent from the labels.
+        ValueError: unknown method, kind or option, empty ``seeds``, or a class absent from the labels.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods must be a non-empty list of {list(METHODS)}; got {list(methods)}")
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
+    options = dict(options or {})
+    for name, opts in options.items():
+        budget(name, config, (hyper or {}).get(name), opts)  # unknown method or option: ValueError now
     rows = []
     for seed in tqdm(list(seeds), desc="seeds", disable=not progress, leave=False):
         cfg = replace(config, seed=int(seed))
@@ -511,12 +712,13 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
         record = train_recorded(original, x, y, cfg, watch=torch.unique(torch.cat(list(sets.values()))))
         for kind, forget in sets.items():
             task = UnlearningTask(original, initial, x, y, forget, cfg, record)
-            for r in _run_kind(task, methods, hyper or {}, tx, ty):
+            for r in _run_kind(task, methods, hyper or {}, options, tx, ty):
                 rows.append({"seed": int(seed), "kind": kind, "n_forget": len(forget), **r})
     return pd.DataFrame(rows)
 
 
-def summarize(table: pd.DataFrame, metrics=("forget_acc", "retain_acc", "test_acc", "mia_auc", "ve", "time_rel"),
+def summarize(table: pd.DataFrame,
+              metrics=("forget_acc", "retain_acc", "test_acc") + MIA_METRICS + ("ve", "time_rel"),
               confidence: float = 0.95) -> pd.DataFrame:
     """Mean and two-sided Student-t confidence interval over seeds for each (kind, method, metric).
 

@@ -4,7 +4,13 @@ Bourtoule et al., "Machine Unlearning", IEEE S&P 2021. The training set is split
 shards; each shard trains its own model; a shard's data is further split into R slices that are added
 one at a time (stage r trains on slices 0..r, then checkpoints). Unlearning a point retrains only the
 shard that held it, from the checkpoint saved just before the slice that held it. Predictions aggregate
-the S models (mean softmax, or majority vote of their labels).
+the S models: by default a vote of their predicted labels (Bourtoule's ``aggregation.py`` with the
+``sisa.py`` default ``--output_type argmax`` and the ``uniform`` strategy), or the mean of their
+softmax outputs (``"mean_softmax"``, their ``--output_type softmax``).
+
+Epochs: by default the single model's E epochs are spread over the R stages as Bourtoule's ``sisa.py``
+does (:func:`stage_epochs`), so each shard sees about E epochs' worth of its data; ``schedule=
+"per_stage"`` gives every stage ``epochs_per_slice`` epochs instead (this package's earlier default).
 
 The paper (Thudi et al. 2022) compares the cost of single gradient unlearning with SISA's; this small
 implementation is the measuring stick (notebook 13). Costs are counted in SGD steps and wall seconds.
@@ -24,9 +30,51 @@ from torch import nn
 from .privacy import predict_probs
 from .trajectory import train_sgd
 
-__all__ = ["SISA", "UnlearnCost", "AGGREGATIONS"]
+__all__ = ["SISA", "UnlearnCost", "AGGREGATIONS", "SCHEDULES", "stage_epochs", "expected_retrain_fraction"]
 
-AGGREGATIONS = ("mean_softmax", "majority_vote")
+#: How predictions are aggregated; the first is Bourtoule et al.'s default.
+AGGREGATIONS = ("majority_vote", "mean_softmax")
+#: How epochs are given to the slice stages; the first is Bourtoule et al.'s default.
+SCHEDULES = ("spread", "per_stage")
+
+
+def stage_epochs(epochs: int, n_slices: int) -> list[int]:
+    """Epochs of each of the R slice stages when the single model's E epochs are spread over them, as
+    Bourtoule et al.'s ``sisa.py`` (cleverhans-lab/machine-unlearning) does:
+
+        avg = 2R/(R+1) · E/R,    e_r = ⌊(r+1)·avg⌋ − ⌊r·avg⌋   (r = 0..R−1),
+
+    so Σ_r e_r = ⌊2RE/(R+1)⌋ and, as stage r trains on r+1 of the R slices, the shard sees
+    Σ_r e_r (r+1)/R ≈ E epochs of its data. A stage may get 0 epochs (then it only checkpoints).
+    Example: E = 5, R = 4: avg = 2, e = [2, 2, 2, 2], 8 stage-epochs, 5 shard-epochs of data.
+
+    Raises:
+        ValueError: ``epochs`` or ``n_slices`` not an integer ≥ 1.
+    """
+    for name, v in (("epochs", epochs), ("n_slices", n_slices)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+    avg = 2 * n_slices / (n_slices + 1) * epochs / n_slices  # the reference's expression, same float order
+    return [int((r + 1) * avg) - int(r * avg) for r in range(n_slices)]
+
+
+def expected_retrain_fraction(epochs_per_stage) -> float:
+    """Expected share of a shard's training work redone to unlearn one point that lies in a uniformly
+    random slice j: stages j..R−1 are retrained, stage r costs e_r·(r+1) slice-epochs, so
+
+        E_j[Σ_{r≥j} e_r (r+1)] / Σ_r e_r (r+1) = Σ_r e_r (r+1)² / (R·Σ_r e_r (r+1)),
+
+    which is (2R+1)/(3R) when every stage has the same epochs (3/4 for R = 4; it tends to 2/3, not
+    1/2, as R grows). Work counted in points seen (SGD steps up to the rounding of the last batch).
+
+    Raises:
+        ValueError: an empty list or no epochs at all.
+    """
+    e = np.asarray(list(epochs_per_stage), dtype=np.float64)
+    if e.size == 0 or e.sum() <= 0:
+        raise ValueError("epochs_per_stage must hold at least one positive number of epochs")
+    r1 = np.arange(1, e.size + 1)
+    return float((e * r1 ** 2).sum() / (e.size * (e * r1).sum()))
 
 
 def _seed(*parts: int) -> int:
@@ -52,30 +100,54 @@ class SISA:
         n_shards: S ≥ 1. n_slices: R ≥ 1.
         lr, batch_size, loss, lam, momentum: SGD settings of every stage (as
             :func:`unroll_utils.trajectory.train_sgd`).
-        epochs_per_slice: epochs of each stage r (over slices 0..r), ≥ 1.
+        epochs: E ≥ 1, the single model's epochs, spread over the stages by :func:`stage_epochs`
+            (``schedule="spread"``, Bourtoule et al.'s ``sisa.py``; required there).
+        schedule: ``"spread"`` (default, the source's: each shard sees ≈ E epochs of its data) or
+            ``"per_stage"``: every stage r (over slices 0..r) trains ``epochs_per_slice`` = k
+            epochs, so a shard sees k·(R+1)/2 epochs of its data (this package's earlier default,
+            k = 1: half of E = 5 at R = 4).
+        epochs_per_slice: epochs of each stage under ``"per_stage"`` (default 1), ≥ 1.
         seed: seeds the partition, every shard's initialisation and every stage's data order.
 
-    State after :meth:`fit`: ``slices[s][r]`` (sorted int64 training indices), ``models[s]`` and
-    ``checkpoints[s][r]`` (state dict after stage r). Source: Bourtoule et al., IEEE S&P 2021, §IV.
+    State after :meth:`fit`: ``slices[s][r]`` (sorted int64 training indices), ``models[s]``,
+    ``checkpoints[s][r]`` (state dict after stage r) and ``stage_epochs`` (epochs of each stage).
+    Source: Bourtoule et al., IEEE S&P 2021, §IV; cleverhans-lab/machine-unlearning ``sisa.py``.
+
+    Raises:
+        ValueError: a count, ``schedule`` or epoch option out of range (named).
     """
 
-    def __init__(self, build, n_shards: int, n_slices: int, *, lr: float, epochs_per_slice: int = 1,
-                 batch_size: int = 32, loss: str = "ce", lam: float = 0.0, momentum: float = 0.0,
-                 seed: int = 0):
-        for name, v in (("n_shards", n_shards), ("n_slices", n_slices), ("epochs_per_slice", epochs_per_slice),
-                        ("batch_size", batch_size)):
+    def __init__(self, build, n_shards: int, n_slices: int, *, lr: float, epochs: int | None = None,
+                 schedule: str = "spread", epochs_per_slice: int | None = None, batch_size: int = 32,
+                 loss: str = "ce", lam: float = 0.0, momentum: float = 0.0, seed: int = 0):
+        for name, v in (("n_shards", n_shards), ("n_slices", n_slices), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
-        self.build, self.n_shards, self.n_slices = build, int(n_shards), int(n_slices)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}; got {schedule!r}")
+        if schedule == "spread":
+            if epochs is None:
+                raise ValueError("epochs (the single model's E) is required with schedule='spread'")
+            if epochs_per_slice is not None:
+                raise ValueError("epochs_per_slice applies to schedule='per_stage' only")
+            self.stage_epochs = stage_epochs(epochs, n_slices)
+        else:
+            per = 1 if epochs_per_slice is None else epochs_per_slice
+            if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
+                raise ValueError(f"epochs_per_slice must be an integer >= 1; got {per!r}")
+            if epochs is not None:
+                raise ValueError("epochs applies to schedule='spread' only (use epochs_per_slice)")
+            self.stage_epochs = [int(per)] * int(n_slices)
+        self.build, self.n_shards, self.n_slices, self.schedule = build, int(n_shards), int(n_slices), schedule
         self.train_args = dict(lr=lr, batch_size=int(batch_size), loss=loss, lam=lam, momentum=momentum)
-        self.epochs_per_slice, self.seed = int(epochs_per_slice), int(seed)
+        self.seed = int(seed)
         self.slices: list[list[torch.Tensor]] = []
         self.models: list[nn.Module] = []
         self.checkpoints: list[list[dict]] = []
         self.x = self.y = None
 
-    def _stage_steps(self, n_points: int) -> int:
-        return self.epochs_per_slice * math.ceil(n_points / self.train_args["batch_size"]) if n_points else 0
+    def _stage_steps(self, r: int, n_points: int) -> int:
+        return self.stage_epochs[r] * math.ceil(n_points / self.train_args["batch_size"]) if n_points else 0
 
     def _train_shard(self, s: int, first: int) -> int:
         """Retrain shard s from the checkpoint before slice ``first`` (init if 0); returns SGD steps."""
@@ -85,11 +157,11 @@ class SISA:
         steps = 0
         for r in range(first, self.n_slices):
             idx = torch.cat(self.slices[s][: r + 1])
-            if len(idx):
+            if len(idx) and self.stage_epochs[r]:
                 dev = idx.to(self.x.device)
-                train_sgd(model, self.x[dev], self.y[dev], epochs=self.epochs_per_slice,
+                train_sgd(model, self.x[dev], self.y[dev], epochs=self.stage_epochs[r],
                           seed=_seed(self.seed, 2, s, r), progress=False, **self.train_args)
-                steps += self._stage_steps(len(idx))
+                steps += self._stage_steps(r, len(idx))
             self.checkpoints[s][r] = copy.deepcopy(model.state_dict())
         self.models[s] = model
         return steps
@@ -151,18 +223,23 @@ class SISA:
         return torch.stack([predict_probs(m, x) for m in self.models]).mean(0)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, aggregation: str = "mean_softmax") -> torch.Tensor:
-        """(N,) predicted labels: argmax of the mean softmax, or the majority vote of the shard
-        models' labels (ties → the smallest label)."""
+    def predict(self, x: torch.Tensor, aggregation: str = "majority_vote") -> torch.Tensor:
+        """(N,) predicted labels: the vote of the shard models' labels (default, Bourtoule et al.'s:
+        ``np.argmax`` of the summed one-hot outputs, so ties go to the smallest label), or the argmax
+        of the mean softmax (``"mean_softmax"``).
+
+        Raises:
+            ValueError: an unknown ``aggregation`` (the allowed names are listed).
+        """
         if aggregation == "mean_softmax":
             return self.predict_proba(x).argmax(1)
         if aggregation == "majority_vote":
-            votes = torch.stack([predict_probs(m, x).argmax(1) for m in self.models])  # (S, N)
-            n_cls = self.predict_proba(x[:1]).shape[1]
-            counts = torch.nn.functional.one_hot(votes, n_cls).sum(0)  # (N, C)
+            probs = [predict_probs(m, x) for m in self.models]
+            votes = torch.stack([p.argmax(1) for p in probs])  # (S, N)
+            counts = torch.nn.functional.one_hot(votes, probs[0].shape[1]).sum(0)  # (N, C)
             return counts.argmax(1)
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}; got {aggregation!r}")
 
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, aggregation: str = "mean_softmax") -> float:
-        """Top-1 accuracy in [0, 1] of the aggregated prediction."""
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, aggregation: str = "majority_vote") -> float:
+        """Top-1 accuracy in [0, 1] of the aggregated prediction (see :meth:`predict`)."""
         return float((self.predict(x, aggregation).cpu() == y.cpu()).double().mean())
