@@ -198,3 +198,13 @@ def test_run_scheduled_same_batches_for_m_and_m_prime_and_positions(digits):
                 sgd_step(ref, opt, loss, x[keep], y[keep])
     for mine, theirs in ((ref, res.retrained), (ref_m, res.model)):
         assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(mine.parameters(), theirs.parameters()))
+
+
+def test_paper_presets_follow_the_reference_order_and_schedule():
+    d, c = protocols.preset("from_scratch", "paper"), protocols.preset("sd_loss_sweep", "paper")
+    assert d["order"] == "forget_first_shuffle" and d["schedule"] == c["schedule"] == "epoch_positions"
+    per_epoch_d = -(-50000 // 128)  # 391 batches: master_unlearning.py measures once per epoch
+    assert protocols.epoch_positions(per_epoch_d, d["eval_every"], protocols.FROM_SCRATCH_OFFSET) == [1]
+    per_epoch_c = -(-50000 // 32)  # 1,563 batches: Correlation_unlearning.py, eval_every 200
+    assert protocols.epoch_positions(per_epoch_c, c["eval_every"]) == [0, 200, 400, 600, 800, 1000, 1200, 1400]
+    assert protocols.scheduled_steps(per_epoch_c, c["epochs"], [0, 200])[:4] == [1, 201, 1564, 1764]
