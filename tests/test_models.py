@@ -256,3 +256,43 @@ def test_build_model_type_errors():
         build_model("small_cnn", seed=1.5)
     with pytest.raises(TypeError, match="num_classes"):
         build_model("small_cnn", num_classes=10.0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg19"])
+def test_pytorch_default_init_matches_kaiming_uniform_formula(name):
+    """init="pytorch_default" (the reference's): a conv/linear weight is uniform in ±1/sqrt(fan_in)
+    (kaiming_uniform with a=sqrt(5)), so E‖W‖² = numel/(3·fan_in) = out/3; biases uniform in the
+    same bound; BatchNorm weight 1, bias 0."""
+    model = build_model(name, seed=0, init="pytorch_default")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach()
+            fan_in = w[0].numel()
+            bound = 1.0 / fan_in ** 0.5
+            assert float(w.abs().max()) <= bound
+            expected = w.numel() / (3 * fan_in)  # = out_features / 3
+            # relative sd of ‖W‖² for n iid uniforms: sqrt(4/(5n)); 5 sd as tolerance
+            tol = 5 * (0.8 / w.numel()) ** 0.5
+            assert abs(float(w.square().sum()) / expected - 1) < tol, (m, float(w.square().sum()), expected)
+            if m.bias is not None:
+                assert float(m.bias.detach().abs().max()) <= bound
+        elif isinstance(m, nn.BatchNorm2d):
+            assert bool((m.weight == 1).all()) and bool((m.bias == 0).all())
+
+
+def test_torchvision_init_is_the_named_option_and_larger():
+    """init="torchvision" keeps torchvision's Kaiming-normal fan-out convolutions:
+    E‖W‖² = numel·2/(out·k·k) = 2·in_channels, i.e. 6·in/out times the default's out/3."""
+    tv = build_model("resnet18", seed=0, init="torchvision")
+    conv = tv.layer1[0].conv1.weight.detach()  # 64 -> 64, 3x3
+    assert abs(float(conv.square().sum()) / (2 * 64) - 1) < 0.05
+    default = build_model("resnet18", seed=0)
+    conv_d = default.layer1[0].conv1.weight.detach()
+    assert abs(float(conv_d.square().sum()) / (64 / 3) - 1) < 0.05
+    norm = lambda m: sum(float(c.weight.detach().square().sum()) for c in m.modules()
+                         if isinstance(c, nn.Conv2d)) ** 0.5
+    assert 2.0 < norm(tv) / norm(default) < 2.4  # the "about 2.2 times" of the docstring
+    with pytest.raises(ValueError, match="init must be one of"):
+        build_model("vgg19", seed=0, init="xavier")
+    with pytest.raises(TypeError, match="init"):
+        build_model("small_cnn", seed=0, init="torchvision")

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from unroll_utils import models
 from unroll_utils import pretraining as P
 from unroll_utils.pretraining import PretrainConfig
 
@@ -38,7 +39,7 @@ def test_cache_hit_returns_the_same_weights(digits, tmp_path):
 
 @pytest.mark.parametrize("change", [dict(lr=0.05), dict(seed=1), dict(lam=1.0, loss="sd"),
                                     dict(epochs=4), dict(augment="none"), dict(weight_decay=0.0),
-                                    dict(schedule="constant"), dict(width=8)])
+                                    dict(schedule="constant"), dict(width=8), dict(init="torchvision")])
 def test_every_config_field_changes_the_key(digits, change):
     assert P.pretrain_key(cfg(**change), digits, torch.device("cpu")) != \
         P.pretrain_key(cfg(), digits, torch.device("cpu"))
@@ -128,3 +129,14 @@ def test_load_data_reads_cifar_files_and_keeps_the_first_points(tmp_path, monkey
     monkeypatch.setenv("UNROLL_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="empty"):
         P.load_data("cifar10", verify=False)  # offline and missing: the message names the folder
+
+
+def test_init_reaches_the_cifar_model_and_is_validated():
+    """PretrainConfig.init builds resnet18 with that initialisation (w_0 of Exp A–D)."""
+    data = P.load_data("digits", n_train=100, n_test=20, seed=0)
+    for init in ("pytorch_default", "torchvision"):
+        trainer = P.Pretrainer(cfg(model="resnet18", init=init, n_train=100, n_test=20), data, torch.device("cpu"))
+        ref = models.build_model("resnet18", in_channels=1, num_classes=10, seed=0, init=init)
+        assert torch.equal(trainer.model.conv1.weight, ref.conv1.weight)
+    with pytest.raises(ValueError, match="init must be one of"):
+        cfg(init="xavier").validate()

@@ -311,3 +311,20 @@ def test_shipped_pipeline_end_to_end(tmp_path):
     assert last.t == 60 and math.isfinite(last.unlearning_error) and 0 <= last.test_acc <= 1
     first = r1.table.iloc[0]  # t = 1: single gradient unlearning undoes the x* step exactly (float32)
     assert first.t == 1 and first.ve < 1e-5 * first.dist_retrained
+
+
+def test_imdb_splits_are_shuffled_not_grouped_by_label(monkeypatch):
+    """datasets' IMDB is grouped by label; the splits come in the seeded permutation's order."""
+    n = 40
+    texts = [f"review {i}" for i in range(n)]
+    labels = np.array([0] * (n // 2) + [1] * (n // 2))  # grouped, as datasets' imdb
+    monkeypatch.setattr(text, "load_imdb", lambda split: (texts, labels))
+    for n_train, seed in ((None, 0), (24, 3)):
+        splits = text._imdb_splits(n_train, 10, seed)
+        perm = np.random.default_rng(seed).permutation(n)
+        expect = perm if n_train is None else perm[:n_train]
+        got_texts, got_labels = splits["train"]
+        assert got_texts == [texts[i] for i in expect]
+        np.testing.assert_array_equal(got_labels, labels[expect])
+        assert len(set(got_labels[:8].tolist())) == 2  # x* (the first batch of 8) holds both labels
+        np.testing.assert_array_equal(splits["test"][1], labels[perm[:10]])

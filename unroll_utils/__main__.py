@@ -37,7 +37,8 @@ HELP = {
     "weight_decay": "SGD weight decay (>= 0)",
     "loss": "training objective: cross-entropy, or the SD loss with --lam",
     "lam": "lambda of the SD loss (only with --loss sd)",
-    "order": "data order: x* first every epoch (the paper), dataset order, or a seeded shuffle per epoch",
+    "order": ("data order: x* first every epoch (the paper), dataset order, a seeded shuffle per epoch, "
+              "or x* first and the rest reshuffled every epoch"),
     "undo_at": "where single gradient unlearning takes the gradient: w_0 (the paper), the current "
                "weights after each step that saw x*, the final weights, or the last checkpoint",
     "forget": "forget set x*: one batch (the paper), k random points, or a whole class",

@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 __all__ = [
+    "INITS",
     "MODEL_NAMES",
     "LinearHead",
     "SmallCNN",
@@ -41,6 +42,30 @@ __all__ = [
 
 #: Names accepted by :func:`build_model`.
 MODEL_NAMES: tuple[str, ...] = ("small_cnn", "resnet18", "vgg19", "linear")
+#: Initialisations of the CIFAR models: PyTorch's module defaults (the reference's) or torchvision's.
+INITS: tuple[str, ...] = ("pytorch_default", "torchvision")
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+
+
+def reset_to_pytorch_default(model: nn.Module) -> nn.Module:
+    """Re-initialise every ``Conv2d``, ``Linear`` and ``BatchNorm`` of ``model`` with PyTorch's own
+    default (``module.reset_parameters()``), in place, in module order; returns ``model``.
+
+    The defaults: a convolution or linear weight is ``kaiming_uniform_(a=√5)``, i.e. uniform in
+    ±1/√fan_in (fan_in = in_channels·k·k or in_features), so its expected squared norm is
+    numel/(3·fan_in) = out_channels/3; a bias is uniform in ±1/√fan_in; a BatchNorm weight is 1
+    and its bias 0 (running mean 0, variance 1). This is what the reference models
+    (kuangliu/pytorch-cifar's ``ResNet18`` in ``ResNet_CIFAR10.py`` and ``VGG`` in
+    ``VGG_model.py``) get, as they call no initialiser.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            module.reset_parameters()
+    return model
 
 # The kuangliu/pytorch-cifar VGG-19 configuration (paper section 2.0): numbers are the output
 # channels of conv3x3+BN+ReLU blocks, "M" is a 2x2 max-pool.
@@ -148,7 +173,7 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def resnet18_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
+def resnet18_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pytorch_default") -> nn.Module:
     """The CIFAR ResNet-18 of the paper (kuangliu/pytorch-cifar ``ResNet18``) from torchvision.
 
     Source: paper digest section 2.0 (3x3 stem, no max-pool, average pool, ``Linear(512, C)``) and
@@ -159,14 +184,22 @@ def resnet18_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
     ``nn.Identity()``. Differences from the reference code that do not change the function or the
     parameter count: torchvision's ``AdaptiveAvgPool2d(1)`` equals kuangliu's ``avg_pool2d(4)`` on
     32x32 inputs (the last feature map is 4x4); the module names differ (``fc`` for ``linear``,
-    ``downsample`` for ``shortcut``); the initialisation is torchvision's (Kaiming-normal fan-out
-    convolutions, BN weight 1 and bias 0), and the new ``conv1`` is initialised the same way.
+    ``downsample`` for ``shortcut``).
+
+    The initialisation *does* change every run from a random init and every w_0: by default
+    (``init="pytorch_default"``) it is PyTorch's module default, as in the reference, whose
+    ``ResNet18`` calls no initialiser (see :func:`reset_to_pytorch_default`);
+    ``init="torchvision"`` keeps torchvision's (Kaiming-normal fan-out convolutions, BN weight 1
+    and bias 0, the new ``conv1`` initialised the same way), whose convolution weights have
+    2.2 times the norm of the default ones at initialisation (all convolutions together; √6 for
+    a 3x3 convolution with as many input as output channels).
 
     Args:
         num_classes: number of output logits, at least 2.
         in_channels: input channels of the stem convolution (keyword only). The default 3 is the
             paper's model; other values only change ``conv1`` (1 for MNIST gives 11,172,810
             parameters at 10 classes).
+        init: ``"pytorch_default"`` (the reference's) or ``"torchvision"`` (keyword only).
 
     Returns:
         An ``nn.Module`` mapping (N, in_channels, H, W) to logits (N, num_classes); any H, W >= 1
@@ -174,15 +207,17 @@ def resnet18_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
 
     Raises:
         TypeError: an argument is not an ``int``.
-        ValueError: ``num_classes < 2`` or ``in_channels < 1``; the message names the parameter.
+        ValueError: ``num_classes < 2``, ``in_channels < 1`` or an unknown ``init``; the message
+            names the parameter.
     """
     _check_int("num_classes", num_classes, 2)
     _check_int("in_channels", in_channels, 1)
+    _check_init(init)
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
-    return model
+    return reset_to_pytorch_default(model) if init == "pytorch_default" else model
 
 
 class _CifarVGG(nn.Module):
@@ -204,7 +239,7 @@ class _CifarVGG(nn.Module):
         return self.classifier(self.flatten(self.features(x)))
 
 
-def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
+def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pytorch_default") -> nn.Module:
     """The CIFAR VGG-19 with BatchNorm of the paper (kuangliu/pytorch-cifar ``VGG('VGG19')``).
 
     Source: paper digest section 2.0 (conv+BN+ReLU, 5 max-pools, ``Linear(512, C)``) and
@@ -218,14 +253,18 @@ def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
     is avoided because it would also allocate and initialise its 120M-parameter ImageNet
     classifier (about 0.5 GB, 1.5 s of CPU) only to throw it away. As in the reference code, an
     ``AvgPool2d(kernel_size=1, stride=1)`` (an identity) is appended to the conv part, then come
-    ``nn.Flatten()`` and ``nn.Linear(512, num_classes)``. The initialisation is torchvision's VGG
-    scheme: Kaiming-normal fan-out convolutions with zero bias, BN weight 1 and bias 0, and
-    normal(0, 0.01) classifier weights with zero bias.
+    ``nn.Flatten()`` and ``nn.Linear(512, num_classes)``. The initialisation is PyTorch's module
+    default by default (``init="pytorch_default"``, as the reference's ``VGG_model.py``, which
+    calls no initialiser; see :func:`reset_to_pytorch_default`); ``init="torchvision"`` gives
+    torchvision's VGG scheme: Kaiming-normal fan-out convolutions with zero bias, BN weight 1 and
+    bias 0, and normal(0, 0.01) classifier weights with zero bias; its convolution weights have
+    2.3 times the norm of the default ones at initialisation (all convolutions together).
 
     Args:
         num_classes: number of output logits, at least 2.
         in_channels: input channels of the first convolution (keyword only). The default 3 is the
             paper's model; other values only change that convolution.
+        init: ``"pytorch_default"`` (the reference's) or ``"torchvision"`` (keyword only).
 
     Returns:
         An ``nn.Module`` with attributes ``features`` and ``classifier`` mapping
@@ -239,11 +278,14 @@ def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3) -> nn.Module:
     """
     _check_int("num_classes", num_classes, 2)
     _check_int("in_channels", in_channels, 1)
+    _check_init(init)
     features = torchvision.models.vgg.make_layers(list(_VGG19_CFG), batch_norm=True)
     if in_channels != 3:
         features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
     features.append(nn.AvgPool2d(kernel_size=1, stride=1))
     model = _CifarVGG(features, num_classes)
+    if init == "pytorch_default":
+        return reset_to_pytorch_default(model)
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -304,8 +346,8 @@ def build_model(
     Names (see :data:`MODEL_NAMES`):
 
     * ``"small_cnn"``: :class:`SmallCNN`; extra keyword arguments ``width`` and ``batch_norm``.
-    * ``"resnet18"``: :func:`resnet18_cifar` (paper section 2.0).
-    * ``"vgg19"``: :func:`vgg19_cifar` (paper section 2.0).
+    * ``"resnet18"``: :func:`resnet18_cifar` (paper section 2.0); extra keyword ``init``.
+    * ``"vgg19"``: :func:`vgg19_cifar` (paper section 2.0); extra keyword ``init``.
     * ``"linear"``: :class:`LinearHead` (paper section 2.6); the keyword ``in_features`` is
       required, ``in_channels`` is ignored.
 
@@ -341,7 +383,8 @@ def build_model(
     _check_int("in_channels", in_channels, 1)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    allowed = {"small_cnn": {"width", "batch_norm"}, "linear": {"in_features"}}.get(name, set())
+    allowed = {"small_cnn": {"width", "batch_norm"}, "linear": {"in_features"},
+               "resnet18": {"init"}, "vgg19": {"init"}}.get(name, set())
     unexpected = sorted(set(kwargs) - allowed)
     if unexpected:
         raise TypeError(
@@ -355,9 +398,9 @@ def build_model(
         if name == "small_cnn":
             return SmallCNN(in_channels=in_channels, num_classes=num_classes, **kwargs)
         if name == "resnet18":
-            return resnet18_cifar(num_classes, in_channels=in_channels)
+            return resnet18_cifar(num_classes, in_channels=in_channels, **kwargs)
         if name == "vgg19":
-            return vgg19_cifar(num_classes, in_channels=in_channels)
+            return vgg19_cifar(num_classes, in_channels=in_channels, **kwargs)
         return LinearHead(kwargs["in_features"], num_classes)
 
     if seed is None:

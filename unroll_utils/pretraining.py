@@ -62,6 +62,9 @@ class PretrainConfig:
         augment: ``"crop_flip"`` (reference CIFAR-10), ``"crop_flip_rotate"`` (reference
             CIFAR-100: also a rotation uniform in ±15°) or ``"none"``.
         seed: initialisation, data order, augmentation (and the MNIST split).
+        init: initialisation of ``"resnet18"``/``"vgg19"`` (:data:`unroll_utils.models.INITS`):
+            ``"pytorch_default"`` (the reference's module defaults) or ``"torchvision"``;
+            ignored by ``"small_cnn"``.
     """
 
     dataset: str = "cifar10"
@@ -80,6 +83,7 @@ class PretrainConfig:
     t_max: int = 200
     augment: str = "crop_flip"
     seed: int = 0
+    init: str = "pytorch_default"
 
     def validate(self) -> "PretrainConfig":
         """Raise ValueError naming the first bad field and its allowed values; return self."""
@@ -103,6 +107,7 @@ class PretrainConfig:
         need(self.t_max >= 1, "t_max", ">= 1")
         need(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
         need(self.seed >= 0, "seed", ">= 0")
+        need(self.init in models.INITS, "init", f"one of {models.INITS}")
         return self
 
 
@@ -149,7 +154,7 @@ class Pretrainer:
     def __init__(self, config: PretrainConfig, data: data_mod.TensorData, device: torch.device):
         self.config = cfg = config.validate()
         self.device = torch.device(device)
-        arch = {"width": cfg.width} if cfg.model == "small_cnn" else {}
+        arch = {"width": cfg.width} if cfg.model == "small_cnn" else {"init": cfg.init}
         self.model = models.build_model(cfg.model, in_channels=data.input_shape[0],
                                         num_classes=data.num_classes, seed=cfg.seed, **arch).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)

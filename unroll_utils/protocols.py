@@ -15,6 +15,9 @@ Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraini
 * :func:`run_correlations`, :func:`seed_intervals`: Pearson and Spearman of e with VE per run,
   and bootstrap 95% intervals over seeds.
 * :func:`estimate_seconds`: a measured estimate of a run's wall time, printed before long runs.
+* :func:`epoch_positions`, :func:`scheduled_steps`, :func:`run_scheduled`: the reference's
+  measurement schedule of Exp C, Exp D and the IMDB experiment (``if i % eval_every == 0`` on
+  the in-epoch batch index i, so the count restarts every epoch), as a lock-step run.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from . import hessian, results
 from .losses import make_loss
 from .metrics import bootstrap_ci, correlations
 from .propagated import PropagatedConfig
-from .trajectory import LockStepConfig, make_optimizer, run_lockstep, sgd_step
+from .trajectory import LockStep, LockStepConfig, LockStepResult, make_optimizer, run_lockstep, sgd_step
 
 PRESET_NAMES = ("smoke", "small", "paper")
 
@@ -70,23 +73,35 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "regime_steps": 200},
     },
     # §2.4: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no augmentation), 5 epochs of
-    # fine-tuning at b=32, undo at the current weights, σ on the current batch every 200 steps
+    # fine-tuning at b=32 in a fixed order (x* first), undo at the current weights, σ on the
+    # current batch at in-epoch positions 0, 200, 400, ... of every epoch
+    # (Unlearning/Correlation_unlearning.py: shuffle=False, `main_idx % eval_every == 0`)
     "sd_loss_sweep": {
         "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1, "epochs": 1, "eval_every": 8,
-                  "lams": [0.0, 20.0], "n_seeds": 2},
+                  "lams": [0.0, 20.0], "n_seeds": 2, "schedule": "epoch_positions"},
         "small": {**_SMALL_DATA, "pretrain_epochs": 5, "pretrain_lr": 0.01, "epochs": 2,
-                  "eval_every": 100, "lams": [0.0, 1.0, 10.0, 100.0], "n_seeds": 2},
+                  "eval_every": 100, "lams": [0.0, 1.0, 10.0, 100.0], "n_seeds": 2,
+                  "schedule": "epoch_positions"},
         "paper": {**_PAPER_DATA, "pretrain_epochs": 20, "pretrain_lr": 0.01, "epochs": 5,
-                  "eval_every": 200, "n_seeds": 2,
+                  "eval_every": 200, "n_seeds": 2, "schedule": "epoch_positions",
                   "lams": [0.0, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 50.0, 100.0, 150.0, 200.0, 250.0]},
     },
-    # §2.5: from the random initialisation, lr 0.1, b=128, SD(λ), no augmentation, σ once per epoch
+    # §2.5: from the random initialisation, lr 0.1, b=128, SD(λ), no augmentation, a new shuffle
+    # every epoch (x* kept first for M′), σ on a full random batch at in-epoch positions
+    # 1, 1 + eval_every, ... (Unlearning/master_unlearning.py: shuffle=True, `i % 400 == 0`, i.e.
+    # once per 391-batch epoch; position 1 here is the first shuffled batch after x*)
     "from_scratch": {
-        "smoke": {**_SMOKE_DATA, "n_train": 768, "epochs": 2, "lams": [0.0, 5.0], "n_seeds": 2},
-        "small": {**_SMALL_DATA, "epochs": 5, "lams": [0.0, 5.0], "n_seeds": 2},
-        "paper": {**_PAPER_DATA, "epochs": 50, "lams": [0.0, 5.0], "n_seeds": 2},
+        "smoke": {**_SMOKE_DATA, "n_train": 768, "epochs": 2, "lams": [0.0, 5.0], "n_seeds": 2,
+                  "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 2},
+        "small": {**_SMALL_DATA, "epochs": 5, "lams": [0.0, 5.0], "n_seeds": 2,
+                  "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 400},
+        "paper": {**_PAPER_DATA, "epochs": 50, "lams": [0.0, 5.0], "n_seeds": 2,
+                  "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 400},
     },
 }
+#: In-epoch position of Exp D's first measurement: 1, the first batch after x* (the reference,
+#: which has no x*, measures its position 0, a random full batch; here position 0 is x*).
+FROM_SCRATCH_OFFSET = 1
 
 
 def preset(experiment: str, name: str) -> dict:
@@ -418,3 +433,119 @@ def first_crossing(table: pd.DataFrame, threshold: float = 1.0, column: str = "r
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+SCHEDULES = ("epoch_positions", "global")
+
+
+def epoch_positions(per_epoch: int, every: int, offset: int = 0) -> list[int]:
+    """The in-epoch batch indices i (0-based) at which the reference measures: ``offset``,
+    ``offset + every``, ... below ``per_epoch``.
+
+    The reference scripts test ``i % eval_every == 0`` on the index i of ``enumerate(loader)``,
+    which restarts at 0 every epoch (``Unlearning/Correlation_unlearning.py`` with
+    ``eval_every=200``: i = 0, 200, 400, ... of every epoch; ``Unlearning/master_unlearning.py``
+    with ``eval_every=400`` and 391 batches: i = 0 only). ``offset`` shifts the positions (Exp D
+    here: 1, the first batch after x*, see :data:`PRESETS`).
+
+    Args:
+        per_epoch: batches per epoch, ≥ 1. every: ≥ 1. offset: in [0, per_epoch).
+
+    Returns:
+        The sorted positions, e.g. ``epoch_positions(450, 200) == [0, 200, 400]``.
+
+    Raises:
+        ValueError: a value out of range (named).
+    """
+    if per_epoch < 1:
+        raise ValueError(f"per_epoch must be >= 1; got {per_epoch}")
+    if every < 1:
+        raise ValueError(f"eval_every must be >= 1; got {every}")
+    if not 0 <= offset < per_epoch:
+        raise ValueError(f"offset must be in [0, {per_epoch - 1}] (batches per epoch - 1); got {offset}")
+    return list(range(offset, per_epoch, every))
+
+
+def scheduled_steps(per_epoch: int, epochs: int, positions: Sequence[int]) -> list[int]:
+    """The global step counts t (SGD steps of M done, 1-based as the table's ``t``) of in-epoch
+    positions: the batch at position i of epoch k is step t = k·per_epoch + i + 1. The
+    reference's e uses t − 1 = k·len(loader) + i second-order terms, as the table's e does.
+
+    Example: 2 epochs of 450 steps, positions [0, 200, 400] → t = 1, 201, 401, 451, 651, 851.
+
+    Raises:
+        ValueError: ``epochs`` < 1 or a position outside [0, per_epoch).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}")
+    if any(not 0 <= p < per_epoch for p in positions):
+        raise ValueError(f"positions must lie in [0, {per_epoch - 1}]; got {list(positions)}")
+    return [k * per_epoch + p + 1 for k in range(epochs) for p in sorted(set(positions))]
+
+
+def run_scheduled(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, forget: torch.Tensor,
+                  config: LockStepConfig, steps: Sequence[int], *, extra_steps: Sequence[int] = (),
+                  test_x: torch.Tensor | None = None,
+                  test_y: torch.Tensor | None = None, accuracy: bool = True,
+                  on_measure=None, checkpoint_path: str | Path | None = None,
+                  checkpoint_every: int = 100, progress: bool = True) -> LockStepResult:
+    """A lock-step run (:class:`unroll_utils.trajectory.LockStep`) measured at the given steps
+    and at the last step, instead of every ``eval_every`` global steps.
+
+    This is the reference's schedule when ``steps`` comes from :func:`scheduled_steps`: VE,
+    ‖w_t − w_0‖, σ (on ``config.sigma_batch``: ``"current"`` is the batch of step t, as the
+    reference's ``hessian(M, loss, data=(inputs, targets))``), e and rolling e (the running mean
+    over the σ of these measurements) at each of them. The last step is measured as well (its
+    row has ``scheduled`` False when it is not in ``steps``), so that the final weights and
+    accuracies are reported; the reference does not measure it.
+
+    Args:
+        model, train_x, train_y, forget, test_x, test_y: as :func:`run_lockstep`.
+        config: the lock-step configuration; its ``eval_every``, ``sigma_every`` and
+            ``accuracy_every`` are replaced (σ at every measurement; accuracies at every
+            measurement when ``accuracy``, else at the last step).
+        steps: global steps t (1-based) at which to measure, in [1, total steps].
+        extra_steps: steps also measured but not part of the schedule (``scheduled`` False),
+            e.g. t = 1, where single gradient unlearning is exact.
+        accuracy: test/forget accuracies at every measurement (True) or at the last step only.
+        on_measure: optional ``f(lockstep, row) -> dict`` called after each measurement; the
+            fields it returns are added to the row (and so saved in the checkpoint: e.g.
+            σ on another batch).
+        checkpoint_path, checkpoint_every, progress: as :func:`run_lockstep` (a killed run
+            resumes bit-identically from the checkpoint).
+
+    Returns:
+        :class:`LockStepResult`; its table has :func:`run_lockstep`'s columns plus
+        ``in_epoch`` (the 0-based in-epoch position of step t's batch) and ``scheduled``.
+
+    Raises:
+        ValueError: a step outside [1, total steps], or as :func:`run_lockstep`.
+    """
+    cfg = replace(config, eval_every=1, sigma_every=1 if config.sigma_every else 0,
+                  accuracy_every=1 if accuracy else 0)
+    run = LockStep(model, train_x, train_y, forget, cfg, test_x=test_x, test_y=test_y)
+    wanted_set = set(int(t) for t in steps)
+    measured = wanted_set | set(int(t) for t in extra_steps)
+    if measured and not (1 <= min(measured) and max(measured) <= run.total_steps):
+        raise ValueError(f"steps must lie in [1, {run.total_steps}] (the run's steps); got "
+                         f"{min(measured)}..{max(measured)}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        run.load_state_dict(results.load_checkpoint(checkpoint_path, map_location=run.device))
+    with tqdm(total=run.total_steps, initial=run.t, desc="lock-step", disable=not progress,
+              mininterval=1.0, leave=False) as bar:
+        while not run.done:
+            run.step()
+            if run.t in measured or run.done:
+                row = run.measure()
+                row["in_epoch"] = (run.t - 1) % run.per_epoch
+                row["scheduled"] = run.t in wanted_set
+                if on_measure is not None:
+                    row.update(on_measure(run, row))
+            if checkpoint_path is not None and run.t % checkpoint_every == 0:
+                results.save_checkpoint(run.state_dict(), checkpoint_path)
+            bar.update(1)
+    if checkpoint_path is not None:
+        results.save_checkpoint(run.state_dict(), checkpoint_path)
+    return run.result()

@@ -402,10 +402,11 @@ def cached_features(encoder: TextEncoder, texts: Sequence[str], *, dataset: str,
 
 
 def _subsample(total: int, n: int | None, seed: int, what: str) -> np.ndarray:
-    """Sorted indices of a seeded random subset of size n of range(total) (None: all)."""
-    if n is None:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).permutation(total)[:_int(what, n, 2, total)])
+    """The first n (None: all) indices of the permutation ``default_rng(seed).permutation(total)``,
+    in that shuffled order: a seeded random subset whose order mixes the labels even when the
+    source is grouped by label."""
+    perm = np.random.default_rng(seed).permutation(total)
+    return perm if n is None else perm[:_int(what, n, 2, total)]
 
 
 def _rotten_tomatoes_splits(n_train: int | None, n_test: int | None, seed: int) -> dict:
@@ -420,7 +421,13 @@ def _rotten_tomatoes_splits(n_train: int | None, n_test: int | None, seed: int) 
 
 
 def _imdb_splits(n_train: int | None, n_test: int | None, seed: int) -> dict:
-    """The IMDB train and test splits, each optionally subsampled (seeded) to n_train / n_test."""
+    """The IMDB train and test splits, each in a seeded random order (:func:`_subsample`),
+    optionally cut to n_train / n_test.
+
+    ``datasets``' IMDB splits are grouped by label (12,500 negative reviews, then 12,500 positive
+    ones). Kept in that order, x* (the first batch), the fixed σ batch (the first points) and a
+    fixed-order epoch's last batches would each hold one label only; the reference
+    (``BERT/no_bert_training_unlearning.py``) draws its batches from a ``shuffle=True`` loader."""
     splits = {}
     for s, n in (("train", n_train), ("test", n_test)):
         texts, labels = load_imdb(s)
@@ -439,7 +446,8 @@ def load_text_features(source: str = "rotten_tomatoes", *, encoder: TextEncoder 
     ``seed`` and split into ``n_train`` (default 10,000) and ``n_test`` (default: the rest)
     snippets; default encoder all-MiniLM-L6-v2 from :func:`minilm_path`, default pooling
     ``"mean"`` (its training pooling). ``"imdb"``: the IMDB train and test splits
-    (:func:`load_imdb`), each optionally subsampled (seeded) to ``n_train``/``n_test``; default
+    (:func:`load_imdb`), each in a seeded random order (the source is grouped by label) and
+    optionally cut to ``n_train``/``n_test``; default
     encoder ``distilbert-base-uncased``, default pooling ``"cls"``. An ``encoder`` passed in
     replaces the default (its own pooling and max length are used).
 

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from . import results
 from .losses import make_loss
 
-ORDERS = ("forget_first", "index", "shuffle")
+ORDERS = ("forget_first", "index", "shuffle", "forget_first_shuffle")
+#: the orders that draw a new permutation every epoch (checked epoch by epoch for lone-point batches)
+RESHUFFLED_ORDERS = ("shuffle", "forget_first_shuffle")
 AUGMENTS = ("none", "crop_flip")
 #: The augmentations of fine-tuning (lock-step) and pretraining runs: the reference's CIFAR-10
 #: transform (crop + flip) and its CIFAR-100 transform (crop + flip + rotation in ±15°).
@@ -99,9 +101,18 @@ def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch
     """The batches (int64 index tensors) M sees in one epoch.
 
     Args:
-        n: dataset size; forget: sorted forget indices; batch_size: b; order: see
-        :class:`SGDConfig`; epoch: 0-based epoch (only ``"shuffle"`` depends on it);
-        seed: run seed.
+        n: dataset size; forget: sorted forget indices; batch_size: b; epoch: 0-based epoch
+        (only the reshuffled orders depend on it); seed: run seed. order:
+
+        * ``"forget_first"``: the forget points first, then the others in index order, the same
+          every epoch (the reference's ``DataLoader(..., shuffle=False)`` over a set whose first
+          batch is x*, e.g. Exp C's ``Unlearning/Correlation_unlearning.py``);
+        * ``"forget_first_shuffle"``: the forget points first, then the others in a permutation
+          drawn anew every epoch from ``sub_seed(seed, 0, epoch)`` (a ``shuffle=True`` loader, as
+          in ``Unlearning/master_unlearning.py`` and ``BERT/no_bert_training_unlearning.py``,
+          with x* kept first so that M′ can skip it; M and M′ get the same permutation);
+        * ``"index"``: dataset order; ``"shuffle"``: a seeded permutation of all points per
+          epoch (the forget points wherever it puts them).
 
     Returns:
         ceil(n/b) index tensors covering [0, n) once; the last may hold fewer than b points.
@@ -113,6 +124,12 @@ def batch_order(n: int, forget: torch.Tensor, batch_size: int, order: str, epoch
         is_forget = torch.zeros(n, dtype=torch.bool)
         is_forget[forget] = True
         perm = torch.cat([forget, torch.nonzero(~is_forget).flatten()])
+    elif order == "forget_first_shuffle":
+        is_forget = torch.zeros(n, dtype=torch.bool)
+        is_forget[forget] = True
+        rest = torch.nonzero(~is_forget).flatten()
+        g = torch.Generator().manual_seed(sub_seed(seed, 0, epoch))
+        perm = torch.cat([forget, rest[torch.randperm(len(rest), generator=g)]])
     elif order == "index":
         perm = torch.arange(n)
     elif order == "shuffle":
@@ -370,10 +387,10 @@ def trains_on_one_point(model: nn.Module, x_one: torch.Tensor) -> bool:
 def find_lone_point_batch(n: int, forget: torch.Tensor, batch_size: int, order: str, epochs: int,
                           seed: int) -> str | None:
     """Where M (all points) or M′ (the retained points) would train on exactly one point, as a
-    phrase for an error message, or None. ``"shuffle"`` orders are checked in every epoch."""
+    phrase for an error message, or None. Reshuffled orders are checked in every epoch."""
     is_forget = torch.zeros(n, dtype=torch.bool)
     is_forget[forget] = True
-    for epoch in range(epochs if order == "shuffle" else 1):
+    for epoch in range(epochs if order in RESHUFFLED_ORDERS else 1):
         for i, idx in enumerate(batch_order(n, forget, batch_size, order, epoch, seed)):
             if len(idx) == 1:
                 return (f"batch_size={batch_size} with {n} training points leaves a last batch of "

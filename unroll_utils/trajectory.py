@@ -64,7 +64,10 @@ class LockStepConfig(SGDConfig):
         loss: ``"ce"`` or ``"sd"`` (SD loss with ``lam``); also the Hessian's objective.
         lam: λ ≥ 0 of the SD loss.
         order: ``"forget_first"`` (paper: x* first, then the rest in index order, every epoch),
-            ``"index"`` (dataset order), ``"shuffle"`` (a seeded permutation per epoch).
+            ``"forget_first_shuffle"`` (x* first, then the rest in a seeded permutation drawn anew
+            every epoch: the reference's ``shuffle=True`` loaders with x* kept first),
+            ``"index"`` (dataset order), ``"shuffle"`` (a seeded permutation per epoch); see
+            :func:`unroll_utils.training.batch_order`.
         augment: ``"none"``, ``"crop_flip"`` (random 4-pixel-padded crop + horizontal flip,
             drawn per point and epoch from ``seed``, identical for M and M′; the reference's
             CIFAR-10 transform) or ``"crop_flip_rotate"`` (also a rotation uniform in ±15°, the
