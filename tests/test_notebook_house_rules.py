@@ -82,7 +82,7 @@ def test_developer_wording_rule():
     for bad in ("what CI runs", "load average 1.6", "target … not met", "meets the bar", "row 6 of the table"):
         assert rule.search(bad), bad
     for fine in (r"$\bar z_n$", "the target model", "a target point", "error bars", "Progress bars",
-                 "the target's recipe", "the 95% interval (ci_low)", "rows: 3 seeds"):
+                 "the target's recipe", "Ritz values of H-bar", "the 95% interval (ci_low)", "rows: 3 seeds"):
         assert not rule.search(fine), fine
 
 
