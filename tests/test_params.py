@@ -124,3 +124,49 @@ def test_folder(tmp_path):
 def test_folder_rejects_naming_the_parameter(raw):
     with pytest.raises(params.ParameterError, match=r"parameter RESULTS_DIR must be None or a non-empty folder path"):
         params.folder("RESULTS_DIR", raw)
+
+
+# --- unknown names (papermill adds any -p NAME without complaint) ---------------------------------------------
+
+VALIDATION = ('from unroll_utils import params\n\nparams.check_names()\nSMOKE = params.flag("SMOKE", SMOKE)\n'
+              'SEED = params.integer("SEED", SEED, low=0)\nBATCH = params.integer(\n    "BATCH", BATCH, low=1)\n'
+              'T0 = time.time()\n')
+PARAMETERS = 'import os\nSMOKE = os.environ.get("UNROLL_SMOKE", "0")  # tiny run\nSEED = 0  # seed\nBATCH = 32\n'
+
+
+def test_validated_names_reads_the_validation_cell():
+    assert params.validated_names(VALIDATION) == ["SMOKE", "SEED", "BATCH"]  # T0 is not a parameter
+
+
+def test_unknown_names_with_close_matches():
+    assert params.unknown_names(["SEED", "SEEED", "BATCH_SIZE", "XYZ"], ["SMOKE", "SEED", "BATCH"]) == {
+        "SEEED": ["SEED"], "BATCH_SIZE": ["BATCH"], "XYZ": []}
+
+
+def test_check_names_after_papermill_injection():
+    injected = "# Parameters\nSEEED = 3\nBATCH_SIZE = 16\nSEED = 1\n"
+    with pytest.raises(params.ParameterError) as err:
+        params.check_names([PARAMETERS, injected, VALIDATION])
+    assert str(err.value) == ("unknown parameters SEEED (did you mean SEED?), BATCH_SIZE (did you mean BATCH?); "
+                              "this notebook's parameters: SMOKE, SEED, BATCH")
+    with pytest.raises(params.ParameterError, match=r"^unknown parameter XYZ; "):
+        params.check_names([PARAMETERS, "# Parameters\nXYZ = 1\n", VALIDATION])
+    # known names, and papermill's own --inject-paths names, pass
+    params.check_names([PARAMETERS, '# Parameters\nSEED = 3\nPAPERMILL_INPUT_PATH = "a.ipynb"\n', VALIDATION])
+
+
+def test_check_names_after_the_parameters_cell():
+    params.check_names(["", PARAMETERS, VALIDATION])  # nbval, or a reader running the cells in order
+    with pytest.raises(params.ParameterError, match=r"unknown parameter SEEED \(did you mean SEED\?\)"):
+        params.check_names(["", PARAMETERS + "SEEED = 3\n", VALIDATION])  # a typo typed into the cell
+
+
+def test_check_names_after_any_other_cell_checks_nothing():
+    # a reader re-running the validation cell later: the cell before it defines other upper-case names
+    params.check_names([PARAMETERS, VALIDATION, "RESULTS = 1\nCONFIG = dict()\n", VALIDATION])
+    params.check_names([VALIDATION])  # nothing before it
+    params.check_names([PARAMETERS, "# Parameters\nSEEED = 3\n", "x = 1\n"])  # a cell that validates nothing
+
+
+def test_check_names_outside_ipython_is_silent():
+    params.check_names()  # no IPython shell in pytest: nothing to compare

@@ -17,17 +17,30 @@ preset fills in only those, so a size the user passed explicitly is never overri
     SMOKE = params.flag("SMOKE", SMOKE)
     N_TRAIN = params.integer("N_TRAIN", N_TRAIN, low=100, default=1000 if SMOKE else 4000)
     RESULTS_DIR = params.folder("RESULTS_DIR", RESULTS_DIR)  # None or a pathlib.Path
+
+A name the notebook does not have is an error too: papermill runs ``-p SEEED 3`` without complaint (it
+only adds an assignment), so the validation cell starts with :func:`check_names`, which compares the
+names that the cell executed just before it assigned (papermill's injected cell, or the parameters cell
+itself) with the names the validation cell validates, and raises :class:`ParameterError` naming the
+unknown ones and their close matches.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["ParameterError", "flag", "smoke_from_env", "integer", "real", "choice", "sequence", "folder"]
+__all__ = ["ParameterError", "flag", "smoke_from_env", "integer", "real", "choice", "sequence", "folder",
+           "check_names", "unknown_names", "validated_names", "INJECTED_HEADER"]
+
+INJECTED_HEADER = "# Parameters"
+"""First line of the cell papermill injects after the ``parameters`` cell (tag ``injected-parameters``)."""
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off", ""}
@@ -177,3 +190,79 @@ def folder(name: str, value: Any) -> Path | None:
         if isinstance(text, str) and text.strip():
             return Path(text)
     _fail(name, "None or a non-empty folder path (str or os.PathLike)", value)
+
+
+_VALIDATED = re.compile(r"^([A-Za-z_]\w*)\s*=\s*params\.\w+\(\s*[\"']\1[\"']", re.M)
+
+
+def validated_names(source: str) -> list[str]:
+    """The names a validation cell validates: every line ``NAME = params.<function>("NAME", ...`` of
+    ``source`` (a cell's code), in order of appearance."""
+    return list(dict.fromkeys(_VALIDATED.findall(source)))
+
+
+def _assigned_names(source: str) -> list[str]:
+    """Upper-case names assigned at the top level of ``source`` (a parameters cell or papermill's
+    injected cell); ``[]`` when it does not parse. papermill's own ``PAPERMILL_*`` names are left out."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        for t in targets:
+            if isinstance(t, ast.Name) and t.id.isupper() and not t.id.startswith("PAPERMILL_"):
+                names.append(t.id)
+    return list(dict.fromkeys(names))
+
+
+def unknown_names(given: Sequence[str], declared: Sequence[str]) -> dict[str, list[str]]:
+    """The names of ``given`` that are not in ``declared``, each with its close matches among
+    ``declared`` (:func:`difflib.get_close_matches`, at most 3, best first; ``BATCH_SIZE`` against
+    ``BATCH`` is one, so is ``SEEED`` against ``SEED``)."""
+    declared = list(declared)
+    return {name: difflib.get_close_matches(name, declared, n=3, cutoff=0.6)
+            for name in given if name not in declared}
+
+
+def check_names(history: Sequence[str] | None = None) -> None:
+    """Raise :class:`ParameterError` if the cell executed just before this one assigned a parameter
+    that this notebook does not have.
+
+    ``history`` is the kernel's input history, oldest first, ending with the cell being executed (the
+    validation cell); by default IPython's (``In``), and outside IPython nothing is checked. The
+    declared names are those the current cell validates (:func:`validated_names`). The previous cell
+    is checked when it is papermill's injected cell (first line ``# Parameters``) or the parameters
+    cell (it reads ``UNROLL_SMOKE``): so ``papermill -p SEEED 3`` and a misspelt name typed into the
+    parameters cell both stop here, while re-running the validation cell after any other cell (a
+    reader in JupyterLab) checks nothing. Names papermill adds itself (``PAPERMILL_*``) are allowed.
+
+    Raises:
+        ParameterError: ``unknown parameter SEEED (did you mean SEED?); this notebook's parameters:
+            SMOKE, SEED, ...``, listing every unknown name.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:  # plain Python: no cells, nothing to compare
+            return
+        shell = get_ipython()
+        if shell is None:
+            return
+        history = shell.user_ns.get("In") or []
+    history = [h for h in history if isinstance(h, str)]
+    if len(history) < 2:
+        return
+    current, previous = history[-1], history[-2]
+    if not (previous.lstrip().startswith(INJECTED_HEADER) or "UNROLL_SMOKE" in previous):
+        return
+    declared = validated_names(current)
+    if not declared:
+        return
+    unknown = unknown_names(_assigned_names(previous), declared)
+    if unknown:
+        parts = [name + (f" (did you mean {' or '.join(m)}?)" if m else "") for name, m in unknown.items()]
+        raise ParameterError(f"unknown parameter{'s' if len(parts) > 1 else ''} {', '.join(parts)}; this "
+                             f"notebook's parameters: {', '.join(declared)}")
