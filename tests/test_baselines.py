@@ -14,11 +14,6 @@ from unroll_utils import data, models
 from unroll_utils.metrics import weight_distance
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_data(n_train=300, seed=0)
-
-
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 

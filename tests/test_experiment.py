@@ -15,6 +15,7 @@ SMALL = dict(dataset="digits", n_train=300, pretrain_epochs=1, epochs=1, batch_s
              eval_every=2, sigma_every=4, sigma_points=32, width=8)
 
 
+@pytest.mark.slow  # the whole main job, twice
 def test_main_job_writes_results_and_resumes(tmp_path):
     cfg = MainJobConfig(**SMALL)
     s1 = main_job(cfg, tmp_path, progress=False)

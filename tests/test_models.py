@@ -74,6 +74,7 @@ def test_vgg19_cifar_layout():
     assert model.classifier.in_features == 512 and model.classifier.out_features == 100
 
 
+@pytest.mark.slow  # two full-size VGG-19s
 def test_vgg19_features_match_torchvision_vgg19_bn():
     reference = torchvision.models.vgg19_bn(weights=None).features
     ours = _built("vgg19", 10).features

@@ -17,19 +17,6 @@ from unroll_utils.propagated import (PropagatedConfig, Visit, flatten, lanczos_b
 from unroll_utils.trajectory import LockStep, LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient
 
-N = 70
-
-
-def tiny_net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
-
-
-def toy_data(n=N, dtype=torch.float32):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
-
 
 def dense_f_times(h: torch.Tensor, g: torch.Tensor, f) -> torch.Tensor:
     """f(H) g from a full eigendecomposition (torch.linalg.eigh)."""
@@ -49,7 +36,7 @@ def test_propagation_factor_by_hand():
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
-def test_lanczos_f_of_h_matches_dense_eigh_on_a_tiny_model(bn_mode):
+def test_lanczos_f_of_h_matches_dense_eigh_on_a_tiny_model(bn_mode, toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net().double()  # float64 HVPs: agreement to round-off
     op = HessianOperator(net, F.cross_entropy, x[:32], y[:32], bn_mode=bn_mode)
@@ -122,7 +109,7 @@ def test_clamp_bounds_negative_and_large_curvature():
     assert coef[:3].tolist() == pytest.approx((q.T @ b)[:3].tolist(), rel=1e-9)
 
 
-def test_correction_with_several_visits_matches_dense():
+def test_correction_with_several_visits_matches_dense(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net().double()
     op = HessianOperator(net, F.cross_entropy, x[:32], y[:32], bn_mode="train")
@@ -145,7 +132,7 @@ def lockstep_cfg(**kw):
     return LockStepConfig(**base)
 
 
-def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star():
+def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star(toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     prop = PropagatedConfig(krylov=200, points=32)  # ≥ P: Lanczos is exact
@@ -175,7 +162,7 @@ def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star():
     assert res.propagated_undo is not None
 
 
-def test_default_run_has_no_propagated_columns_and_hessian_at_w0_reuses_lanczos(tmp_path):
+def test_default_run_has_no_propagated_columns_and_hessian_at_w0_reuses_lanczos(tmp_path, toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     plain = run_lockstep(net, x, y, torch.arange(16), lockstep_cfg(), progress=False)

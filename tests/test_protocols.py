@@ -12,11 +12,6 @@ from unroll_utils.propagated import PropagatedConfig
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_data(n_train=200, seed=0)
-
-
 def net():
     return models.build_model("small_cnn", in_channels=1, width=4, seed=0)
 
@@ -34,7 +29,7 @@ def test_checkpointed_errors_hand_computed():
 
 
 def test_checkpointed_run_matches_the_engine_and_resumes(digits, tmp_path):
-    forget = data.select_forget_set(200, "batch", batch_size=32, batch_index=2)
+    forget = data.select_forget_set(300, "batch", batch_size=32, batch_index=2)
     cfg = LockStepConfig(lr=0.05, batch_size=32, epochs=2, undo_at="checkpoint", checkpoint_freq=3,
                          sigma_every=2, sigma_points=64, momentum=0.9, weight_decay=5e-4)
     run = protocols.CheckpointedRun(net(), digits.train_x, digits.train_y, forget, cfg, tmp_path / "b.pt")
@@ -42,7 +37,7 @@ def test_checkpointed_run_matches_the_engine_and_resumes(digits, tmp_path):
     plain = run_lockstep(net(), digits.train_x, digits.train_y, forget,
                          LockStepConfig(**{**cfg.__dict__, "eval_every": 1}), progress=False)
     pd.testing.assert_frame_equal(res.table.drop(columns="checkpointed_error"), plain.table)
-    assert len(run.segment_distances) == 14 // 3
+    assert len(run.segment_distances) == 20 // 3  # 2 epochs of ceil(300 / 32) = 10 steps
     rows = res.table[res.table.t % 3 == 1]
     assert np.isfinite(rows.checkpointed_error).all() and rows.checkpointed_error.iloc[0] == 0
     assert (np.diff(rows.checkpointed_error) > 0).all()
@@ -56,7 +51,7 @@ def test_checkpointed_run_matches_the_engine_and_resumes(digits, tmp_path):
 
 
 def test_regime_map_ratio_is_ve_over_distance(digits):
-    forget = data.select_forget_set(200, "batch", batch_size=32)
+    forget = data.select_forget_set(300, "batch", batch_size=32)
     table, lam_max = protocols.regime_map(net(), digits.train_x, digits.train_y, forget,
                                           LockStepConfig(batch_size=32), [0.01, 0.1], steps=4,
                                           sigma_points=64, progress=False)
@@ -71,7 +66,7 @@ def test_regime_map_ratio_is_ve_over_distance(digits):
 
 
 def test_regime_map_with_the_propagated_variant(digits):
-    forget = data.select_forget_set(200, "batch", batch_size=32)
+    forget = data.select_forget_set(300, "batch", batch_size=32)
     args = (digits.train_x, digits.train_y, forget, LockStepConfig(batch_size=32), [0.01, 0.1])
     plain, lam_plain = protocols.regime_map(net(), *args, steps=4, sigma_points=64, progress=False)
     assert "ratio_propagated" not in plain.columns
