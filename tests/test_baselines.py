@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from unroll_utils import baselines as B
 from unroll_utils import data, models
-from unroll_utils.metrics import weight_distance
+from unroll_utils.distances import weight_distance
 
 
 def _state(model):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unroll_utils import metrics
+from unroll_utils import distances
 from unroll_utils.hessian import HessianOperator
 from unroll_utils.propagated import (PropagatedConfig, Visit, flatten, lanczos_basis,
                                      propagated_correction, propagated_unlearning,
@@ -83,9 +83,9 @@ def test_exact_on_a_quadratic_with_full_batch_gradient_descent():
             o.step()
     w, info = propagated_unlearning(m, loss, x[retain], y[retain], g0, lr=lr, steps_after=[t - 1],
                                     krylov=6)
-    ve = metrics.weight_distance(w, m_prime)
-    sgu = metrics.weight_distance(m, m_prime, offset=[lr * gi for gi in g0])
-    nothing = metrics.weight_distance(m, m_prime)
+    ve = distances.weight_distance(w, m_prime)
+    sgu = distances.weight_distance(m, m_prime, offset=[lr * gi for gi in g0])
+    nothing = distances.weight_distance(m, m_prime)
     assert ve < 1e-12 * nothing and sgu > 0.1 * nothing  # SGU is far off, the propagated one exact
     assert info["hvps"] == 6 and info["error"] < 1e-12
 
@@ -152,7 +152,7 @@ def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star(toy_dat
     steps = [1, run.per_epoch + 1]
     u = sum(0.05 * dense_f_times(h, g, lambda lam, n=t - s: propagation_factor(lam, 0.05, n))
             for g, s in zip(grads, steps))
-    expected = metrics.weight_distance(res.model, res.retrained,
+    expected = distances.weight_distance(res.model, res.retrained,
                                        offset=unflatten(u, list(res.model.parameters())))
     last = res.table.iloc[-1]
     assert last["ve_propagated"] == pytest.approx(expected, rel=1e-5)
@@ -200,6 +200,6 @@ def test_post_hoc_form_checks_its_arguments():
     with pytest.raises(ValueError, match="steps_after"):
         propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[-1])
     w, info = propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3])  # zero gradient
-    assert metrics.weight_distance(w, net) == 0.0 and info["hvps"] == 0
+    assert distances.weight_distance(w, net) == 0.0 and info["hvps"] == 0
     with pytest.raises(ValueError, match="non-zero"):
         lanczos_basis(lambda v: v, torch.full((3,), float("nan")), 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unroll_utils import models
-from unroll_utils.metrics import weight_distance
+from unroll_utils.distances import weight_distance
 from unroll_utils.privacy import predict_probs
 from unroll_utils.sisa import SISA
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from unroll_utils import metrics
+from unroll_utils import distances, metrics
 from unroll_utils.losses import make_loss
 from unroll_utils.trajectory import (LockStepConfig, augmentation_draws, batch_order, crop_flip,
                                      make_optimizer, run_lockstep, sgd_step)
@@ -62,8 +62,8 @@ def test_retrained_model_sees_the_same_batches_minus_the_forget_set(order, augme
     full = [batch_order(N, forget, 16, order, e, c.seed) for e in range(2)]
     retain = [[b[~is_f[b]] for b in epoch] for epoch in full]
     use_aug = augment == "crop_flip"
-    assert metrics.weight_distance(res.model, replay(net, x, y, full, c, use_aug)) == 0.0
-    assert metrics.weight_distance(res.retrained, replay(net, x, y, retain, c, use_aug)) == 0.0
+    assert distances.weight_distance(res.model, replay(net, x, y, full, c, use_aug)) == 0.0
+    assert distances.weight_distance(res.retrained, replay(net, x, y, retain, c, use_aug)) == 0.0
     assert int(res.table["times_seen"].iloc[-1]) == sum(int(is_f[b].any()) for e in full for b in e)
 
 
@@ -181,7 +181,7 @@ def test_accuracy_columns_and_unlearned_model(toy_data, tiny_net):
     for col in ("test_acc", "test_acc_retrained", "test_acc_unlearned", "forget_acc"):
         assert 0.0 <= last[col] <= 1.0
     m2 = res.unlearned_model()
-    assert metrics.weight_distance(m2, res.retrained) == pytest.approx(last["ve"], rel=1e-6)
+    assert distances.weight_distance(m2, res.retrained) == pytest.approx(last["ve"], rel=1e-6)
     assert metrics.accuracy(m2, x[:20], y[:20]) == last["test_acc_unlearned"]
 
 
@@ -198,8 +198,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, toy_data, tiny_net):
                            checkpoint_every=3, progress=False)
     assert resumed.complete and resumed.steps_done == full.steps_done == 10
     assert resumed.table.equals(full.table)
-    assert metrics.weight_distance(resumed.model, full.model) == 0.0
-    assert metrics.weight_distance(resumed.retrained, full.retrained) == 0.0
+    assert distances.weight_distance(resumed.model, full.model) == 0.0
+    assert distances.weight_distance(resumed.retrained, full.retrained) == 0.0
     with pytest.raises(ValueError, match="another configuration"):
         run_lockstep(net, x, y, torch.tensor([1, 20, 50]), cfg(lr=0.01), checkpoint_path=ck,
                      progress=False)

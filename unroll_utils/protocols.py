@@ -33,8 +33,10 @@ from tqdm.auto import tqdm
 
 from . import hessian, results
 from .losses import make_loss
-from .metrics import bootstrap_ci, correlations, snapshot, weight_distance
+from .distances import snapshot, weight_distance
+from .metrics import correlations
 from .propagated import PropagatedConfig
+from .statistics import bootstrap_ci
 from .trajectory import LockStepConfig, make_optimizer, run_lockstep, sgd_step
 
 PRESET_NAMES = ("smoke", "small", "paper")
@@ -170,7 +172,7 @@ def seed_intervals(runs: pd.DataFrame, by: Sequence[str], columns: Sequence[str]
 
     Returns:
         One row per group: the group keys, ``n_seeds`` and for each column ``<col>``,
-        ``<col>_low``, ``<col>_high`` (see :func:`unroll_utils.metrics.bootstrap_ci`).
+        ``<col>_low``, ``<col>_high`` (see :func:`unroll_utils.statistics.bootstrap_ci`).
     """
     groups = runs.groupby(list(by), sort=True) if by else [((), runs)]
     rows = []

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from . import hessian, results
 from .losses import make_loss
-from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
-                      weight_distance)
+from .distances import lockstep_distances, model_weights, snapshot, weight_distance
+from .metrics import accuracy, unlearning_error
 from .training import (AUGMENTS, ORDERS, SGDConfig, augmentation_draws, batch_order,
                        check_lone_point_batches, check_sgd_fields, crop_flip, make_optimizer,
                        require, sgd_step, sub_seed, train_sgd)
@@ -657,7 +657,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         :class:`LockStepResult`. Table columns: ``t`` (SGD steps of M since w_0), ``epoch``,
         ``times_seen`` (steps that contained forget points so far), ``loss`` (M's batch loss),
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
-        unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
+        unlearning; these three from one :func:`~unroll_utils.distances.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
         ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``
         (and ``eig_tracked`` with ``config.sigma_track``), ``sigma`` (latest σ), ``sigma_mean`` (running mean of σ),
