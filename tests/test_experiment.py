@@ -138,7 +138,7 @@ class InterruptAt:
 def test_pretraining_matches_train_sgd_and_resumes_bit_identically(tmp_path, monkeypatch):
     from unroll_utils import data, models
     from unroll_utils.training import SGDTraining as Pretraining
-    from unroll_utils.trajectory import train_sgd
+    from unroll_utils.training import train_sgd
 
     ds = data.load_dataset("digits", n_train=200, seed=0)
     kwargs = dict(lr=0.05, epochs=2, batch_size=48, seed=3, momentum=0.9, weight_decay=1e-3,

@@ -2,15 +2,16 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from unroll_utils import distances, metrics
+from unroll_utils import distances, metrics, results, trajectory
 from unroll_utils.losses import make_loss
-from unroll_utils.trajectory import (LockStepConfig, augmentation_draws, batch_order, crop_flip,
-                                     make_optimizer, run_lockstep, sgd_step)
+from unroll_utils.training import augmentation_draws, batch_order, crop_flip, make_optimizer, sgd_step
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient, single_gradient_unlearning
 
 N = 70  # 4 batches of 16 and a last batch of 6
@@ -208,6 +209,32 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, toy_data, tiny_net):
         other[-1].weight.add_(1.0)
     with pytest.raises(ValueError, match="w_0"):
         run_lockstep(other, x, y, torch.tensor([1, 20, 50]), c, checkpoint_path=ck, progress=False)
+
+
+def test_checkpoint_of_another_format_or_config_fields_is_refused(tmp_path, toy_data, tiny_net, monkeypatch):
+    """A checkpoint written by another version of the package (checkpoint format 1 had no ``format``
+    entry and left later fields out of its fingerprint) is refused naming the format, not resumed."""
+    x, y = toy_data()
+    net, forget, c = tiny_net(), torch.tensor([1, 20, 50]), cfg()
+    ck = tmp_path / "run.pt"
+    run_lockstep(net, x, y, forget, c, checkpoint_path=ck, stop_after=4, progress=False)
+    state = results.load_checkpoint(ck)
+    assert state["format"] == trajectory.CHECKPOINT_FORMAT == 2
+    old = {k: v for k, v in state.items() if k not in ("format", "config_fields")}
+    results.save_checkpoint(old, ck)
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(ck))}: the state is in checkpoint format 1, "
+                                         r"written by an older version .* reads format 2; delete it to recompute"):
+        run_lockstep(net, x, y, forget, c, checkpoint_path=ck, progress=False)
+    # same format, but the config had another field: named
+    results.save_checkpoint({**state, "config_fields": [f for f in state["config_fields"] if f != "sigma_track"]
+                             + ["sigma_every_old"]}, ck)
+    with pytest.raises(ValueError, match=r"lacked \['sigma_track'\] and had \['sigma_every_old'\]; delete it"):
+        run_lockstep(net, x, y, forget, c, checkpoint_path=ck, progress=False)
+    # the format number is part of the fingerprint, and every config field is, at any value
+    base = LockStep(net, x, y, forget, c).fingerprint
+    assert LockStep(net, x, y, forget, cfg(sigma_track=False, sigma_every=0)).fingerprint == base
+    monkeypatch.setattr(trajectory, "CHECKPOINT_FORMAT", 3)
+    assert LockStep(net, x, y, forget, c).fingerprint != base
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 0), ("epochs", 0),

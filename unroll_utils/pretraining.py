@@ -11,7 +11,7 @@ constant lr), which are the same class with other values.
 environment (:func:`unroll_utils.device.environment`), keeps a per-epoch checkpoint (model,
 optimiser and scheduler state, history) while it runs, and resumes from it bit-identically: the
 data order and augmentation of an epoch are functions of (seed, epoch) only
-(:func:`unroll_utils.trajectory.batch_order`, :func:`~unroll_utils.trajectory.augmentation_draws`).
+(:func:`unroll_utils.training.batch_order`, :func:`~unroll_utils.training.augmentation_draws`).
 The test accuracy is recorded after every epoch.
 
 Differences from the reference, by design: augmentation is drawn on normalised tensors with an

@@ -37,7 +37,8 @@ from .distances import snapshot, weight_distance
 from .metrics import correlations
 from .propagated import PropagatedConfig
 from .statistics import bootstrap_ci
-from .trajectory import LockStepConfig, make_optimizer, run_lockstep, sgd_step
+from .training import make_optimizer, sgd_step
+from .trajectory import LockStepConfig, run_lockstep
 
 PRESET_NAMES = ("smoke", "small", "paper")
 

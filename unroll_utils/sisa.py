@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .privacy import predict_probs
-from .trajectory import train_sgd
+from .training import train_sgd
 
 __all__ = ["SISA", "UnlearnCost", "AGGREGATIONS"]
 
@@ -51,7 +51,7 @@ class SISA:
         build: ``build(seed) -> nn.Module``, a fresh model (the same architecture for every shard).
         n_shards: S ≥ 1. n_slices: R ≥ 1.
         lr, batch_size, loss, lam, momentum: SGD settings of every stage (as
-            :func:`unroll_utils.trajectory.train_sgd`).
+            :func:`unroll_utils.training.train_sgd`).
         epochs_per_slice: epochs of each stage r (over slices 0..r), ≥ 1.
         seed: seeds the partition, every shard's initialisation and every stage's data order.
 
