@@ -154,10 +154,10 @@ def test_rolling_mean_and_correlations_match_scipy():
     x = rng.normal(size=50)
     y = 2 * x + rng.normal(size=50)
     c = metrics.correlations(x, y)
-    assert c["pearson_r"] == pytest.approx(stats.pearsonr(x, y).statistic)
-    assert c["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert c["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert c["n"] == 50
-    assert math.isnan(metrics.correlations([1, 1, 1], [1, 2, 3])["pearson_r"])
+    assert math.isnan(metrics.correlations([1, 1, 1], [1, 2, 3])["pearson"])
     with pytest.raises(ValueError, match="same length"):
         metrics.correlations([1, 2], [1, 2, 3])
 

@@ -87,8 +87,9 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman correlation of two series (e.g. unlearning error vs VE over steps).
 
     Returns:
-        dict with ``pearson_r``, ``pearson_p``, ``spearman_rho``, ``spearman_p``, ``n``
-        (NaN correlations when fewer than 3 points or a constant series).
+        dict with ``pearson`` (Pearson's r), ``pearson_p``, ``spearman`` (Spearman's ρ),
+        ``spearman_p``, ``n`` (NaN correlations when fewer than 3 points or a constant series);
+        the same names as the columns of :func:`unroll_utils.protocols.run_correlations`.
 
     Raises:
         ValueError: if the lengths differ.
@@ -100,12 +101,12 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     xa, ya = xa[ok], ya[ok]
     nan = float("nan")
     if xa.size < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return {"pearson_r": nan, "pearson_p": nan, "spearman_rho": nan, "spearman_p": nan,
+        return {"pearson": nan, "pearson_p": nan, "spearman": nan, "spearman_p": nan,
                 "n": int(xa.size)}
     pr = stats.pearsonr(xa, ya)
     sr = stats.spearmanr(xa, ya)
-    return {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-            "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue), "n": int(xa.size)}
+    return {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue),
+            "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "n": int(xa.size)}
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from torchvision.ops import Conv2dNormActivation
 
 __all__ = [
     "MODEL_NAMES",
+    "IMAGE_MODEL_NAMES",
     "LinearHead",
     "SmallCNN",
     "build_model",
@@ -41,6 +42,8 @@ __all__ = [
 
 #: Names accepted by :func:`build_model`.
 MODEL_NAMES: tuple[str, ...] = ("small_cnn", "resnet18", "vgg19", "linear")
+#: The image classifiers among them (``linear`` is a head on frozen features).
+IMAGE_MODEL_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n != "linear")
 
 # The kuangliu/pytorch-cifar VGG-19 configuration (paper section 2.0): numbers are the output
 # channels of conv3x3+BN+ReLU blocks, "M" is a 2x2 max-pool.

@@ -88,8 +88,7 @@ class PretrainConfig:
             require(self, ok, name, allowed)
 
         need(self.dataset in data_mod.DATASETS, "dataset", f"one of {data_mod.DATASETS}")
-        need(self.model in ("small_cnn", "resnet18", "vgg19"), "model",
-             "one of ('small_cnn', 'resnet18', 'vgg19')")
+        need(self.model in models.IMAGE_MODEL_NAMES, "model", f"one of {models.IMAGE_MODEL_NAMES}")
         need(self.width >= 1, "width", ">= 1")
         need(self.n_train is None or self.n_train >= 10, "n_train", "None or >= 10")
         need(self.n_test is None or self.n_test >= 1, "n_test", "None or >= 1")

@@ -158,7 +158,7 @@ def run_correlations(table: pd.DataFrame, proxy: str = "unlearning_error", targe
     """Pearson and Spearman correlation of a proxy (e) with VE over the rows of one run where
     both are finite (see :func:`unroll_utils.metrics.correlations`)."""
     c = correlations(table[proxy], table[target])
-    return {"pearson": c["pearson_r"], "spearman": c["spearman_rho"], "n_points": c["n"]}
+    return {"pearson": c["pearson"], "spearman": c["spearman"], "n_points": c["n"]}
 
 
 def seed_intervals(runs: pd.DataFrame, by: Sequence[str], columns: Sequence[str], *,
