@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from unroll_utils.hessian import HessianOperator, lanczos_top_eigen, sigma_from_eigenvalue
-from unroll_utils.metrics import lockstep_distances, model_weights, unlearning_error
+from unroll_utils.distances import lockstep_distances, model_weights
+from unroll_utils.metrics import unlearning_error
 from unroll_utils.training import make_optimizer, sgd_step
 from unroll_utils.trajectory import LockStepConfig, SigmaTracker
 from unroll_utils.unlearning import forget_gradient

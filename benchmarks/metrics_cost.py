@@ -1,11 +1,11 @@
 """Row 2: per-measurement cost of VE, ‖w_t − w_0‖ and ‖w_t − w′_t‖ vs one training step.
 
 "Ours" is exactly what :func:`unroll_utils.trajectory.run_lockstep` does at a measurement step:
-one :func:`unroll_utils.metrics.lockstep_distances` call, a single pass that reads each weight
+one :func:`unroll_utils.distances.lockstep_distances` call, a single pass that reads each weight
 tensor once for all three distances (float64 accumulation; fused ``torch._foreach`` ops on GPUs,
 cache-sized blocks on the CPU sharing w_t − w′_t between ‖w_t − w′_t‖ and VE; u added on the fly,
 so w″ is never materialised). For comparison, the measurement step before that function: three
-:func:`unroll_utils.metrics.weight_distance` calls (VE through ``offset=u``), each a full pass.
+:func:`unroll_utils.distances.weight_distance` calls (VE through ``offset=u``), each a full pass.
 The baseline re-implements the
 reference code's way (``weights_to_list_fast``: every parameter to a Python list, concatenated with
 ``lst = lst + list_t``, then ``np.linalg.norm(np.array(a) - np.array(b))``), once per model per
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unroll_utils.metrics import lockstep_distances, model_weights, weight_distance
+from unroll_utils.distances import lockstep_distances, model_weights, weight_distance
 from unroll_utils.training import make_optimizer, sgd_step
 from unroll_utils.unlearning import forget_gradient
 
@@ -86,8 +86,8 @@ def _state(ctx: Context, name: str):
 
 
 STEP = "one SGD training step (batch 32)"
-OURS = "ours: metrics.lockstep_distances (one pass)"
-THREE = "previous: 3 × metrics.weight_distance"
+OURS = "ours: distances.lockstep_distances (one pass)"
+THREE = "previous: 3 × distances.weight_distance"
 REF = "reference: weights_to_list_fast + np.linalg.norm"
 
 

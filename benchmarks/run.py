@@ -18,7 +18,7 @@ import traceback
 import numpy as np
 import torch
 
-from unroll_utils.experiment import resolve_device
+from unroll_utils.device import DEVICES, resolve_device
 
 from . import exp_a, metrics_cost, peers, sigma, throughput
 from .context import Context, Settings
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                       "(default on CPU)")
     mode.add_argument("--full", action="store_true", help="128-image ResNet-18 batch, full budgets "
                       "(default on CUDA)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--device", default="cpu", choices=list(DEVICES))
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch.set_num_threads, >= 1 (default: torch's own choice)")

@@ -11,12 +11,7 @@ import torch.nn.functional as F
 
 from unroll_utils import baselines as B
 from unroll_utils import data, models
-from unroll_utils.metrics import weight_distance
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_data(n_train=300, seed=0)
+from unroll_utils.distances import weight_distance
 
 
 def _state(model):

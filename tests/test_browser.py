@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a JupyterLab server and a browser
+
 ROOT = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1366, "height": 768}
 SHOTS = ROOT / "results" / "browser"

@@ -15,6 +15,7 @@ SMALL = dict(dataset="digits", n_train=300, pretrain_epochs=1, epochs=1, batch_s
              eval_every=2, sigma_every=4, sigma_points=32, width=8)
 
 
+@pytest.mark.slow  # the whole main job, twice
 def test_main_job_writes_results_and_resumes(tmp_path):
     cfg = MainJobConfig(**SMALL)
     s1 = main_job(cfg, tmp_path, progress=False)
@@ -137,7 +138,7 @@ class InterruptAt:
 def test_pretraining_matches_train_sgd_and_resumes_bit_identically(tmp_path, monkeypatch):
     from unroll_utils import data, models
     from unroll_utils.training import SGDTraining as Pretraining
-    from unroll_utils.trajectory import train_sgd
+    from unroll_utils.training import train_sgd
 
     ds = data.load_dataset("digits", n_train=200, seed=0)
     kwargs = dict(lr=0.05, epochs=2, batch_size=48, seed=3, momentum=0.9, weight_decay=1e-3,

@@ -1,4 +1,5 @@
-"""Verification error, weight distances, unlearning error, correlations (paper §1.2, §1.4)."""
+"""Verification error and the weight distances under it (unroll_utils.metrics, unroll_utils.distances),
+unlearning error, correlations (paper §1.2, §1.4)."""
 
 import copy
 import math
@@ -9,7 +10,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from unroll_utils import metrics
+from unroll_utils import distances, metrics
 
 
 def two_models():
@@ -29,25 +30,25 @@ def test_verification_error_matches_float64_flattened_norm():
     b.load_state_dict(a.state_dict())
     b[1].running_mean += 5.0
     assert metrics.verification_error(a, b) == 0.0
-    wa, wb = metrics.model_weights(a, True), metrics.model_weights(b, True)
-    assert metrics.weight_distance(wa, wb) == pytest.approx(5.0 * 2.0, rel=1e-6)  # sqrt(4 * 25)
+    wa, wb = distances.model_weights(a, True), distances.model_weights(b, True)
+    assert distances.weight_distance(wa, wb) == pytest.approx(5.0 * 2.0, rel=1e-6)  # sqrt(4 * 25)
 
 
 def test_weight_distance_offset_equals_explicit_sum():
     a, b = two_models()
     u = [torch.randn_like(p) for p in a.parameters()]
     explicit = [p.detach() + d for p, d in zip(a.parameters(), u)]
-    assert metrics.weight_distance(a, b, offset=u) == pytest.approx(
-        metrics.weight_distance(explicit, b), rel=1e-6)
+    assert distances.weight_distance(a, b, offset=u) == pytest.approx(
+        distances.weight_distance(explicit, b), rel=1e-6)
     with pytest.raises(ValueError, match="same"):
-        metrics.weight_distance(a, [torch.zeros(3)])
+        distances.weight_distance(a, [torch.zeros(3)])
     with pytest.raises(ValueError, match="offset"):
-        metrics.weight_distance(a, b, offset=[torch.zeros(1)])
+        distances.weight_distance(a, b, offset=[torch.zeros(1)])
 
 
 def lockstep_weights(dtype=torch.float32, seed=0):
     """w_t, w′_t, w_0 and u with tensors above, at and below the CPU block size, mixed shapes."""
-    block = metrics._BLOCK
+    block = distances._BLOCK
     shapes = [(3, 4), (300, 300), (block,), (1, 1, 3, 3), (2 * block + 5,), (7,), (64, 3, 3, 3)]
     assert any(math.prod(s) > block for s in shapes) and any(math.prod(s) <= block for s in shapes)
     g = torch.Generator().manual_seed(seed)
@@ -63,12 +64,12 @@ def flat64(ws):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lockstep_distances_match_weight_distance_and_numpy(dtype):
     w_t, w_r, w_0, u = lockstep_weights(dtype)
-    big, small = metrics._partition([w_t, w_r, w_0, u])
+    big, small = distances._partition([w_t, w_r, w_0, u])
     assert big and small  # both the blockwise and the foreach path are exercised
-    d = metrics.lockstep_distances(w_t, w_r, w_0, undo=u)
+    d = distances.lockstep_distances(w_t, w_r, w_0, undo=u)
     # the same values as the three weight_distance calls run_lockstep used to make
-    assert d == (metrics.weight_distance(w_t, w_r, offset=u), metrics.weight_distance(w_t, w_0),
-                 metrics.weight_distance(w_t, w_r))
+    assert d == (distances.weight_distance(w_t, w_r, offset=u), distances.weight_distance(w_t, w_0),
+                 distances.weight_distance(w_t, w_r))
     assert d._fields == ("ve", "delta_w", "dist_retrained")
     # and an independent float64 computation on flat vectors
     a, r, w0, du = flat64(w_t), flat64(w_r), flat64(w_0), flat64(u)
@@ -83,8 +84,8 @@ def test_lockstep_distances_foreach_path_for_mixed_dtypes():
     # a float64 undo on float32 weights sends every tensor, large ones too, through foreach ops
     w_t, w_r, w_0, _ = lockstep_weights()
     u = [torch.randn(w.shape, dtype=torch.float64) * 0.1 for w in w_t]
-    assert metrics._partition([w_t, w_r, w_0, u])[0] == []
-    d = metrics.lockstep_distances(w_t, w_r, w_0, undo=u)
+    assert distances._partition([w_t, w_r, w_0, u])[0] == []
+    d = distances.lockstep_distances(w_t, w_r, w_0, undo=u)
     a, r, w0, du = flat64(w_t), flat64(w_r), flat64(w_0), flat64(u)
     assert d.ve == pytest.approx(np.linalg.norm(a + du - r), rel=1e-6)
     assert d.delta_w == pytest.approx(np.linalg.norm(a - w0), rel=1e-6)
@@ -95,14 +96,14 @@ def test_lockstep_distances_zero_for_identical_weights_and_no_undo():
     w_t, w_r, w_0, u = lockstep_weights()
     same = [w.clone() for w in w_t]
     zero = [torch.zeros_like(w) for w in w_t]
-    assert metrics.lockstep_distances(w_t, same, same, undo=zero) == (0.0, 0.0, 0.0)
-    assert metrics.lockstep_distances(w_t, same, w_0, undo=None).ve == 0.0
+    assert distances.lockstep_distances(w_t, same, same, undo=zero) == (0.0, 0.0, 0.0)
+    assert distances.lockstep_distances(w_t, same, w_0, undo=None).ve == 0.0
     # undo=None: VE is the distance to M′ itself, not the norm of anything else
-    d = metrics.lockstep_distances(w_t, w_r, w_0)
-    assert d.ve == d.dist_retrained == metrics.weight_distance(w_t, w_r)
-    assert d.delta_w == metrics.weight_distance(w_t, w_0)
+    d = distances.lockstep_distances(w_t, w_r, w_0)
+    assert d.ve == d.dist_retrained == distances.weight_distance(w_t, w_r)
+    assert d.delta_w == distances.weight_distance(w_t, w_0)
     # only u left: VE = ‖u‖
-    assert metrics.lockstep_distances(w_t, same, w_0, undo=u).ve == pytest.approx(
+    assert distances.lockstep_distances(w_t, same, w_0, undo=u).ve == pytest.approx(
         np.linalg.norm(flat64(u)), rel=1e-6)
 
 
@@ -113,7 +114,7 @@ def test_lockstep_distances_accept_models():
         for p in c.parameters():
             p.add_(1.0)
     n = sum(p.numel() for p in a.parameters())
-    d = metrics.lockstep_distances(a, b, c)
+    d = distances.lockstep_distances(a, b, c)
     assert d.delta_w == pytest.approx(math.sqrt(n), rel=1e-6)
     assert d.dist_retrained == pytest.approx(metrics.verification_error(a, b), rel=1e-12)
 
@@ -121,17 +122,17 @@ def test_lockstep_distances_accept_models():
 def test_lockstep_distances_reject_mismatched_inputs():
     w_t, w_r, w_0, u = lockstep_weights()
     with pytest.raises(ValueError, match="w_retrained must hold the same number"):
-        metrics.lockstep_distances(w_t, w_r[:-1], w_0, u)
+        distances.lockstep_distances(w_t, w_r[:-1], w_0, u)
     with pytest.raises(ValueError, match="w_retrained must hold the same number"):
-        metrics.lockstep_distances(w_t, w_r[::-1], w_0, u)
+        distances.lockstep_distances(w_t, w_r[::-1], w_0, u)
     with pytest.raises(ValueError, match="w_initial must match"):
-        metrics.lockstep_distances(w_t, w_r, w_0 + [torch.zeros(2)], u)
+        distances.lockstep_distances(w_t, w_r, w_0 + [torch.zeros(2)], u)
     with pytest.raises(ValueError, match="w_initial must match"):
-        metrics.lockstep_distances(w_t, w_r, [w.reshape(-1) for w in w_0], u)
+        distances.lockstep_distances(w_t, w_r, [w.reshape(-1) for w in w_0], u)
     with pytest.raises(ValueError, match="undo must match"):
-        metrics.lockstep_distances(w_t, w_r, w_0, u[1:])
+        distances.lockstep_distances(w_t, w_r, w_0, u[1:])
     with pytest.raises(ValueError, match="undo must match"):
-        metrics.lockstep_distances(w_t, w_r, w_0, [x.T if x.dim() == 2 else x for x in u])
+        distances.lockstep_distances(w_t, w_r, w_0, [x.T if x.dim() == 2 else x for x in u])
 
 
 def test_unlearning_error_formula():
@@ -153,10 +154,10 @@ def test_rolling_mean_and_correlations_match_scipy():
     x = rng.normal(size=50)
     y = 2 * x + rng.normal(size=50)
     c = metrics.correlations(x, y)
-    assert c["pearson_r"] == pytest.approx(stats.pearsonr(x, y).statistic)
-    assert c["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert c["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert c["n"] == 50
-    assert math.isnan(metrics.correlations([1, 1, 1], [1, 2, 3])["pearson_r"])
+    assert math.isnan(metrics.correlations([1, 1, 1], [1, 2, 3])["pearson"])
     with pytest.raises(ValueError, match="same length"):
         metrics.correlations([1, 2], [1, 2, 3])
 
@@ -205,13 +206,13 @@ def test_same_weights_under_two_wrappers_give_ve_exactly_zero():
     assert metrics.verification_error(parallel, a_copy) == 0.0
     assert metrics.verification_error(compiled, parallel) == 0.0
     assert metrics.verification_error(nn.DataParallel(compiled), a) == 0.0
-    assert metrics.lockstep_distances(parallel, compiled, a_copy) == (0.0, 0.0, 0.0)
+    assert distances.lockstep_distances(parallel, compiled, a_copy) == (0.0, 0.0, 0.0)
     # and a real distance is the same with or without the wrapper
     assert metrics.verification_error(parallel, b) == metrics.verification_error(a, b) > 0
     # a state dict saved from DataParallel (BN buffers included) against the plain model's
     saved = {"module." + k: v for k, v in b.state_dict().items()}
-    assert metrics.weight_distance(saved, a.state_dict()) == pytest.approx(
-        metrics.weight_distance(metrics.model_weights(b, True), metrics.model_weights(a, True)),
+    assert distances.weight_distance(saved, a.state_dict()) == pytest.approx(
+        distances.weight_distance(distances.model_weights(b, True), distances.model_weights(a, True)),
         rel=1e-12)
 
 
@@ -222,9 +223,9 @@ def test_reordered_registration_is_paired_by_name():
     rev.load_state_dict(fwd.state_dict())
     assert [n for n, _ in rev.named_parameters()][0] == "second.weight"
     assert metrics.verification_error(fwd, rev) == 0.0
-    assert metrics.lockstep_distances(fwd, rev, rev, undo=None) == (0.0, 0.0, 0.0)
+    assert distances.lockstep_distances(fwd, rev, rev, undo=None) == (0.0, 0.0, 0.0)
     # positional pairing (lists) compares first with second: the large VE the issue describes
-    positional = metrics.verification_error(metrics.model_weights(fwd), metrics.model_weights(rev))
+    positional = metrics.verification_error(distances.model_weights(fwd), distances.model_weights(rev))
     names = [n for n, _ in fwd.named_parameters()]
     swapped = [n.replace("first", "tmp").replace("second", "first").replace("tmp", "second")
                for n in names]
@@ -237,7 +238,7 @@ def test_reordered_registration_is_paired_by_name():
     assert metrics.verification_error(rev, other) == pytest.approx(expected, rel=1e-6)
     # an undo list follows w_orig's parameters() order; w_retrained is re-ordered by name
     u = [torch.full_like(p, 0.5) for p in rev.parameters()]
-    d = metrics.lockstep_distances(rev, nn.DataParallel(fwd), fwd, undo=u)
+    d = distances.lockstep_distances(rev, nn.DataParallel(fwd), fwd, undo=u)
     n_params = sum(p.numel() for p in fwd.parameters())
     assert d.ve == pytest.approx(0.5 * math.sqrt(n_params), rel=1e-6)
     assert d.delta_w == 0.0 and d.dist_retrained == 0.0
@@ -253,16 +254,16 @@ def test_different_parameter_names_raise_naming_the_first():
         metrics.verification_error(a, renamed)
     assert str(err.value).startswith("w_unlearned and w_retrained name different parameters: "
                                      "'1.weight' is in w_unlearned but not in w_retrained")
-    assert "metrics.model_weights" in str(err.value)  # how to pair by position instead
+    assert "distances.model_weights" in str(err.value)  # how to pair by position instead
     # extra parameter on the second side: named too
     bigger = nn.Sequential(*copy.deepcopy(a), nn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"w_orig and w_retrained name different parameters: '3.weight' is in w_retrained but not in w_orig"):
-        metrics.lockstep_distances(a, bigger, a)
+        distances.lockstep_distances(a, bigger, a)
     with pytest.raises(ValueError, match=r"w_orig and w_initial name different parameters: '1.weight'"):
-        metrics.lockstep_distances(a, a, renamed)
+        distances.lockstep_distances(a, a, renamed)
     # same names, other shapes: the name and both shapes
     wide = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
     with pytest.raises(ValueError, match=r"a and b disagree in the shape of '0.weight': \(4, 5\) vs \(6, 5\)"):
-        metrics.weight_distance(a, wide)
+        distances.weight_distance(a, wide)
     # positional mode needs no names: same shapes, other names -> a distance, no error
-    assert metrics.weight_distance(metrics.model_weights(a), metrics.model_weights(renamed)) == 0.0
+    assert distances.weight_distance(distances.model_weights(a), distances.model_weights(renamed)) == 0.0

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from unroll_utils.models import (
+    IMAGE_MODEL_NAMES,
     MODEL_NAMES,
     LinearHead,
     SmallCNN,
@@ -74,6 +75,7 @@ def test_vgg19_cifar_layout():
     assert model.classifier.in_features == 512 and model.classifier.out_features == 100
 
 
+@pytest.mark.slow  # two full-size VGG-19s
 def test_vgg19_features_match_torchvision_vgg19_bn():
     reference = torchvision.models.vgg19_bn(weights=None).features
     ours = _built("vgg19", 10).features
@@ -186,6 +188,20 @@ def test_build_model_types_and_kwargs():
     )
     assert isinstance(build_model("linear", in_features=768, num_classes=2), LinearHead)
     assert set(MODEL_NAMES) == {"small_cnn", "resnet18", "vgg19", "linear"}
+    assert IMAGE_MODEL_NAMES == ("small_cnn", "resnet18", "vgg19")
+
+
+def test_configs_validate_models_and_devices_against_the_constants():
+    from unroll_utils.device import DEVICES
+    from unroll_utils.experiment import MainJobConfig
+    from unroll_utils.pretraining import PretrainConfig
+
+    for bad in (MainJobConfig(model="linear"), PretrainConfig(model="linear")):
+        with pytest.raises(ValueError, match=r"model.*one of \('small_cnn', 'resnet18', 'vgg19'\)"):
+            bad.validate()
+    with pytest.raises(ValueError, match=r"device.*one of \('auto', 'cpu', 'cuda'\)"):
+        MainJobConfig(device="tpu").validate()
+    assert DEVICES == ("auto", "cpu", "cuda")
 
 
 # --- training smoke test ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 papermill = pytest.importorskip("papermill")
+pytestmark = pytest.mark.slow  # each test starts a notebook kernel
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_unlearning_and_verification_error.ipynb"
 PROBE = ('import json\nprint("PARAMS=" + json.dumps({"SMOKE": SMOKE, "N_TRAIN": N_TRAIN, "EPOCHS": EPOCHS, '

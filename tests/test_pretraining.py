@@ -12,7 +12,7 @@ from unroll_utils.pretraining import PretrainConfig
 
 
 @pytest.fixture(scope="module")
-def digits():
+def pretrain_data():
     return P.load_data("digits", n_train=300, n_test=100, seed=0)
 
 
@@ -27,11 +27,11 @@ def same_state(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_cache_hit_returns_the_same_weights(digits, tmp_path):
-    first = P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, progress=False)
+def test_cache_hit_returns_the_same_weights(pretrain_data, tmp_path):
+    first = P.pretrain(cfg(), pretrain_data, device="cpu", cache_dir=tmp_path, progress=False)
     assert first.complete and not first.cached and first.path.exists()
     assert len(first.history) == 3 and 0 <= first.test_acc <= 1
-    second = P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    second = P.pretrain(cfg(), pretrain_data, device="cpu", cache_dir=tmp_path, progress=False)
     assert second.cached and second.key == first.key
     assert same_state(first.model, second.model)
     assert second.history.equals(first.history) and second.test_acc == first.test_acc
@@ -40,33 +40,34 @@ def test_cache_hit_returns_the_same_weights(digits, tmp_path):
 @pytest.mark.parametrize("change", [dict(lr=0.05), dict(seed=1), dict(lam=1.0, loss="sd"),
                                     dict(epochs=4), dict(augment="none"), dict(weight_decay=0.0),
                                     dict(schedule="constant"), dict(width=8), dict(init="torchvision")])
-def test_every_config_field_changes_the_key(digits, change):
-    assert P.pretrain_key(cfg(**change), digits, torch.device("cpu")) != \
-        P.pretrain_key(cfg(), digits, torch.device("cpu"))
+def test_every_config_field_changes_the_key(pretrain_data, change):
+    assert P.pretrain_key(cfg(**change), pretrain_data, torch.device("cpu")) != \
+        P.pretrain_key(cfg(), pretrain_data, torch.device("cpu"))
 
 
-def test_data_changes_the_key(digits):
+def test_data_changes_the_key(pretrain_data):
     other = P.load_data("digits", n_train=300, n_test=100, seed=1)
-    assert P.pretrain_key(cfg(), other, torch.device("cpu")) != P.pretrain_key(cfg(), digits, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    assert P.pretrain_key(cfg(), other, cpu) != P.pretrain_key(cfg(), pretrain_data, cpu)
 
 
 @pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_rotate"])
-def test_resume_is_bit_identical(digits, tmp_path, augment):
+def test_resume_is_bit_identical(pretrain_data, tmp_path, augment):
     c = cfg(augment=augment, momentum=0.9)  # momentum: the optimiser state must be restored too
-    straight = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "a", progress=False)
-    part = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "b", progress=False,
+    straight = P.pretrain(c, pretrain_data, device="cpu", cache_dir=tmp_path / "a", progress=False)
+    part = P.pretrain(c, pretrain_data, device="cpu", cache_dir=tmp_path / "b", progress=False,
                       stop_after_epochs=1)
     assert not part.complete and part.path.name.endswith(".partial.pt") and len(part.history) == 1
     assert not same_state(part.model, straight.model)
-    resumed = P.pretrain(c, digits, device="cpu", cache_dir=tmp_path / "b", progress=False)
+    resumed = P.pretrain(c, pretrain_data, device="cpu", cache_dir=tmp_path / "b", progress=False)
     assert resumed.complete and resumed.resumed_from == 1
     assert same_state(resumed.model, straight.model)
     assert resumed.history.equals(straight.history)
     assert not part.path.exists()  # the partial checkpoint is removed once w_0 is cached
 
 
-def test_cosine_schedule_matches_the_closed_form(digits, tmp_path):
-    res = P.pretrain(cfg(epochs=5, t_max=4), digits, device="cpu", cache_dir=tmp_path, progress=False)
+def test_cosine_schedule_matches_the_closed_form(pretrain_data, tmp_path):
+    res = P.pretrain(cfg(epochs=5, t_max=4), pretrain_data, device="cpu", cache_dir=tmp_path, progress=False)
     expected = [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)]
     assert res.history.lr.tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert [P.cosine_lr(0.1, e, 4) for e in range(5)] == pytest.approx(expected, rel=1e-15)
@@ -74,18 +75,18 @@ def test_cosine_schedule_matches_the_closed_form(digits, tmp_path):
     assert P.cosine_lr(0.1, 50, 200) == pytest.approx(0.0854, abs=1e-4)
 
 
-def test_constant_schedule_and_zero_epochs(digits, tmp_path):
-    res = P.pretrain(cfg(schedule="constant", epochs=2), digits, device="cpu", cache_dir=tmp_path,
+def test_constant_schedule_and_zero_epochs(pretrain_data, tmp_path):
+    res = P.pretrain(cfg(schedule="constant", epochs=2), pretrain_data, device="cpu", cache_dir=tmp_path,
                      progress=False)
     assert res.history.lr.tolist() == [0.1, 0.1]
-    init = P.pretrain(cfg(epochs=0), digits, device="cpu", cache_dir=tmp_path, progress=False)
+    init = P.pretrain(cfg(epochs=0), pretrain_data, device="cpu", cache_dir=tmp_path, progress=False)
     assert len(init.history) == 0 and 0 <= init.test_acc <= 1
-    fresh = P.Pretrainer(cfg(epochs=0), digits, torch.device("cpu")).model
+    fresh = P.Pretrainer(cfg(epochs=0), pretrain_data, torch.device("cpu")).model
     assert same_state(init.model, fresh)
 
 
-def test_training_uses_train_mode_batches_and_learns(digits, tmp_path):
-    res = P.pretrain(cfg(epochs=3, augment="none"), digits, device="cpu", cache_dir=tmp_path,
+def test_training_uses_train_mode_batches_and_learns(pretrain_data, tmp_path):
+    res = P.pretrain(cfg(epochs=3, augment="none"), pretrain_data, device="cpu", cache_dir=tmp_path,
                      progress=False)
     steps = 3 * math.ceil(300 / 64)
     bn = [m for m in res.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -110,9 +111,9 @@ def test_bad_config_is_named(field, value):
         replace(cfg(), **{field: value}).validate()
 
 
-def test_stop_after_epochs_checked(digits, tmp_path):
+def test_stop_after_epochs_checked(pretrain_data, tmp_path):
     with pytest.raises(ValueError, match="stop_after_epochs"):
-        P.pretrain(cfg(), digits, device="cpu", cache_dir=tmp_path, stop_after_epochs=0)
+        P.pretrain(cfg(), pretrain_data, device="cpu", cache_dir=tmp_path, stop_after_epochs=0)
 
 
 def test_load_data_reads_cifar_files_and_keeps_the_first_points(tmp_path, monkeypatch):

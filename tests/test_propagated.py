@@ -9,26 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unroll_utils import metrics
+from unroll_utils import distances
 from unroll_utils.hessian import HessianOperator
 from unroll_utils.propagated import (PropagatedConfig, Visit, flatten, lanczos_basis,
                                      propagated_correction, propagated_unlearning,
                                      propagation_factor, unflatten)
 from unroll_utils.trajectory import LockStep, LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient
-
-N = 70
-
-
-def tiny_net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
-
-
-def toy_data(n=N, dtype=torch.float32):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
 
 
 def dense_f_times(h: torch.Tensor, g: torch.Tensor, f) -> torch.Tensor:
@@ -49,7 +36,7 @@ def test_propagation_factor_by_hand():
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
-def test_lanczos_f_of_h_matches_dense_eigh_on_a_tiny_model(bn_mode):
+def test_lanczos_f_of_h_matches_dense_eigh_on_a_tiny_model(bn_mode, toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net().double()  # float64 HVPs: agreement to round-off
     op = HessianOperator(net, F.cross_entropy, x[:32], y[:32], bn_mode=bn_mode)
@@ -96,9 +83,9 @@ def test_exact_on_a_quadratic_with_full_batch_gradient_descent():
             o.step()
     w, info = propagated_unlearning(m, loss, x[retain], y[retain], g0, lr=lr, steps_after=[t - 1],
                                     krylov=6)
-    ve = metrics.weight_distance(w, m_prime)
-    sgu = metrics.weight_distance(m, m_prime, offset=[lr * gi for gi in g0])
-    nothing = metrics.weight_distance(m, m_prime)
+    ve = distances.weight_distance(w, m_prime)
+    sgu = distances.weight_distance(m, m_prime, offset=[lr * gi for gi in g0])
+    nothing = distances.weight_distance(m, m_prime)
     assert ve < 1e-12 * nothing and sgu > 0.1 * nothing  # SGU is far off, the propagated one exact
     assert info["hvps"] == 6 and info["error"] < 1e-12
 
@@ -122,7 +109,7 @@ def test_clamp_bounds_negative_and_large_curvature():
     assert coef[:3].tolist() == pytest.approx((q.T @ b)[:3].tolist(), rel=1e-9)
 
 
-def test_correction_with_several_visits_matches_dense():
+def test_correction_with_several_visits_matches_dense(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net().double()
     op = HessianOperator(net, F.cross_entropy, x[:32], y[:32], bn_mode="train")
@@ -145,7 +132,7 @@ def lockstep_cfg(**kw):
     return LockStepConfig(**base)
 
 
-def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star():
+def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star(toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     prop = PropagatedConfig(krylov=200, points=32)  # ≥ P: Lanczos is exact
@@ -165,7 +152,7 @@ def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star():
     steps = [1, run.per_epoch + 1]
     u = sum(0.05 * dense_f_times(h, g, lambda lam, n=t - s: propagation_factor(lam, 0.05, n))
             for g, s in zip(grads, steps))
-    expected = metrics.weight_distance(res.model, res.retrained,
+    expected = distances.weight_distance(res.model, res.retrained,
                                        offset=unflatten(u, list(res.model.parameters())))
     last = res.table.iloc[-1]
     assert last["ve_propagated"] == pytest.approx(expected, rel=1e-5)
@@ -175,7 +162,7 @@ def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star():
     assert res.propagated_undo is not None
 
 
-def test_default_run_has_no_propagated_columns_and_hessian_at_w0_reuses_lanczos(tmp_path):
+def test_default_run_has_no_propagated_columns_and_hessian_at_w0_reuses_lanczos(tmp_path, toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     plain = run_lockstep(net, x, y, torch.arange(16), lockstep_cfg(), progress=False)
@@ -213,6 +200,6 @@ def test_post_hoc_form_checks_its_arguments():
     with pytest.raises(ValueError, match="steps_after"):
         propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[-1])
     w, info = propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3])  # zero gradient
-    assert metrics.weight_distance(w, net) == 0.0 and info["hvps"] == 0
+    assert distances.weight_distance(w, net) == 0.0 and info["hvps"] == 0
     with pytest.raises(ValueError, match="non-zero"):
         lanczos_basis(lambda v: v, torch.full((3,), float("nan")), 2)

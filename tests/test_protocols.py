@@ -12,17 +12,12 @@ from unroll_utils.propagated import PropagatedConfig
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_data(n_train=200, seed=0)
-
-
 def net():
     return models.build_model("small_cnn", in_channels=1, width=4, seed=0)
 
 
 def test_regime_map_ratio_is_ve_over_distance(digits):
-    forget = data.select_forget_set(200, "batch", batch_size=32)
+    forget = data.select_forget_set(300, "batch", batch_size=32)
     table, lam_max = protocols.regime_map(net(), digits.train_x, digits.train_y, forget,
                                           LockStepConfig(batch_size=32), [0.01, 0.1], steps=4,
                                           sigma_points=64, progress=False)
@@ -37,7 +32,7 @@ def test_regime_map_ratio_is_ve_over_distance(digits):
 
 
 def test_regime_map_with_the_propagated_variant(digits):
-    forget = data.select_forget_set(200, "batch", batch_size=32)
+    forget = data.select_forget_set(300, "batch", batch_size=32)
     args = (digits.train_x, digits.train_y, forget, LockStepConfig(batch_size=32), [0.01, 0.1])
     plain, lam_plain = protocols.regime_map(net(), *args, steps=4, sigma_points=64, progress=False)
     assert "ratio_propagated" not in plain.columns

@@ -5,15 +5,10 @@ import math
 import pytest
 import torch
 
-from unroll_utils import data, models
-from unroll_utils.metrics import weight_distance
+from unroll_utils import models
+from unroll_utils.distances import weight_distance
 from unroll_utils.privacy import predict_probs
 from unroll_utils.sisa import SISA, expected_retrain_fraction, stage_epochs
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_data(n_train=240, seed=0)
 
 
 def _make(seed=0, **kw):
@@ -51,21 +46,21 @@ def test_spread_schedule_steps_and_default_vote(digits):
     sisa = _make(epochs=5)  # the default schedule: Bourtoule's, [2, 2, 2, 2] at R = 4
     assert sisa.schedule == "spread" and sisa.stage_epochs == [2, 2, 2, 2]
     cost = sisa.fit(digits.train_x, digits.train_y)
-    assert cost.steps == 3 * sum(2 * math.ceil(20 * (r + 1) / 16) for r in range(4))
+    assert cost.steps == 3 * sum(2 * math.ceil(25 * (r + 1) / 16) for r in range(4))  # 25 points a slice
     x = digits.test_x[:40]
     assert torch.equal(sisa.predict(x), sisa.predict(x, "majority_vote"))  # the vote is the default
-    one = _make(epochs=1)  # [0, 0, 1, 0]: only stage 2 (60 points) trains
-    assert one.fit(digits.train_x, digits.train_y).steps == 3 * math.ceil(60 / 16)
+    one = _make(epochs=1)  # [0, 0, 1, 0]: only stage 2 (75 points) trains
+    assert one.fit(digits.train_x, digits.train_y).steps == 3 * math.ceil(75 / 16)
 
 
 def test_partition_and_fit_steps(digits):
     sisa = _make()
     cost = sisa.fit(digits.train_x, digits.train_y)
     everything = torch.cat([sl for shard in sisa.slices for sl in shard])
-    assert torch.equal(everything.sort().values, torch.arange(240))  # disjoint and complete
-    assert [sum(len(sl) for sl in shard) for shard in sisa.slices] == [80, 80, 80]
-    # stage r of a shard trains on slices 0..r: 20, 40, 60, 80 points in batches of 16
-    assert cost.steps == 3 * sum(math.ceil(20 * (r + 1) / 16) for r in range(4))
+    assert torch.equal(everything.sort().values, torch.arange(300))  # disjoint and complete
+    assert [sum(len(sl) for sl in shard) for shard in sisa.slices] == [100, 100, 100]
+    # stage r of a shard trains on slices 0..r: 25, 50, 75, 100 points in batches of 16
+    assert cost.steps == 3 * sum(math.ceil(25 * (r + 1) / 16) for r in range(4))
 
 
 def test_unlearn_retrains_only_the_affected_shard_from_its_checkpoint(digits):
@@ -76,8 +71,8 @@ def test_unlearn_retrains_only_the_affected_shard_from_its_checkpoint(digits):
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in sisa.models]
     cost = sisa.unlearn([point])
     assert cost.retrained == {1: 2}
-    # stages 2 and 3 of shard 1: 59 and 79 points
-    assert cost.steps == math.ceil(59 / 16) + math.ceil(79 / 16)
+    # stages 2 and 3 of shard 1: 74 and 99 points
+    assert cost.steps == math.ceil(74 / 16) + math.ceil(99 / 16)
     for s in (0, 2):
         assert all(torch.equal(before[s][k], v) for k, v in sisa.models[s].state_dict().items())
     assert all(point not in sl for shard in sisa.slices for sl in shard)

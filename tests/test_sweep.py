@@ -254,6 +254,7 @@ def test_summarize_picks_one_value_per_run():
 # ------------------------------------------------------------------------------------------------ execution
 
 
+@pytest.mark.slow  # papermill runs in subprocesses
 def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeypatch):
     grid = sweep.load_grid(write_grid(tmp_path))
     first = sweep.run_grid(grid, echo=lambda _: None)
@@ -301,6 +302,7 @@ def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeyp
     assert sweep.main(["aggregate", str(tmp_path / "grid.yaml"), "--y", "acc"]) == 2
 
 
+@pytest.mark.slow  # papermill runs in submitit subprocesses
 def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
     grid = sweep.load_grid(write_grid(tmp_path, executor={"kind": "submitit-local", "time_min": 10}))
     states = sweep.run_grid(grid, echo=lambda _: None)

@@ -271,6 +271,7 @@ def test_rotten_tomatoes_file_counts():
     assert all(fresh[t] == bool(y) for t, y in zip(texts[:500], labels[:500]))
 
 
+@pytest.mark.slow  # the whole text pipeline
 def test_shipped_pipeline_end_to_end(tmp_path):
     """Rotten Tomatoes snippets -> MiniLM (offline) -> cached features -> the lock-step engine."""
     ds = text.load_text_features(n_train=240, n_test=120, cache_dir=tmp_path, progress=False)

@@ -2,29 +2,19 @@
 
 import copy
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from unroll_utils import metrics
+from unroll_utils import distances, metrics, results, trajectory
 from unroll_utils.losses import make_loss
-from unroll_utils.trajectory import (LockStepConfig, augmentation_draws, batch_order, crop_flip,
-                                     make_optimizer, run_lockstep, sgd_step)
+from unroll_utils.training import augmentation_draws, batch_order, crop_flip, make_optimizer, sgd_step
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient, single_gradient_unlearning
 
 N = 70  # 4 batches of 16 and a last batch of 6
-
-
-def tiny_net(dtype=torch.float32):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).to(dtype)
-
-
-def toy_data(n=N, dtype=torch.float32):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
 
 
 def cfg(**kw):
@@ -48,7 +38,7 @@ def replay(model, x, y, batches, c: LockStepConfig, augment_epochs=None):
     return m
 
 
-def test_two_identical_runs_give_identical_results_and_ve_zero():
+def test_two_identical_runs_give_identical_results_and_ve_zero(toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     c = cfg(sigma_every=4, sigma_points=32)
@@ -62,7 +52,7 @@ def test_two_identical_runs_give_identical_results_and_ve_zero():
 
 @pytest.mark.parametrize("order,augment", [("forget_first", "none"), ("shuffle", "crop_flip"),
                                            ("index", "none")])
-def test_retrained_model_sees_the_same_batches_minus_the_forget_set(order, augment):
+def test_retrained_model_sees_the_same_batches_minus_the_forget_set(order, augment, toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     forget = torch.tensor([3, 17, 40, 69])  # 69 is alone in... the last batch under "index"
@@ -73,12 +63,12 @@ def test_retrained_model_sees_the_same_batches_minus_the_forget_set(order, augme
     full = [batch_order(N, forget, 16, order, e, c.seed) for e in range(2)]
     retain = [[b[~is_f[b]] for b in epoch] for epoch in full]
     use_aug = augment == "crop_flip"
-    assert metrics.weight_distance(res.model, replay(net, x, y, full, c, use_aug)) == 0.0
-    assert metrics.weight_distance(res.retrained, replay(net, x, y, retain, c, use_aug)) == 0.0
+    assert distances.weight_distance(res.model, replay(net, x, y, full, c, use_aug)) == 0.0
+    assert distances.weight_distance(res.retrained, replay(net, x, y, retain, c, use_aug)) == 0.0
     assert int(res.table["times_seen"].iloc[-1]) == sum(int(is_f[b].any()) for e in full for b in e)
 
 
-def test_forget_first_puts_x_star_in_batch_zero_and_retrained_skips_it():
+def test_forget_first_puts_x_star_in_batch_zero_and_retrained_skips_it(toy_data):
     x, y = toy_data()
     forget = torch.arange(16, 32)
     batches = batch_order(N, forget, 16, "forget_first", 0, 0)
@@ -88,7 +78,7 @@ def test_forget_first_puts_x_star_in_batch_zero_and_retrained_skips_it():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)])
-def test_single_gradient_unlearning_is_exact_at_t1(dtype, tol):
+def test_single_gradient_unlearning_is_exact_at_t1(dtype, tol, toy_data, tiny_net):
     x, y = toy_data(dtype=dtype)
     net = tiny_net(dtype)
     res = run_lockstep(net, x, y, torch.arange(16), cfg(epochs=1), progress=False)
@@ -99,7 +89,7 @@ def test_single_gradient_unlearning_is_exact_at_t1(dtype, tol):
     assert row["unlearning_error"] != row["unlearning_error"] or row["unlearning_error"] == 0.0
 
 
-def test_variants_agree_at_t1_where_theory_says_so_and_differ_later():
+def test_variants_agree_at_t1_where_theory_says_so_and_differ_later(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net(torch.float64)
     tables = {u: run_lockstep(net, x, y, torch.arange(16), cfg(undo_at=u, checkpoint_freq=1000),
@@ -112,7 +102,7 @@ def test_variants_agree_at_t1_where_theory_says_so_and_differ_later():
     assert (tables["w0"]["ve"] < tables["w0"]["dist_retrained"]).iloc[:2].all()
 
 
-def test_forget_gradient_is_plain_autograd_and_mutates_nothing():
+def test_forget_gradient_is_plain_autograd_and_mutates_nothing(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net(torch.float64)
     net.eval()
@@ -140,7 +130,7 @@ def test_forget_gradient_is_plain_autograd_and_mutates_nothing():
         single_gradient_unlearning(list(net.parameters()), g, lr=0.0)
 
 
-def test_last_batch_of_size_one_and_forget_point_alone():
+def test_last_batch_of_size_one_and_forget_point_alone(toy_data, tiny_net):
     x, y = toy_data(n=33)
     net = tiny_net()
     # batches of 16: [0..15], [16..31], [32]; forgetting 32 leaves M' nothing to do at step 3
@@ -153,7 +143,7 @@ def test_last_batch_of_size_one_and_forget_point_alone():
     assert 0.0 < tab["ve"].iloc[2] < 0.5 * tab["dist_retrained"].iloc[2]
 
 
-def test_sigma_and_unlearning_error_columns():
+def test_sigma_and_unlearning_error_columns(toy_data, tiny_net):
     x, y = toy_data()
     res = run_lockstep(tiny_net(), x, y, torch.arange(16), cfg(sigma_every=2, sigma_points=32,
                                                                 sigma_batch="fixed"), progress=False)
@@ -169,7 +159,7 @@ def test_sigma_and_unlearning_error_columns():
         [sum(sig[: i + 1]) / (i + 1) for i in range(len(sig))])
 
 
-def test_eigenvalue_stop_rule_gives_the_same_sigma_with_fewer_hvps():
+def test_eigenvalue_stop_rule_gives_the_same_sigma_with_fewer_hvps(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net(torch.float64)
     c = dict(sigma_every=2, sigma_points=32, sigma_tol=1e-4)
@@ -184,7 +174,7 @@ def test_eigenvalue_stop_rule_gives_the_same_sigma_with_fewer_hvps():
         LockStepConfig(sigma_method="power", sigma_stop="eigenvalue").validate()
 
 
-def test_accuracy_columns_and_unlearned_model():
+def test_accuracy_columns_and_unlearned_model(toy_data, tiny_net):
     x, y = toy_data()
     res = run_lockstep(tiny_net(), x, y, torch.arange(16), cfg(epochs=1), test_x=x[:20],
                        test_y=y[:20], progress=False)
@@ -192,11 +182,11 @@ def test_accuracy_columns_and_unlearned_model():
     for col in ("test_acc", "test_acc_retrained", "test_acc_unlearned", "forget_acc"):
         assert 0.0 <= last[col] <= 1.0
     m2 = res.unlearned_model()
-    assert metrics.weight_distance(m2, res.retrained) == pytest.approx(last["ve"], rel=1e-6)
+    assert distances.weight_distance(m2, res.retrained) == pytest.approx(last["ve"], rel=1e-6)
     assert metrics.accuracy(m2, x[:20], y[:20]) == last["test_acc_unlearned"]
 
 
-def test_checkpoint_resume_is_bit_identical(tmp_path):
+def test_checkpoint_resume_is_bit_identical(tmp_path, toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     c = cfg(order="shuffle", augment="crop_flip", momentum=0.9, sigma_every=2, sigma_points=32)
@@ -209,8 +199,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
                            checkpoint_every=3, progress=False)
     assert resumed.complete and resumed.steps_done == full.steps_done == 10
     assert resumed.table.equals(full.table)
-    assert metrics.weight_distance(resumed.model, full.model) == 0.0
-    assert metrics.weight_distance(resumed.retrained, full.retrained) == 0.0
+    assert distances.weight_distance(resumed.model, full.model) == 0.0
+    assert distances.weight_distance(resumed.retrained, full.retrained) == 0.0
     with pytest.raises(ValueError, match="another configuration"):
         run_lockstep(net, x, y, torch.tensor([1, 20, 50]), cfg(lr=0.01), checkpoint_path=ck,
                      progress=False)
@@ -219,6 +209,32 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
         other[-1].weight.add_(1.0)
     with pytest.raises(ValueError, match="w_0"):
         run_lockstep(other, x, y, torch.tensor([1, 20, 50]), c, checkpoint_path=ck, progress=False)
+
+
+def test_checkpoint_of_another_format_or_config_fields_is_refused(tmp_path, toy_data, tiny_net, monkeypatch):
+    """A checkpoint written by another version of the package (checkpoint format 1 had no ``format``
+    entry and left later fields out of its fingerprint) is refused naming the format, not resumed."""
+    x, y = toy_data()
+    net, forget, c = tiny_net(), torch.tensor([1, 20, 50]), cfg()
+    ck = tmp_path / "run.pt"
+    run_lockstep(net, x, y, forget, c, checkpoint_path=ck, stop_after=4, progress=False)
+    state = results.load_checkpoint(ck)
+    assert state["format"] == trajectory.CHECKPOINT_FORMAT == 2
+    old = {k: v for k, v in state.items() if k not in ("format", "config_fields")}
+    results.save_checkpoint(old, ck)
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(ck))}: the state is in checkpoint format 1, "
+                                         r"written by an older version .* reads format 2; delete it to recompute"):
+        run_lockstep(net, x, y, forget, c, checkpoint_path=ck, progress=False)
+    # same format, but the config had another field: named
+    results.save_checkpoint({**state, "config_fields": [f for f in state["config_fields"] if f != "sigma_track"]
+                             + ["sigma_every_old"]}, ck)
+    with pytest.raises(ValueError, match=r"lacked \['sigma_track'\] and had \['sigma_every_old'\]; delete it"):
+        run_lockstep(net, x, y, forget, c, checkpoint_path=ck, progress=False)
+    # the format number is part of the fingerprint, and every config field is, at any value
+    base = LockStep(net, x, y, forget, c).fingerprint
+    assert LockStep(net, x, y, forget, cfg(sigma_track=False, sigma_every=0)).fingerprint == base
+    monkeypatch.setattr(trajectory, "CHECKPOINT_FORMAT", 3)
+    assert LockStep(net, x, y, forget, c).fingerprint != base
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 0), ("epochs", 0),
@@ -232,7 +248,7 @@ def test_bad_config_names_the_field(field, value):
         LockStepConfig(**{field: value}).validate()
 
 
-def test_bad_forget_sets_raise():
+def test_bad_forget_sets_raise(toy_data, tiny_net):
     x, y = toy_data()
     for bad in (torch.tensor([], dtype=torch.long), torch.arange(N), torch.tensor([3, 1]),
                 torch.tensor([N])):
@@ -240,7 +256,7 @@ def test_bad_forget_sets_raise():
             run_lockstep(tiny_net(), x, y, bad, cfg(), progress=False)
 
 
-def test_batch_difference_undo_is_exact_at_t1_for_a_point_sharing_its_batch():
+def test_batch_difference_undo_is_exact_at_t1_for_a_point_sharing_its_batch(toy_data, tiny_net):
     x, y = toy_data(dtype=torch.float64)
     net = tiny_net(torch.float64)
     one = torch.tensor([5])  # shares batch 0 with 15 retained points under "index" order
@@ -268,7 +284,7 @@ def _tables_and_weights_equal(a, b):
 
 
 @pytest.mark.parametrize("undo_at", ["w0", "current", "checkpoint"])
-def test_lockstep_class_driven_by_hand_matches_run_lockstep(undo_at):
+def test_lockstep_class_driven_by_hand_matches_run_lockstep(undo_at, toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     c = cfg(undo_at=undo_at, checkpoint_freq=3, sigma_every=3, sigma_points=32, eval_every=1)
@@ -285,7 +301,7 @@ def test_lockstep_class_driven_by_hand_matches_run_lockstep(undo_at):
         run.step()
 
 
-def test_lockstep_state_dict_round_trip_is_bit_identical():
+def test_lockstep_state_dict_round_trip_is_bit_identical(toy_data, tiny_net):
     x, y = toy_data()
     net = tiny_net()
     c = cfg(undo_at="final", sigma_every=2, sigma_points=32, augment="crop_flip", momentum=0.9)
@@ -302,7 +318,7 @@ def test_lockstep_state_dict_round_trip_is_bit_identical():
         other.load_state_dict(state)
 
 
-def test_lockstep_measure_needs_a_step():
+def test_lockstep_measure_needs_a_step(toy_data, tiny_net):
     x, y = toy_data()
     with pytest.raises(RuntimeError, match="step"):
         LockStep(tiny_net(), x, y, torch.arange(16), cfg()).measure()
@@ -331,7 +347,7 @@ def bn1d_net():
     return nn.Sequential(nn.Flatten(), nn.Linear(36, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
 
 
-def test_one_point_probe():
+def test_one_point_probe(toy_data, tiny_net):
     x, _ = toy_data(4)
     assert not trains_on_one_point(bn1d_net(), x[:1])
     assert trains_on_one_point(tiny_net(), x[:1])  # BatchNorm2d on 6x6 maps trains on one point
@@ -341,7 +357,7 @@ def test_one_point_probe():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # buffers untouched
 
 
-def test_lone_last_batch_with_batchnorm1d_is_refused_naming_batch_size():
+def test_lone_last_batch_with_batchnorm1d_is_refused_naming_batch_size(toy_data):
     x, y = toy_data(9)
     with pytest.raises(ValueError, match=r"batch_size=8 with 9 training points leaves a last batch"):
         run_lockstep(bn1d_net(), x, y, torch.arange(8), cfg(batch_size=8, epochs=1), progress=False)
@@ -349,14 +365,14 @@ def test_lone_last_batch_with_batchnorm1d_is_refused_naming_batch_size():
         train_sgd(bn1d_net(), x, y, lr=0.1, epochs=1, batch_size=8, progress=False)
 
 
-def test_lone_retained_point_for_m_prime_is_refused():
+def test_lone_retained_point_for_m_prime_is_refused(toy_data):
     x, y = toy_data(16)
     # batch 0 = x* (8 points), batch 1 = 7 forget points + 1 retained point: M′ would see one point
     with pytest.raises(ValueError, match=r"M′ would train on one retained point in batch 1 of epoch 0"):
         run_lockstep(bn1d_net(), x, y, torch.arange(15), cfg(batch_size=8, epochs=1), progress=False)
 
 
-def test_lone_point_batches_still_run_where_batchnorm_allows_them():
+def test_lone_point_batches_still_run_where_batchnorm_allows_them(toy_data, tiny_net):
     x, y = toy_data(9)
     r = run_lockstep(tiny_net(), x, y, torch.arange(8), cfg(batch_size=8, epochs=1), progress=False)
     assert r.complete and r.steps_done == 2
@@ -364,7 +380,7 @@ def test_lone_point_batches_still_run_where_batchnorm_allows_them():
     assert find_lone_point_batch(10, torch.arange(8), 8, "forget_first", 1, 0) is None
 
 
-def test_sigma_with_weight_decay_adds_wd_to_the_top_eigenvalue():
+def test_sigma_with_weight_decay_adds_wd_to_the_top_eigenvalue(toy_data, tiny_net):
     """sigma_weight_decay=True: λ_max of L + ½·wd·‖w‖² = λ_max(H) + wd at every σ measurement."""
     x, y = toy_data()
     net = tiny_net(torch.float64)

@@ -13,13 +13,13 @@ import re
 import sys
 from dataclasses import fields
 
-from . import data, hessian, trajectory, unlearning
+from . import data, device, hessian, models, training, unlearning
 from .experiment import FORGET_KINDS, MainJobConfig, format_table, main_job
 
-CHOICES = {"dataset": data.DATASETS, "model": ("small_cnn", "resnet18", "vgg19"),
-           "loss": ("ce", "sd"), "order": trajectory.ORDERS, "undo_at": unlearning.UNDO_POINTS,
+CHOICES = {"dataset": data.DATASETS, "model": models.IMAGE_MODEL_NAMES,
+           "loss": ("ce", "sd"), "order": training.ORDERS, "undo_at": unlearning.UNDO_POINTS,
            "forget": FORGET_KINDS, "sigma_convention": hessian.SIGMA_CONVENTIONS,
-           "device": ("cpu", "cuda", "auto")}
+           "device": device.DEVICES}
 CONFIG_FIELDS = tuple(f.name for f in fields(MainJobConfig))
 # One line per option for --help (the full definitions: MainJobConfig, LockStepConfig, README "Conventions").
 HELP = {

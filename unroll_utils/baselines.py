@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 from . import data as D
 from .hessian import HessianOperator
 from .losses import make_loss
-from .metrics import t_interval, verification_error
+from .metrics import verification_error
 from .privacy import loss_attack_auc, mia_cv_accuracy, per_example_loss, predict_probs, svc_mia_efficacy
 from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
+from .statistics import t_interval
 from .training import SGDConfig, batch_order, make_optimizer, sgd_step, sub_seed, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 

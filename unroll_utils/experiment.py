@@ -20,7 +20,7 @@ import torch
 
 from . import data, models, plot, results
 from .metrics import correlations
-from .device import environment, key_environment, resolve_device
+from .device import DEVICES, environment, key_environment, resolve_device
 from .training import SGDTraining, require
 from .trajectory import LockStepConfig, run_lockstep
 
@@ -99,15 +99,14 @@ class MainJobConfig:
             require(self, ok, name, allowed)
 
         need(self.dataset in data.DATASETS, "dataset", f"one of {data.DATASETS}")
-        need(self.model in ("small_cnn", "resnet18", "vgg19"), "model",
-             "one of ('small_cnn', 'resnet18', 'vgg19')")
+        need(self.model in models.IMAGE_MODEL_NAMES, "model", f"one of {models.IMAGE_MODEL_NAMES}")
         need(self.width >= 1, "width", ">= 1")
         need(self.n_train >= 10, "n_train", ">= 10")
         need(self.pretrain_epochs >= 0, "pretrain_epochs", ">= 0")
         need(math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0, "pretrain_lr", "> 0")
         need(self.pretrain_batch_size >= 1, "pretrain_batch_size", ">= 1")
         need(self.forget in FORGET_KINDS, "forget", f"one of {FORGET_KINDS}")
-        need(self.device in ("cpu", "cuda", "auto"), "device", "one of ('cpu', 'cuda', 'auto')")
+        need(self.device in DEVICES, "device", f"one of {DEVICES}")
         self.lockstep_config().validate()
         self.check_dependencies()
         return self
@@ -254,8 +253,8 @@ def _summary(table: pd.DataFrame, forget: torch.Tensor, n: int, steps: int, envi
     corr_roll = correlations(table["rolling_unlearning_error"], table["ve"])
     last = table.iloc[-1]
     return {
-        "pearson_e_ve": corr["pearson_r"], "spearman_e_ve": corr["spearman_rho"],
-        "pearson_rolling_e_ve": corr_roll["pearson_r"], "n_measurements": corr["n"],
+        "pearson_e_ve": corr["pearson"], "spearman_e_ve": corr["spearman"],
+        "pearson_rolling_e_ve": corr_roll["pearson"], "n_measurements": corr["n"],
         "final_ve": float(last["ve"]), "final_dist_retrained": float(last["dist_retrained"]),
         "test_acc": float(last["test_acc"]), "test_acc_retrained": float(last["test_acc_retrained"]),
         "test_acc_unlearned": float(last["test_acc_unlearned"]), "n_forget": int(forget.numel()),

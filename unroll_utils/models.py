@@ -32,6 +32,7 @@ from torchvision.ops import Conv2dNormActivation
 __all__ = [
     "INITS",
     "MODEL_NAMES",
+    "IMAGE_MODEL_NAMES",
     "LinearHead",
     "SmallCNN",
     "build_model",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: Names accepted by :func:`build_model`.
 MODEL_NAMES: tuple[str, ...] = ("small_cnn", "resnet18", "vgg19", "linear")
+#: The image classifiers among them (``linear`` is a head on frozen features).
+IMAGE_MODEL_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n != "linear")
 #: Initialisations of the CIFAR models: PyTorch's module defaults (the reference's) or torchvision's.
 INITS: tuple[str, ...] = ("pytorch_default", "torchvision")
 

@@ -11,7 +11,7 @@ constant lr), which are the same class with other values.
 environment (:func:`unroll_utils.device.environment`), keeps a per-epoch checkpoint (model,
 optimiser and scheduler state, history) while it runs, and resumes from it bit-identically: the
 data order and augmentation of an epoch are functions of (seed, epoch) only
-(:func:`unroll_utils.trajectory.batch_order`, :func:`~unroll_utils.trajectory.augmentation_draws`).
+(:func:`unroll_utils.training.batch_order`, :func:`~unroll_utils.training.augmentation_draws`).
 The test accuracy is recorded after every epoch.
 
 Differences from the reference, by design: augmentation is drawn on normalised tensors with an
@@ -91,8 +91,7 @@ class PretrainConfig:
             require(self, ok, name, allowed)
 
         need(self.dataset in data_mod.DATASETS, "dataset", f"one of {data_mod.DATASETS}")
-        need(self.model in ("small_cnn", "resnet18", "vgg19"), "model",
-             "one of ('small_cnn', 'resnet18', 'vgg19')")
+        need(self.model in models.IMAGE_MODEL_NAMES, "model", f"one of {models.IMAGE_MODEL_NAMES}")
         need(self.width >= 1, "width", ">= 1")
         need(self.n_train is None or self.n_train >= 10, "n_train", "None or >= 10")
         need(self.n_test is None or self.n_test >= 1, "n_test", "None or >= 1")

@@ -37,9 +37,12 @@ from tqdm.auto import tqdm
 
 from . import hessian, results
 from .losses import make_loss
-from .metrics import bootstrap_ci, correlations
+from .distances import snapshot, weight_distance
+from .metrics import correlations
 from .propagated import PropagatedConfig
-from .trajectory import LockStep, LockStepConfig, LockStepResult, make_optimizer, run_lockstep, sgd_step
+from .statistics import bootstrap_ci
+from .training import make_optimizer, sgd_step
+from .trajectory import LockStep, LockStepConfig, LockStepResult, run_lockstep
 
 PRESET_NAMES = ("smoke", "small", "paper")
 
@@ -171,7 +174,7 @@ def run_correlations(table: pd.DataFrame, proxy: str = "unlearning_error", targe
     """Pearson and Spearman correlation of a proxy (e) with VE over the rows of one run where
     both are finite (see :func:`unroll_utils.metrics.correlations`)."""
     c = correlations(table[proxy], table[target])
-    return {"pearson": c["pearson_r"], "spearman": c["spearman_rho"], "n_points": c["n"]}
+    return {"pearson": c["pearson"], "spearman": c["spearman"], "n_points": c["n"]}
 
 
 def seed_intervals(runs: pd.DataFrame, by: Sequence[str], columns: Sequence[str], *,
@@ -186,7 +189,7 @@ def seed_intervals(runs: pd.DataFrame, by: Sequence[str], columns: Sequence[str]
 
     Returns:
         One row per group: the group keys, ``n_seeds`` and for each column ``<col>``,
-        ``<col>_low``, ``<col>_high`` (see :func:`unroll_utils.metrics.bootstrap_ci`).
+        ``<col>_low``, ``<col>_high`` (see :func:`unroll_utils.statistics.bootstrap_ci`).
     """
     groups = runs.groupby(list(by), sort=True) if by else [((), runs)]
     rows = []

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .privacy import predict_probs
-from .trajectory import train_sgd
+from .training import train_sgd
 
 __all__ = ["SISA", "UnlearnCost", "AGGREGATIONS", "SCHEDULES", "stage_epochs", "expected_retrain_fraction"]
 
@@ -99,7 +99,7 @@ class SISA:
         build: ``build(seed) -> nn.Module``, a fresh model (the same architecture for every shard).
         n_shards: S ≥ 1. n_slices: R ≥ 1.
         lr, batch_size, loss, lam, momentum: SGD settings of every stage (as
-            :func:`unroll_utils.trajectory.train_sgd`).
+            :func:`unroll_utils.training.train_sgd`).
         epochs: E ≥ 1, the single model's epochs, spread over the stages by :func:`stage_epochs`
             (``schedule="spread"``, Bourtoule et al.'s ``sisa.py``; required there).
         schedule: ``"spread"`` (default, the source's: each shard sees ≈ E epochs of its data) or

@@ -779,7 +779,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95, method: str = "t", see
     Raises:
         ValueError: if ``values`` is empty, ``level`` is outside (0, 1) or ``method`` is unknown.
     """
-    from unroll_utils.metrics import t_interval  # imports torch: only when intervals are drawn
+    from unroll_utils.statistics import t_interval  # imports scipy: only when intervals are drawn
 
     if method not in ("t", "bootstrap"):
         raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")

@@ -11,15 +11,15 @@ checkpoint atomically and resume bit-identically.
 
 The run is a small state machine, :class:`LockStep`, with the σ bookkeeping in
 :class:`SigmaTracker` and the unlearning correction in :class:`UndoAccumulator`;
-:func:`run_lockstep` is the one-call form. The training primitives live in
-:mod:`unroll_utils.training` (re-exported here).
+:func:`run_lockstep` is the one-call form. The training primitives (data order, augmentation,
+SGD steps) live in :mod:`unroll_utils.training`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +30,29 @@ from tqdm.auto import tqdm
 
 from . import hessian, results
 from .losses import make_loss
-from .metrics import (accuracy, lockstep_distances, model_weights, snapshot, unlearning_error,
-                      weight_distance)
+from .distances import lockstep_distances, model_weights, snapshot, weight_distance
+from .metrics import accuracy, unlearning_error
 from .training import (ALL_AUGMENTS, AUGMENTS, ORDERS, SGDConfig, augment_batch, augmentation_draws,
                        batch_order, check_lone_point_batches, check_sgd_fields, crop_flip,
-                       epoch_draws, make_optimizer, require, sgd_step, sub_seed, train_sgd)
+                       epoch_draws, make_optimizer, require, sgd_step, sub_seed)
 from .propagated import PropagatedConfig, PropagatedUndo
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
 __all__ = [
     "LockStepConfig", "LockStepResult", "LockStep", "SigmaTracker", "UndoAccumulator",
-    "run_lockstep", "with_undo", "SIGMA_BATCHES",
-    # training primitives, re-exported from unroll_utils.training
-    "ORDERS", "AUGMENTS", "SGDConfig", "require", "batch_order", "augmentation_draws", "crop_flip",
-    "sgd_step", "make_optimizer", "train_sgd",
+    "run_lockstep", "with_undo", "SIGMA_BATCHES", "CHECKPOINT_FORMAT",
 ]
 
 SIGMA_BATCHES = ("fixed", "current")
 SIGMA_DATA = ("augmented", "raw")
+
+#: The layout of :meth:`LockStep.state_dict` and of its fingerprint. Raise it when that layout changes;
+#: a field added to or removed from :class:`LockStepConfig` needs no change here, as the state also
+#: records the config's field names and a checkpoint with other names is refused the same way (a
+#: message saying so, instead of a resume into a run it does not describe). 1: unrolling-sgd 0.1.0
+#: (no ``format`` entry; fields added after its first release left out of the fingerprint at their
+#: defaults).
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -455,8 +460,8 @@ class LockStep:
         self.propagated_undo: list[torch.Tensor] | None = None
         self.rows: list[dict] = []
         self.t, self.times_seen = 0, 0
-        self.fingerprint = results.fingerprint({"config": _fingerprint_fields(cfg), "n": n,
-                                                "forget": self.forget.tolist(),
+        self.fingerprint = results.fingerprint({"format": CHECKPOINT_FORMAT, "config": asdict(cfg),
+                                                "n": n, "forget": self.forget.tolist(),
                                                 "x_shape": list(train_x.shape)})
         self._epoch_plan: tuple | None = None  # (epoch, batches, draws)
         self._last: tuple | None = None  # (xb, yb, loss, epoch) of the last step
@@ -576,7 +581,8 @@ class LockStep:
 
     def state_dict(self) -> dict:
         """Everything a bit-identical resume needs (the checkpoint format of :func:`run_lockstep`)."""
-        return {"fingerprint": self.fingerprint, "t": self.t, "times_seen": self.times_seen,
+        return {"format": CHECKPOINT_FORMAT, "config_fields": _config_fields(),
+                "fingerprint": self.fingerprint, "t": self.t, "times_seen": self.times_seen,
                 "initial": self.initial.state_dict(), "model": self.model.state_dict(),
                 "retrained": self.retrained.state_dict(), "opt_model": self.opt_model.state_dict(),
                 "opt_retrained": self.opt_retrained.state_dict(), **self.undo.state_dict(),
@@ -584,8 +590,20 @@ class LockStep:
                 **(self.propagated.state_dict() if self.propagated is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`. Raises ValueError if it was written by another
-        configuration or forget set, or from another w_0."""
+        """Restore a :meth:`state_dict`. Raises ValueError if it was written in another
+        :data:`CHECKPOINT_FORMAT` (by another version of unroll_utils), by another configuration
+        or forget set, or from another w_0."""
+        written = state.get("format", 1)
+        if written != CHECKPOINT_FORMAT:
+            raise ValueError(f"the state is in checkpoint format {written}, written by "
+                             f"{'an older' if written < CHECKPOINT_FORMAT else 'a newer'} version of "
+                             f"unroll_utils; this version reads format {CHECKPOINT_FORMAT}")
+        if state["config_fields"] != _config_fields():
+            added = sorted(set(_config_fields()) - set(state["config_fields"]))
+            removed = sorted(set(state["config_fields"]) - set(_config_fields()))
+            raise ValueError(f"the state is in checkpoint format {written} but was written by another "
+                             f"version of unroll_utils, whose LockStepConfig lacked {added} and had "
+                             f"{removed}")
         if state["fingerprint"] != self.fingerprint:
             raise ValueError("the state was written by another configuration or forget set")
         initial = copy.deepcopy(self.initial)
@@ -625,6 +643,9 @@ class LockStep:
             try:
                 self.load_state_dict(results.load_checkpoint(checkpoint_path, map_location=self.device))
             except ValueError as err:
+                if "checkpoint format" in str(err):
+                    raise ValueError(f"checkpoint {checkpoint_path}: {err}; delete it to recompute the "
+                                     "run, or choose another checkpoint_path") from None
                 if "another configuration" not in str(err):
                     raise
                 raise ValueError(f"checkpoint {checkpoint_path} was written by another configuration "
@@ -646,26 +667,9 @@ class LockStep:
         return self.result()
 
 
-# Fields added after the first release: left out of a run's fingerprint while they hold these values,
-# so checkpoints written before they existed still resume.
-LATER_FIELDS = {"propagated": None, "sigma_weight_decay": False, "sigma_track": False,
-                "sigma_micro_batch": None}
-
-
-def _fingerprint_fields(cfg: LockStepConfig) -> dict:
-    """The config fields that identify a run's checkpoint (see ``LATER_FIELDS``). ``sigma_data``
-    enters only where it changes the run (an augmented run with a fixed σ batch), and runs with
-    ``undo_at="checkpoint"`` carry the checkpoint rule (moved one step later to match the
-    reference), so checkpoints written under the earlier rules are not resumed."""
-    fields_ = asdict(cfg)
-    for name, neutral in LATER_FIELDS.items():
-        if fields_[name] == neutral:
-            del fields_[name]
-    if cfg.augment == "none" or cfg.sigma_batch != "fixed":
-        del fields_["sigma_data"]
-    if cfg.undo_at == "checkpoint":
-        fields_["checkpoint_rule"] = "before_step"
-    return fields_
+def _config_fields() -> list[str]:
+    """The names of :class:`LockStepConfig`'s fields, in declaration order (stored in a checkpoint)."""
+    return [f.name for f in fields(LockStepConfig)]
 
 
 def _checked_forget(forget, n: int) -> torch.Tensor:
@@ -699,7 +703,7 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         :class:`LockStepResult`. Table columns: ``t`` (SGD steps of M since w_0), ``epoch``,
         ``times_seen`` (steps that contained forget points so far), ``loss`` (M's batch loss),
         ``ve`` (‖w″_t − w′_t‖), ``delta_w`` (‖w_t − w_0‖), ``dist_retrained`` (‖w_t − w′_t‖, no
-        unlearning; these three from one :func:`~unroll_utils.metrics.lockstep_distances`
+        unlearning; these three from one :func:`~unroll_utils.distances.lockstep_distances`
         pass), ``eigenvalue`` (λ, the top Hessian eigenvalue, NaN when not measured),
         ``eig_residual``, ``eig_error_bound`` (estimated |λ − eigenvalue|), ``eig_hvps``
         (and ``eig_tracked`` with ``config.sigma_track``; ``dist_ckpt``, ‖w_t − w_ckpt‖ over the
@@ -713,7 +717,9 @@ def run_lockstep(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
 
     Raises:
         ValueError: invalid config (named field), bad forget set, mismatched data, a checkpoint
-            written by another configuration, or a ``model`` that is not the checkpoint's w_0.
+            written by another configuration or in another :data:`CHECKPOINT_FORMAT` (by another
+            version of unroll_utils: delete it to recompute), or a ``model`` that is not the
+            checkpoint's w_0.
     """
     run = LockStep(model, train_x, train_y, forget, config, test_x=test_x, test_y=test_y)
     return run.run(checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
