@@ -268,11 +268,13 @@ class Visit:
 
 def retain_steps_after(steps: Sequence[int], forget_only: Sequence[bool], t: int) -> list[int]:
     """n_k for visits at 1-based steps τ_k: the steps τ_k < i ≤ t on which the retrained model M′
-    moves, n_k = t − τ_k − #{j : τ_k < τ_j ≤ t, forget_only_j} (module docstring, *Which steps count*).
+    moves, n_k = t − τ_k − #{j : τ_k < τ_j ≤ t, forget_only_j} (module docstring, *Which steps
+    count*).
 
     Args:
-        steps: (K,) τ_k, each an integer in [0, t] (1-based; the post-hoc form's virtual τ may be 0). forget_only: (K,) whether visit k's batch held
-            forget points only. t: the step being unlearned (M's steps since w_0).
+        steps: (K,) τ_k, each an integer in [0, t] (1-based; the post-hoc form's virtual τ may
+            be 0). forget_only: (K,) whether visit k's batch held forget points only.
+        t: the step being unlearned (M's steps since w_0).
 
     Returns:
         (K,) non-negative integers. Two epochs of [x*, 12 retain steps] (τ = 1, 14; t = 26):
