@@ -376,3 +376,15 @@ def test_building_blocks_refuse_non_integer_counts():
     p = list(net.parameters())
     for a, b, w in zip(twice, once, p):
         assert torch.allclose(a - w, 2 * (b - w), rtol=1e-12, atol=1e-15)
+
+
+def test_post_hoc_form_takes_steps_after_as_a_list_tuple_or_integer_array():
+    net, x, y = quadratic_problem()
+    loss = lambda out, tgt: 0.5 * ((out - tgt) ** 2).mean()  # noqa: E731
+    g0 = forget_gradient(net, loss, x[:8], y[:8])
+    outs = [propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=s, krylov=6)[0]
+            for s in ([5, 2], (5, 2), np.array([5, 2]))]
+    for w in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(w, outs[0]))
+    with pytest.raises(ValueError, match="integers >= 0"):
+        propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=np.array([3.7]))

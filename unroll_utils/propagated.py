@@ -384,6 +384,8 @@ def propagated_unlearning(model: nn.Module, loss_fn, hessian_x: torch.Tensor,
             ``bn_mode``.
     """
     lr = check_number("lr", lr, positive=True)
+    if isinstance(steps_after, np.ndarray):
+        steps_after = steps_after.tolist()
     if isinstance(steps_after, (str, bytes)) or not isinstance(steps_after, Sequence) or not steps_after:
         raise ValueError(f"steps_after must be a non-empty list of integers >= 0; got {steps_after!r}")
     for n in steps_after:
