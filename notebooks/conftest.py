@@ -29,7 +29,7 @@ attack's *target model*, *target point* and *the target's* recipe, *error bars*,
 notation H-bar are fine."""
 
 # Fixed on other branches: remove an entry when its notebook passes (see tests/test_notebook_house_rules.py).
-KNOWN_VIOLATIONS: set[str] = {"14_propagated_unlearning.ipynb"}
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 def printed_text(outputs) -> str:

@@ -127,8 +127,6 @@ def test_prs_empty_bin_uses_nearest_filled_bin():
     assert P.privacy_risk_score(h, *_binary([0.5], 0)) == pytest.approx([0.5 / (0.5 + 1 / 3)])
     with pytest.raises(ValueError, match="prior"):
         P.privacy_risk_score(h, mem, memy, prior=1.0)
-    with pytest.raises(ValueError, match="class 1"):
-        P.RiskHistograms.fit(mem, memy, non, nony)
     with pytest.raises(ValueError, match="bins"):
         P.RiskHistograms.fit(mem, memy, non, nony, bins=0)
 
@@ -220,3 +218,101 @@ def test_svc_mia_efficacy_known_answers_and_sklearn():
     assert 0.0 < direct < 1.0
     with pytest.raises(ValueError, match="feature"):
         P.svc_mia_efficacy(mem, memy, non, nony, fitted, fy, feature="m_entropy")
+
+
+def _random_probs(rng, n, classes):
+    logits = rng.normal(0.0, 3.0, (n, classes))
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True), rng.integers(0, classes, n)
+
+
+def test_risk_histograms_outer_edges_are_the_data_extremes():
+    # extremes whose log-spaced edges round inward: 10**log10(lo) > lo and 10**log10(hi) < hi
+    lo, hi = 0.08614360858335124, 0.23483989257423196
+    rounded = np.logspace(np.log10(lo), np.log10(hi), 6)
+    assert rounded[0] > lo and rounded[-1] < hi  # np.histogram on these edges drops both points
+    members, non = np.array([lo, 0.1, 0.15]), np.array([0.12, 0.2, hi])
+    zeros = np.zeros(3, dtype=np.int64)
+    h = P.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1)
+    assert h.edges[0, 0] == lo and h.edges[0, -1] == hi
+    assert np.all(np.diff(h.edges[0]) > 0)
+    assert h.p_in[0].sum() == pytest.approx(1.0, abs=1e-15)
+    assert h.p_out[0].sum() == pytest.approx(1.0, abs=1e-15)
+    # bin ratio (hi/lo)^(1/5) = 1.222: 0.1 -> bin 0, 0.15 -> bin 2, 0.12 -> bin 1, 0.2 -> bin 4
+    assert h.p_in[0] == pytest.approx([2 / 3, 0, 1 / 3, 0, 0])
+    assert h.p_out[0] == pytest.approx([0, 1 / 3, 0, 0, 2 / 3])
+    lin = P.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1, log_bins=False)
+    assert lin.edges[0, 0] == lo and lin.edges[0, -1] == hi and lin.p_out[0].sum() == pytest.approx(1.0)
+
+
+def test_risk_histograms_from_shadow_probs_count_every_point():
+    rng = np.random.default_rng(0)
+    mp, my = _random_probs(rng, 24, 4)
+    npp, ny = _random_probs(rng, 24, 4)
+    # the authors' construction (np.logspace edges + np.histogram) loses points on this data
+    va, vb = P.modified_entropy(mp, my), P.modified_entropy(npp, ny)
+    lost = 0
+    for c in range(4):
+        a, b = np.maximum(va[my == c], 1e-10), np.maximum(vb[ny == c], 1e-10)
+        e = np.logspace(np.log10(min(a.min(), b.min())), np.log10(max(a.max(), b.max())), 6)
+        lost += a.size + b.size - np.histogram(a, e)[0].sum() - np.histogram(b, e)[0].sum()
+    assert lost > 0
+    h = P.RiskHistograms.fit(mp, my, npp, ny)
+    for c in range(4):
+        assert h.p_in[c].sum() == pytest.approx(1.0, abs=1e-12)
+        assert h.p_out[c].sum() == pytest.approx(1.0, abs=1e-12)
+        both = np.maximum(np.r_[va[my == c], vb[ny == c]], 1e-10)
+        assert h.edges[c, 0] == both.min() and h.edges[c, -1] == both.max()
+        counts = np.round(h.p_in[c] * (my == c).sum()).astype(int)
+        assert counts.sum() == (my == c).sum()
+
+
+def test_prs_class_without_shadow_data_is_scored_by_the_rule():
+    # binary outputs where every shadow label is 0: class 1 has no shadow point at all
+    rng = np.random.default_rng(1)
+    mp, _ = _random_probs(rng, 10, 2)
+    npp, _ = _random_probs(rng, 10, 2)
+    zeros = np.zeros(10, dtype=np.int64)
+    h = P.RiskHistograms.fit(mp, zeros, npp, zeros)
+    assert h.p_in[1].sum() == 0 and h.p_out[1].sum() == 0 and h.p_in[0].sum() == pytest.approx(1.0)
+    tp, _ = _random_probs(rng, 6, 2)
+    ty = np.array([0, 1, 0, 1, 0, 1])
+    prs = P.privacy_risk_score(h, tp, ty)
+    assert np.all(np.isfinite(prs)) and prs[1::2].tolist() == [0.5] * 3  # no evidence: the prior
+    assert P.privacy_risk_score(h, tp, ty, prior=0.3)[1::2] == pytest.approx([0.3] * 3)
+    # class 0 is scored as with class 0 alone
+    alone = P.RiskHistograms.fit(mp, zeros, npp, zeros)
+    assert prs[0::2] == pytest.approx(P.privacy_risk_score(alone, tp[0::2], ty[0::2]))
+    # members only in class 1 -> 1 (in / (in + 0)), non-members only in class 2 -> 0
+    mp3, my3 = _random_probs(rng, 30, 3)
+    np3, ny3 = _random_probs(rng, 30, 3)
+    my3[my3 == 2], ny3[ny3 == 1] = 0, 0
+    my3[:2], ny3[:2] = 1, 2
+    h3 = P.RiskHistograms.fit(mp3, my3, np3, ny3)
+    assert h3.p_out[1].sum() == 0 and h3.p_in[2].sum() == 0
+    t3, _ = _random_probs(rng, 4, 3)
+    assert P.privacy_risk_score(h3, t3, np.array([1, 2, 1, 2])).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("bad,what", [
+    (np.array([[np.nan, 0.5], [0.5, 0.5]]), "NaN"),
+    (np.array([[2.0, -1.0], [0.5, 0.5]]), "negative"),
+    (np.array([[2.0, 1.5], [0.5, 0.5]]), "sums to 3.5"),
+])
+def test_entropy_refuses_what_is_not_probabilities(bad, what):
+    with pytest.raises(ValueError, match=rf"^probs must be probabilities.*{what}.*apply softmax"):
+        P.entropy(bad)
+
+
+def test_risk_score_refuses_nan_probabilities_naming_the_argument():
+    mem, memy = _binary([1.0, 0.5], 0)
+    non, nony = _binary([0.5, 0.9], 0)
+    nan = mem.copy()
+    nan[0, 0] = np.nan
+    h = P.RiskHistograms.fit(mem, memy, non, nony)
+    with pytest.raises(ValueError, match=r"^probs must be probabilities.*NaN.*apply softmax"):
+        P.privacy_risk_score(h, nan, memy)
+    with pytest.raises(ValueError, match=r"^member_probs must be probabilities.*NaN"):
+        P.RiskHistograms.fit(nan, memy, non, nony)
+    with pytest.raises(ValueError, match=r"^nonmember_probs must be probabilities.*NaN"):
+        P.RiskHistograms.fit(mem, memy, nan, nony)

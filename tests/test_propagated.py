@@ -150,8 +150,12 @@ def test_lockstep_option_against_dense_with_gradients_where_m_saw_x_star(toy_dat
     t = res.steps_done
     h = HessianOperator(res.model, F.cross_entropy, x[:32], y[:32], bn_mode="train").dense()
     steps = [1, run.per_epoch + 1]
-    u = sum(0.05 * dense_f_times(h, g, lambda lam, n=t - s: propagation_factor(lam, 0.05, n))
-            for g, s in zip(grads, steps))
+    # x* fills its batch (16 points, b = 16): M′ skips those steps, so the second visit's step
+    # is not counted in the first visit's exponent
+    exponents = [t - 1 - 1, t - run.per_epoch - 1]
+    assert [v.forget_only for v in run.propagated.visits] == [True, True]
+    u = sum(0.05 * dense_f_times(h, g, lambda lam, n=n: propagation_factor(lam, 0.05, n))
+            for g, n in zip(grads, exponents))
     expected = distances.weight_distance(res.model, res.retrained,
                                        offset=unflatten(u, list(res.model.parameters())))
     last = res.table.iloc[-1]
@@ -203,3 +207,171 @@ def test_post_hoc_form_checks_its_arguments():
     assert distances.weight_distance(w, net) == 0.0 and info["hvps"] == 0
     with pytest.raises(ValueError, match="non-zero"):
         lanczos_basis(lambda v: v, torch.full((3,), float("nan")), 2)
+
+
+# --- which steps count: two epochs of [x*, 12 retain steps] by full-batch gradient descent ---------
+
+LR, RETAIN_STEPS, EPOCHS = 0.2, 12, 2
+
+
+def two_epoch_problem():
+    """128 retain points (first, so that sgu_propagated's H-bar batch is exactly the retain set) and
+    4 forget points; y holds (target, 1 for retain / 0 for forget)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(132, 5, generator=g, dtype=torch.float64)
+    target = x @ torch.randn(5, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        132, generator=g, dtype=torch.float64)
+    kind = torch.ones(132, dtype=torch.float64)
+    kind[128:] = 0.0
+    torch.manual_seed(0)
+    return nn.Linear(5, 1).double(), x, torch.stack([target, kind], 1)
+
+
+def mse(out, tgt):
+    return 0.5 * ((out[:, 0] - tgt[:, 0]) ** 2).mean()
+
+
+def quadratic_retain_linear_forget(out, tgt):
+    """Quadratic on retain rows, linear on forget rows: the forget gradient is the same at every w."""
+    kind = tgt[:, 1]
+    return (kind * 0.5 * (out[:, 0] - tgt[:, 0]) ** 2 + (1 - kind) * out[:, 0]).mean()
+
+
+def train_two_epochs(net, x, y, loss, before_forget_step=None):
+    """M: per epoch one step on x* alone, then 12 full-batch steps on the retain set; M′ the same
+    without the x* steps (it does not move there). Returns (M, M′, the x* steps τ)."""
+    forget, retain = slice(128, None), slice(0, 128)
+    m, m_prime = copy.deepcopy(net), copy.deepcopy(net)
+    opts = {id(m): torch.optim.SGD(m.parameters(), lr=LR),
+            id(m_prime): torch.optim.SGD(m_prime.parameters(), lr=LR)}
+
+    def step(model, part):
+        opts[id(model)].zero_grad()
+        loss(model(x[part]), y[part]).backward()
+        opts[id(model)].step()
+
+    t, taus = 0, []
+    for _ in range(EPOCHS):
+        t += 1
+        taus.append(t)
+        if before_forget_step is not None:
+            before_forget_step(t, m, x[forget], y[forget])
+        step(m, forget)
+        for _ in range(RETAIN_STEPS):
+            t += 1
+            step(m, retain)
+            step(m_prime, retain)
+    return m, m_prime, taus
+
+
+def test_retain_steps_after_by_hand():
+    from unroll_utils.propagated import retain_steps_after
+    assert retain_steps_after([1, 14], [True, True], 26) == [24, 12]
+    assert retain_steps_after([1, 14], [False, True], 26) == [24, 12]  # only the later one matters
+    assert retain_steps_after([1, 14], [True, False], 26) == [25, 12]  # mixed batch: M′ moves
+    assert retain_steps_after([2, 3, 9], [True, True, True], 9) == [5, 5, 0]
+    with pytest.raises(ValueError, match="after t"):
+        retain_steps_after([1, 30], [True, True], 26)
+    with pytest.raises(ValueError, match="distinct"):
+        retain_steps_after([3, 3], [True, True], 26)
+
+
+def test_lockstep_bookkeeping_is_exact_when_x_star_is_seen_twice():
+    # the gradients are taken where M saw x* (MSE: they differ between the two visits)
+    net, x, y = two_epoch_problem()
+    from unroll_utils.propagated import PropagatedUndo
+    undo = PropagatedUndo(PropagatedConfig(krylov=6, points=128), LR, 0.0, mse, x[:128], y[:128])
+
+    def record(t, m, xf, yf):
+        undo.record(t, m, xf, yf, torch.ones(len(xf), dtype=torch.bool))
+
+    m, m_prime, taus = train_two_epochs(net, x, y, mse, record)
+    t = taus[-1] + RETAIN_STEPS
+    assert t == 26 and [v.step for v in undo.visits] == [1, 14]
+    assert all(v.forget_only for v in undo.visits)
+    u, info = undo.correction(t, m, net)
+    ve = distances.weight_distance(m, m_prime, offset=u)
+    nothing = distances.weight_distance(m, m_prime)
+    assert ve <= 1e-10 and nothing > 5e-3
+    # counting the second x* step (exponents t − τ = [25, 12]) is off by the first trace's factor
+    wrong = [Visit(v.step, v.lr, v.gradient) for v in undo.visits]
+    op = HessianOperator(m, mse, x[:128], y[:128])
+    u_wrong, _ = propagated_correction(op.matvec, wrong, t, krylov=6)
+    ve_wrong = distances.weight_distance(m, m_prime, offset=unflatten(u_wrong, list(m.parameters())))
+    assert ve_wrong > 1e-5
+
+
+def test_sgu_propagated_is_exact_when_x_star_is_seen_twice(monkeypatch):
+    from unroll_utils import baselines as B
+    net, x, y = two_epoch_problem()
+    m, m_prime, taus = train_two_epochs(net, x, y, quadratic_retain_linear_forget)
+    monkeypatch.setattr(B, "make_loss", lambda name, lam: quadratic_retain_linear_forget)
+    forget = torch.arange(128, 132)
+    cfg = B.TrainingConfig(lr=LR, epochs=EPOCHS, batch_size=4, seed=0)
+    record = B.TrainingRecord(steps=26, batches=[forget, forget], batch_steps=taus)
+    task = B.UnlearningTask(m, net, x, y, forget, cfg, record)
+    assert B.PROPAGATED_POINTS == 128  # H-bar on x[:128]: exactly the retain set
+    out = B.sgu_propagated(task, krylov=6)
+    assert distances.weight_distance(out, m_prime) <= 1e-10
+    assert distances.weight_distance(m, m_prime) > 5e-3
+    # the same correction from the post-hoc form with the exponents [24, 12]
+    g0 = forget_gradient(net, quadratic_retain_linear_forget, x[128:], y[128:])
+    w, _ = propagated_unlearning(m, quadratic_retain_linear_forget, x[:128], y[:128], g0, lr=LR,
+                                 steps_after=[24, 12], krylov=6)
+    assert distances.weight_distance(w, m_prime) <= 1e-10
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(steps_after=[3.7]), r"steps_after must hold integers >= 0.*3\.7"),
+    (dict(steps_after=[True]), r"steps_after must hold integers >= 0"),
+    (dict(steps_after=3), r"steps_after must be a non-empty list"),
+    (dict(weight_decay=-1), r"weight_decay must be a finite number >= 0; got -1"),
+    (dict(weight_decay=float("nan")), r"weight_decay must be a finite number >= 0"),
+    (dict(krylov=2.5), r"krylov must be an integer >= 1; got 2\.5"),
+    (dict(lr=float("inf")), r"lr must be a finite number > 0"),
+    (dict(clamp="yes"), r"clamp must be True or False"),
+])
+def test_post_hoc_form_names_the_bad_argument_and_its_range(kwargs, match):
+    net, x, y = quadratic_problem()
+    loss = lambda out, tgt: 0.5 * ((out - tgt) ** 2).mean()  # noqa: E731
+    g0 = forget_gradient(net, loss, x[:8], y[:8])
+    args = dict(lr=0.1, steps_after=[3], krylov=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        propagated_unlearning(net, loss, x, y, g0, **args)
+
+
+@pytest.mark.parametrize("field,value", [("krylov", 2.5), ("points", 12.5), ("every", 1.5),
+                                         ("krylov", True)])
+def test_propagated_config_refuses_non_integers(field, value):
+    with pytest.raises(ValueError, match=rf"propagated\.{field} must be an integer >= 1"):
+        PropagatedConfig(**{field: value}).validate()
+
+
+def test_building_blocks_refuse_non_integer_counts():
+    with pytest.raises(ValueError, match=r"krylov must be an integer >= 1; got 2\.5"):
+        lanczos_basis(lambda v: v, torch.ones(3, dtype=torch.float64), 2.5)
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 0; got 3\.7"):
+        propagation_factor(np.ones(2), 0.1, 3.7)
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0"):
+        propagation_factor(np.ones(2), 0.1, 3, weight_decay=-1.0)
+    # n_k = 3 twice is one visit of weight 2 (the same correction as two visits)
+    net, x, y = quadratic_problem()
+    loss = lambda out, tgt: 0.5 * ((out - tgt) ** 2).mean()  # noqa: E731
+    g0 = forget_gradient(net, loss, x[:8], y[:8])
+    twice, _ = propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3, 3], krylov=6)
+    once, _ = propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=[3], krylov=6)
+    p = list(net.parameters())
+    for a, b, w in zip(twice, once, p):
+        assert torch.allclose(a - w, 2 * (b - w), rtol=1e-12, atol=1e-15)
+
+
+def test_post_hoc_form_takes_steps_after_as_a_list_tuple_or_integer_array():
+    net, x, y = quadratic_problem()
+    loss = lambda out, tgt: 0.5 * ((out - tgt) ** 2).mean()  # noqa: E731
+    g0 = forget_gradient(net, loss, x[:8], y[:8])
+    outs = [propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=s, krylov=6)[0]
+            for s in ([5, 2], (5, 2), np.array([5, 2]))]
+    for w in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(w, outs[0]))
+    with pytest.raises(ValueError, match="integers >= 0"):
+        propagated_unlearning(net, loss, x, y, g0, lr=0.1, steps_after=np.array([3.7]))

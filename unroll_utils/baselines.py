@@ -465,10 +465,12 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
     """Hessian-propagated single gradient unlearning, post hoc from M (this package's variant,
     beyond the paper: :mod:`unroll_utils.propagated`, notebook 14).
 
-    w‴ = w_T + η·Σ_k (|x*∩B_k|/|B_k|)·f_k(H̄)·g,  f_k(x) = clamp((1 − η(x + λ_wd))^{T − τ_k}, −1, 1),
+    w‴ = w_T + η·Σ_k (|x*∩B_k|/|B_k|)·f_k(H̄)·g,  f_k(x) = clamp((1 − η(x + λ_wd))^{n_k}, −1, 1),
 
     over M's steps τ_k whose batch B_k held forget points (``task.record``: batches and step indices,
-    T = its step count), with H̄ the Hessian of the training loss at M's final weights w_T on the
+    T = its step count), with n_k the later steps τ_k < i ≤ T on which naive retraining moves: T − τ_k
+    less the later batches of forget points only (:func:`unroll_utils.propagated.retain_steps_after`;
+    M′ has no batch there, so those steps do not contract the earlier traces), H̄ the Hessian of the training loss at M's final weights w_T on the
     first :data:`PROPAGATED_POINTS` training points (BatchNorm in train mode, as SGD trains) and
     g = ∇L(w_0; x*), the mean forget-set gradient at w_0 that :func:`sgu_at_w0` uses. With f ≡ 1
     this is single gradient unlearning with Σ_k |x*∩B_k|/|B_k| batch-equivalents (E·m/b when b
@@ -490,6 +492,8 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
         ValueError: ``krylov`` not a positive integer; ``task.record`` missing, without step
             indices or without a batch holding forget points.
     """
+    from .propagated import retain_steps_after
+
     _check_positive("krylov", krylov, True)
     steps, weights = _forget_visits(task)
     c, total = task.config, task.record.steps
@@ -504,9 +508,11 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
         raise ValueError("sgu_propagated needs every model parameter trainable "
                          f"(H-bar has {op.numel} coordinates, the gradient {g.numel()})")
 
+    counts = retain_steps_after(steps, [w == 1.0 for w in weights], total)  # w = 1: x* only
+
     def factor(theta: np.ndarray) -> np.ndarray:  # Σ_k w_k f_k(θ)
-        return sum(w * propagation_factor(theta, c.lr, total - s, weight_decay=c.weight_decay)
-                   for s, w in zip(steps, weights))
+        return sum(w * propagation_factor(theta, c.lr, n, weight_decay=c.weight_decay)
+                   for n, w in zip(counts, weights))
 
     u, _ = lanczos_basis(op.matvec, g, krylov).apply(factor)
     params = list(model.parameters())

@@ -50,18 +50,39 @@ def _np(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def _check_probs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float64 probabilities and (N,) int labels, or ValueError naming the argument."""
-    p, y = _np(probs).astype(np.float64), _np(labels)
+def _check_prob_rows(probs, name: str = "probs") -> np.ndarray:
+    """(N, C) float64 probabilities, or ValueError naming the argument ``name``: not 2-D or empty,
+    NaN/inf, a negative entry, or a row not summing to 1 (within 1e-4)."""
+    p = _np(probs).astype(np.float64)
     if p.ndim != 2 or p.shape[0] == 0:
-        raise ValueError(f"probs must have shape (N, C) with N >= 1; got {p.shape}")
+        raise ValueError(f"{name} must have shape (N, C) with N >= 1; got {p.shape}")
+    hint = ("apply softmax to the logits first (the reference code, Privacy_risk_score/"
+            "calculate_PRS.py, fed raw logits to the modified entropy)")
+    bad = ~np.isfinite(p).all(1)
+    if bad.any():
+        raise ValueError(f"{name} must be probabilities, finite in [0, 1] with rows summing to 1; row "
+                         f"{int(np.argmax(bad))} holds NaN or inf (a diverged model?): {hint}")
+    if p.min() < 0:
+        raise ValueError(f"{name} must be probabilities in [0, 1] with rows summing to 1; got the "
+                         f"negative entry {p.min():.4g}: {hint}")
+    sums = p.sum(1)
+    off = np.abs(sums - 1.0) > 1e-4
+    if off.any():
+        i = int(np.argmax(off))
+        raise ValueError(f"{name} must be probabilities with rows summing to 1; row {i} sums to "
+                         f"{sums[i]:.6g}: {hint}")
+    return p
+
+
+def _check_probs(probs, labels, name: str = "probs",
+                 labels_name: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float64 probabilities and (N,) int labels, or ValueError naming the argument."""
+    p, y = _check_prob_rows(probs, name), _np(labels)
     if y.shape != (p.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be ({p.shape[0]},) integers; got shape {y.shape} dtype {y.dtype}")
+        raise ValueError(f"{labels_name} must be ({p.shape[0]},) integers; got shape {y.shape} "
+                         f"dtype {y.dtype}")
     if y.min() < 0 or y.max() >= p.shape[1]:
-        raise ValueError(f"labels must be in [0, {p.shape[1] - 1}]")
-    if not np.all(np.isfinite(p)) or p.min() < 0 or not np.allclose(p.sum(1), 1.0, atol=1e-4):
-        raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply softmax "
-                         "to the logits first (the reference code's PRS used raw logits, paper §5 item 4)")
+        raise ValueError(f"{labels_name} must be in [0, {p.shape[1] - 1}]")
     return p, y.astype(np.int64)
 
 
@@ -90,10 +111,17 @@ def per_example_loss(probs, labels) -> np.ndarray:
 
 
 def entropy(probs) -> np.ndarray:
-    """Prediction entropy H(p) = −Σ_c p_c log p_c (N,), in nats (Song & Mittal eq. (3))."""
-    p = _np(probs).astype(np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probs must have shape (N, C); got {p.shape}")
+    """Prediction entropy H(p) = −Σ_c p_c log p_c (N,), in nats, in [0, log C] (Song & Mittal
+    eq. (3)).
+
+    Args:
+        probs: (N, C) softmax probabilities (rows summing to 1).
+
+    Raises:
+        ValueError: ``probs`` not (N, C), holding NaN/inf or a negative entry, or a row not summing to 1
+            (raw logits: apply softmax first).
+    """
+    p = _check_prob_rows(probs)
     return -np.sum(p * np.log(np.clip(p, LOG_FLOOR, 1.0)), axis=1)
 
 
@@ -104,8 +132,8 @@ def modified_entropy(probs, labels) -> np.ndarray:
 
     It is 0 for a confident correct prediction (p_y = 1) and grows without bound for a confident
     wrong one, so members (fitted points) have small values. Logs clip their argument at 1e-30, as
-    Song & Mittal's code does. Unlike the reference code (paper §5 item 4), ``probs`` must be
-    softmax probabilities (checked).
+    Song & Mittal's code does. Unlike the reference code (``Privacy_risk_score/calculate_PRS.py``),
+    ``probs`` must be softmax probabilities (checked).
 
     Raises:
         ValueError: ``probs`` not (N, C) probabilities or ``labels`` out of range.
@@ -263,10 +291,22 @@ class RiskHistograms:
 
     Attributes:
         edges: (C, bins+1) bin edges per class, from the class's smallest to largest shadow value
-            (pooled in and out), log-spaced (``log_bins``, values clipped below at 1e-10) or
-            equal-width.
-        p_in, p_out: (C, bins) fraction of the class's shadow members / non-members in each bin.
+            (pooled in and out; the outer edges are exactly those values), log-spaced (``log_bins``,
+            values clipped below at 1e-10) or equal-width. A class with no shadow value has edges 0.
+        p_in, p_out: (C, bins) fraction of the class's shadow members / non-members in each bin;
+            each row sums to 1, or is all 0 where the class has no shadow member / non-member.
         log_bins: whether the edges are log-spaced.
+
+    Bins are [e_j, e_{j+1}) and the last one is closed, as ``np.histogram``; a value is counted in
+    the bin :meth:`bin_of` gives it, so every shadow value is counted once. (The authors' code takes
+    the edges from ``np.logspace`` of the extremes, whose rounding can put the outer edges inside
+    the data and silently drop the extreme point; here they are the extremes themselves.)
+
+    A class with no shadow data (a convention: e.g. binary labels that are all 0 in the shadow
+    sets): the classes present are scored as the authors' code does (it bins the labels present),
+    and for the others the histograms are 0. :func:`privacy_risk_score` then gives, for a class with
+    shadow members but no non-members, 1 (0 the other way round: the authors' in / (in + out)), and
+    for a class with no shadow point at all the prior π (no evidence either way). Never NaN.
 
     Source: Song & Mittal 2021, §5.1; the defaults (5 log-spaced bins) and the rules for values
     outside the range and for empty bins follow their released code
@@ -284,35 +324,74 @@ class RiskHistograms:
         """Histograms from shadow data: (N_in, C)/(N_in,) members, (N_out, C)/(N_out,) non-members.
 
         Raises:
-            ValueError: bins < 1, bad shapes, or a class with no shadow member or non-member.
+            ValueError: bins not an integer >= 1, bad shapes, NaN or non-probability rows (naming
+                ``member_probs`` or ``nonmember_probs``), or class counts that differ.
         """
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-            raise ValueError(f"bins must be an integer >= 1; got {bins!r}")
-        mp, my = _check_probs(member_probs, member_labels)
-        np_, ny = _check_probs(nonmember_probs, nonmember_labels)
-        va, vb = modified_entropy(mp, my), modified_entropy(np_, ny)
-        if log_bins:
-            va, vb = np.maximum(va, LOG_BIN_FLOOR), np.maximum(vb, LOG_BIN_FLOOR)
-        n_cls = mp.shape[1]
-        edges, p_in, p_out = np.zeros((n_cls, bins + 1)), np.zeros((n_cls, bins)), np.zeros((n_cls, bins))
-        for c in range(n_cls):
-            a, b = va[my == c], vb[ny == c]
-            if a.size == 0 or b.size == 0:
-                raise ValueError(f"class {c} needs at least one shadow member and one non-member")
-            lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
-            edges[c] = (np.logspace(np.log10(lo), np.log10(hi), bins + 1) if log_bins
-                        else np.linspace(lo, hi, bins + 1))
-            p_in[c] = np.histogram(a, bins=edges[c])[0] / a.size
-            p_out[c] = np.histogram(b, bins=edges[c])[0] / b.size
-        return cls(edges, p_in, p_out, bool(log_bins))
+        mp, my = _check_probs(member_probs, member_labels, "member_probs", "member_labels")
+        np_, ny = _check_probs(nonmember_probs, nonmember_labels, "nonmember_probs", "nonmember_labels")
+        if mp.shape[1] != np_.shape[1]:
+            raise ValueError(f"member_probs has {mp.shape[1]} classes, nonmember_probs {np_.shape[1]}")
+        return cls.from_values(modified_entropy(mp, my), my, modified_entropy(np_, ny), ny,
+                               n_classes=mp.shape[1], bins=bins, log_bins=log_bins)
+
+    @classmethod
+    def from_values(cls, member_values, member_labels, nonmember_values, nonmember_labels, *,
+                    n_classes: int, bins: int = 5, log_bins: bool = True) -> "RiskHistograms":
+        """Histograms of any per-point value (modified entropy in :meth:`fit`; the authors' code
+        also allows entropy or loss), (N_in,)/(N_in,) members and (N_out,)/(N_out,) non-members.
+
+        Args:
+            member_values, nonmember_values: finite floats (≥ 0 with ``log_bins``; clipped below
+                at 1e-10 there). member_labels, nonmember_labels: integers in [0, n_classes − 1].
+            n_classes: C ≥ 1. bins: ≥ 1 per class. log_bins: log-spaced edges.
+
+        Raises:
+            ValueError: bins or n_classes not an integer ≥ 1, mismatched shapes, non-finite or (with
+                ``log_bins``) negative values, labels out of range.
+        """
+        for name, v in (("bins", bins), ("n_classes", n_classes)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+        sides = []
+        for vname, lname, values, labels in (("member_values", "member_labels", member_values, member_labels),
+                                             ("nonmember_values", "nonmember_labels", nonmember_values,
+                                              nonmember_labels)):
+            v, y = _np(values).astype(np.float64).ravel(), _np(labels)
+            if y.shape != v.shape or (y.size and not np.issubdtype(y.dtype, np.integer)):
+                raise ValueError(f"{lname} must be ({v.size},) integers; got shape {y.shape}")
+            if not np.all(np.isfinite(v)) or (log_bins and v.size and v.min() < 0):
+                raise ValueError(f"{vname} must be finite{' and >= 0 (log bins)' if log_bins else ''}")
+            if y.size and (y.min() < 0 or y.max() >= n_classes):
+                raise ValueError(f"{lname} must be in [0, {n_classes - 1}]")
+            sides.append((np.maximum(v, LOG_BIN_FLOOR) if log_bins else v, y.astype(np.int64)))
+        (va, ya), (vb, yb) = sides
+        edges = np.zeros((n_classes, bins + 1))
+        out = cls(edges, np.zeros((n_classes, bins)), np.zeros((n_classes, bins)), bool(log_bins))
+        for c in range(n_classes):
+            a, b = va[ya == c], vb[yb == c]
+            if a.size + b.size == 0:
+                continue  # no shadow data: histograms 0, scored with the prior
+            both = np.concatenate([a, b])
+            lo, hi = both.min(), both.max()
+            e = (np.logspace(np.log10(lo), np.log10(hi), bins + 1) if log_bins
+                 else np.linspace(lo, hi, bins + 1))
+            e[0], e[-1] = lo, hi  # the rounded outer edges may fall inside the data
+            edges[c] = np.maximum.accumulate(e)  # (rounding must not make them decrease either)
+            for hist, side in ((out.p_in, a), (out.p_out, b)):
+                if side.size:
+                    k = out.bin_of(side, np.full(side.size, c))
+                    hist[c] = np.bincount(k, minlength=bins) / side.size
+        return out
 
     def bin_of(self, values: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(N,) bin index of each value in its class's histogram; values outside the shadow range
         go to the first or last bin."""
         bins = self.p_in.shape[1]
+        values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels, dtype=np.int64)
         out = np.empty(len(values), dtype=np.int64)
-        for i, (v, c) in enumerate(zip(values, labels)):
-            out[i] = np.searchsorted(self.edges[c], v, side="right") - 1
+        for c in np.unique(labels):
+            rows = labels == c
+            out[rows] = np.searchsorted(self.edges[c], values[rows], side="right") - 1
         return np.clip(out, 0, bins - 1)
 
     def informative_bin(self, c: int, k: int) -> int:
@@ -335,8 +414,8 @@ def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float =
     conditional probabilities are the shadow histograms of class y read at m(z)'s bin (a bin empty
     under both histograms is replaced by the nearest non-empty one, as in their code), and π is the
     prior probability of membership (0.5 in the paper). This is the published definition, not the
-    reference code's (which fed raw logits to the modified entropy and could return 0/0, paper §5
-    item 4).
+    reference code's (``Privacy_risk_score/calculate_PRS.py`` in cleverhans-lab/unrolling-sgd fed
+    raw logits to the modified entropy and could return 0/0).
 
     Args:
         histograms: from :meth:`RiskHistograms.fit` on shadow-model outputs.
@@ -344,10 +423,13 @@ def privacy_risk_score(histograms: RiskHistograms, probs, labels, prior: float =
         prior: π in (0, 1).
 
     Returns:
-        (N,) float64 scores in [0, 1], in input order (π where a class's histograms are all empty).
+        (N,) float64 scores in [0, 1], in input order, never NaN: π where a class's histograms are
+        all empty (no shadow point of that class), 1 (0) where the class had shadow members
+        (non-members) only; see :class:`RiskHistograms`.
 
     Raises:
-        ValueError: prior outside (0, 1), bad probabilities, or a class count that differs from the
+        ValueError: prior outside (0, 1); ``probs`` not probabilities (NaN, negative, rows not
+            summing to 1: apply softmax to the logits first); a class count that differs from the
             histograms'.
     """
     if not 0.0 < prior < 1.0:

@@ -11,7 +11,8 @@ replaced by a matrix function of one Hessian H̄ (taken post hoc, from M alone),
 
     u = Σ_k η_k · f_k(H̄) · g_k,    f_k(x) = clamp((1 − η (x + λ_wd))^{n_k}, −1, 1),
 
-with n_k = t − τ_k the steps after the k-th visit, λ_wd the weight decay (0 for plain SGD), and
+with n_k the steps after the k-th visit on which the retrained model M′ moves (see *Which steps
+count* below), λ_wd the weight decay (0 for plain SGD), and
 f_k(H̄)·g_k applied by Lanczos on :class:`unroll_utils.hessian.HessianOperator` in ``krylov`` HVPs
 (Saad 1992; Higham 2008, §13.2): f(H̄) g ≈ ‖g‖ Q_m f(T_m) e_1. The clamp keeps the powers bounded
 where η·θ > 2 or θ < 0 (negative curvature), where (1 − ηθ)^n would blow up; it is a modelling
@@ -23,8 +24,15 @@ the residual term ‖g‖·β_m·|[f(T_m)]_{m,1}| (exact for smooth f in the lim
 10–200×, because the clamp makes f non-smooth.
 
 This is first-order in the products and linear in the Hessian; it is exact for a quadratic loss
-trained by full-batch gradient descent on the retain set after x*'s step (H̄ = that Hessian). It
+trained by full-batch gradient descent on the retain set between x*'s steps (H̄ = that Hessian). It
 assumes plain SGD (momentum makes x*'s trace a different polynomial, see notebook 03 §6).
+
+Which steps count (a convention): n_k counts the steps τ_k < i ≤ t whose batch held at least one
+retain point. A later step on a batch of forget points only is not counted: M′ does not move there
+(the lock-step skips it, :meth:`unroll_utils.trajectory.LockStep.step`), so M's step adds that
+visit's own gradient and leaves the earlier traces as they were. With two epochs of [x*, 12 retain
+steps], t = 26, the exponents are n = [24, 12], not t − τ = [25, 12]; the count is exact for the
+quadratic above (:func:`retain_steps_after`).
 
 :class:`PropagatedConfig` names the choices; :class:`PropagatedUndo` is the lock-step bookkeeping
 (visits recorded with the gradient where M stepped on x*, the correction computed at measurement
@@ -37,6 +45,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,6 +58,28 @@ from .unlearning import forget_gradient
 HESSIAN_POINTS = ("current", "w0")
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int) -> int:
+    """``value`` as an int if it is an integer ≥ ``low`` (not a bool, not a float such as 2.5),
+    else ValueError naming ``name`` and the allowed range."""
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value, *, positive: bool) -> float:
+    """``value`` as a float if it is a finite real > 0 (``positive``) or ≥ 0, else ValueError naming
+    ``name`` and the allowed range."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}; "
+                         f"got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -82,11 +113,15 @@ class PropagatedConfig:
 
     def validate(self) -> "PropagatedConfig":
         """Raise ValueError naming the first bad field (as ``propagated.<field>``); return self."""
-        checks = (("krylov", self.krylov >= 1, ">= 1"), ("points", self.points >= 1, ">= 1"),
+        def whole(v) -> bool:
+            return _is_int(v) and v >= 1
+
+        checks = (("krylov", whole(self.krylov), "an integer >= 1"),
+                  ("points", whole(self.points), "an integer >= 1"),
                   ("at", self.at in HESSIAN_POINTS, f"one of {HESSIAN_POINTS}"),
                   ("bn_mode", self.bn_mode in BN_MODES, f"one of {BN_MODES}"),
                   ("clamp", isinstance(self.clamp, bool), "True or False"),
-                  ("every", self.every >= 1, ">= 1"))
+                  ("every", whole(self.every), "an integer >= 1"))
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"propagated.{name} must be {allowed}; got {getattr(self, name)!r}")
@@ -103,10 +138,16 @@ def propagation_factor(x: np.ndarray, lr: float, steps: int, *, clamp: bool = Tr
 
     Returns:
         Array shaped like ``x`` (float64); without the clamp it may hold ±inf.
+
+    Raises:
+        ValueError: lr ≤ 0, steps not an integer ≥ 0, weight_decay < 0 (or non-finite).
     """
+    lr = check_number("lr", lr, positive=True)
+    steps = check_int("steps", steps, 0)
+    weight_decay = check_number("weight_decay", weight_decay, positive=False)
     base = 1.0 - lr * (np.asarray(x, dtype=np.float64) + weight_decay)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.power(base, int(steps))
+        out = np.power(base, steps)
     return np.clip(out, -1.0, 1.0) if clamp else out
 
 
@@ -177,12 +218,11 @@ def lanczos_basis(matvec: MatVec, b: torch.Tensor, krylov: int) -> KrylovBasis:
         :class:`KrylovBasis`.
 
     Raises:
-        ValueError: krylov < 1, or b zero or non-finite.
+        ValueError: krylov not an integer ≥ 1, or b zero or non-finite.
 
     Source: C. Lanczos (1950); Y. Saad, SIAM J. Numer. Anal. 29(1), 1992 (f(A)b by Krylov).
     """
-    if krylov < 1:
-        raise ValueError(f"krylov must be >= 1; got {krylov}")
+    krylov = check_int("krylov", krylov, 1)
     q = b.detach().to(torch.float64).reshape(-1)
     norm_b = float(q.norm())
     if not math.isfinite(norm_b) or norm_b == 0.0:
@@ -215,22 +255,56 @@ def lanczos_basis(matvec: MatVec, b: torch.Tensor, krylov: int) -> KrylovBasis:
 
 @dataclass
 class Visit:
-    """One SGD step that saw forget points: its 1-based step index τ, learning rate η and the
-    forget gradient g (flat, float64) at the weights M stepped from."""
+    """One SGD step that saw forget points: its 1-based step index τ, learning rate η, the
+    forget gradient g (flat, float64) at the weights M stepped from, and ``forget_only``: the batch
+    held forget points only, so M′ did not step there (that step is not counted in the later
+    exponents of the earlier visits, :func:`retain_steps_after`)."""
 
     step: int
     lr: float
     gradient: torch.Tensor
+    forget_only: bool = False
+
+
+def retain_steps_after(steps: Sequence[int], forget_only: Sequence[bool], t: int) -> list[int]:
+    """n_k for visits at 1-based steps τ_k: the steps τ_k < i ≤ t on which the retrained model M′
+    moves, n_k = t − τ_k − #{j : τ_k < τ_j ≤ t, forget_only_j} (module docstring, *Which steps
+    count*).
+
+    Args:
+        steps: (K,) τ_k, each an integer in [0, t] (1-based; the post-hoc form's virtual τ may
+            be 0). forget_only: (K,) whether visit k's batch held forget points only.
+        t: the step being unlearned (M's steps since w_0).
+
+    Returns:
+        (K,) non-negative integers. Two epochs of [x*, 12 retain steps] (τ = 1, 14; t = 26):
+        [24, 12].
+
+    Raises:
+        ValueError: mismatched lengths, repeated steps, a step outside [0, t].
+    """
+    steps = [check_int("visit step", s, 0) for s in steps]
+    if len(steps) != len(forget_only):
+        raise ValueError(f"steps and forget_only differ in length ({len(steps)}, {len(forget_only)})")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"visit steps must be distinct; got {steps}")
+    for s in steps:
+        if s > t:
+            raise ValueError(f"visit at step {s} is after t={t}")
+    skipped = sorted(s for s, only in zip(steps, forget_only) if only)
+    return [t - s - (len(skipped) - int(np.searchsorted(skipped, s, side="right"))) for s in steps]
 
 
 def propagated_correction(matvec: MatVec, visits: Sequence[Visit], t: int, *, krylov: int,
                           clamp: bool = True, weight_decay: float = 0.0,
                           bases: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """u = Σ_k η_k f_k(H̄) g_k with f_k = :func:`propagation_factor` for n_k = t − τ_k steps.
+    """u = Σ_k η_k f_k(H̄) g_k with f_k = :func:`propagation_factor` for n_k steps, n_k from
+    :func:`retain_steps_after` (the later steps on which M′ moves; t − τ_k when no visit's batch held
+    forget points only).
 
     Args:
         matvec: H̄ v (e.g. :meth:`HessianOperator.matvec`).
-        visits: the steps that saw x* (τ_k ≤ t).
+        visits: the steps that saw x* (τ_k ≤ t, distinct).
         t: the step being unlearned (M's steps since w_0).
         krylov: Lanczos steps per visit. clamp, weight_decay: see :func:`propagation_factor`.
         bases: optional cache {visit index: :class:`KrylovBasis`} reused and filled (H̄ fixed,
@@ -241,16 +315,14 @@ def propagated_correction(matvec: MatVec, visits: Sequence[Visit], t: int, *, kr
         ((P,) float64 u, {"hvps": HVPs spent now, "error": Σ_k η_k·error estimate_k}).
 
     Raises:
-        ValueError: a visit after t, or as :func:`lanczos_basis`.
+        ValueError: a visit after t, repeated visit steps, or as :func:`lanczos_basis`.
     """
     if not visits:
         raise ValueError("no visit of the forget set to unlearn")
+    counts = retain_steps_after([v.step for v in visits], [v.forget_only for v in visits], t)
     u = torch.zeros_like(visits[0].gradient, dtype=torch.float64)
     hvps, error = 0, 0.0
-    for i, v in enumerate(visits):
-        n = t - v.step
-        if n < 0:
-            raise ValueError(f"visit at step {v.step} is after t={t}")
+    for i, (v, n) in enumerate(zip(visits, counts)):
         if n == 0:
             u.add_(v.gradient.to(torch.float64), alpha=v.lr)
             continue
@@ -298,31 +370,45 @@ def propagated_unlearning(model: nn.Module, loss_fn, hessian_x: torch.Tensor,
         forget_grad: ∇L(w_0; x*) in ``model.parameters()`` order (from
             :func:`unroll_utils.unlearning.forget_gradient` on the initial model), used for every
             visit (the gradient where M saw x* is not known post hoc).
-        lr: η > 0. steps_after: n_k ≥ 0 for each visit (SGD steps after it).
+        lr: η > 0. steps_after: n_k, an integer ≥ 0 for each visit: the later SGD steps on which
+            the retrained model moves (a later step on forget points only is not counted; see
+            the module docstring, *Which steps count*).
         krylov, bn_mode, clamp: see :class:`PropagatedConfig`. weight_decay: λ_wd ≥ 0.
 
     Returns:
         (w‴ as new tensors in ``model.parameters()`` order, {"hvps", "error", "seconds"}).
 
     Raises:
-        ValueError: lr ≤ 0, an n_k < 0, no visit, bad ``bn_mode``/``krylov``.
+        ValueError: lr not > 0, ``steps_after`` empty or holding a non-integer (3.7) or a negative
+            count, weight_decay not ≥ 0, krylov not an integer ≥ 1, clamp not a bool, bad
+            ``bn_mode``.
     """
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
-    if not steps_after or min(steps_after) < 0:
-        raise ValueError(f"steps_after must hold at least one integer >= 0; got {steps_after}")
-    if krylov < 1:
-        raise ValueError(f"krylov must be >= 1; got {krylov}")
+    lr = check_number("lr", lr, positive=True)
+    if isinstance(steps_after, np.ndarray):
+        steps_after = steps_after.tolist()
+    if isinstance(steps_after, (str, bytes)) or not isinstance(steps_after, Sequence) or not steps_after:
+        raise ValueError(f"steps_after must be a non-empty list of integers >= 0; got {steps_after!r}")
+    for n in steps_after:
+        if not _is_int(n) or n < 0:
+            raise ValueError(f"steps_after must hold integers >= 0 (steps after each visit); got {n!r}")
+    steps_after = [int(n) for n in steps_after]
+    krylov = check_int("krylov", krylov, 1)
+    weight_decay = check_number("weight_decay", weight_decay, positive=False)
+    if not isinstance(clamp, bool):
+        raise ValueError(f"clamp must be True or False; got {clamp!r}")
     start = time.perf_counter()
     params = list(model.parameters())
     g = flatten(forget_grad)
-    t = max(steps_after)
-    visits = [Visit(t - n, lr, g) for n in steps_after]
     op = HessianOperator(model, loss_fn, hessian_x, hessian_y, bn_mode=bn_mode)
-    basis = lanczos_basis(op.matvec, g, krylov) if t > 0 and bool(g.any()) else None  # t = max n_k
-    bases = {i: basis for i in range(len(visits))} if basis is not None else None
-    u, info = propagated_correction(op.matvec, visits, t, krylov=krylov, clamp=clamp,
-                                    weight_decay=weight_decay, bases=bases)
+    info = {"hvps": 0, "error": 0.0}
+    if not bool(g.any()):  # a zero gradient (x* fitted exactly) adds nothing
+        u = torch.zeros_like(g)
+    elif max(steps_after) == 0:  # f = 1 for every visit: single gradient unlearning, no HVP
+        u = lr * len(steps_after) * g
+    else:  # one gradient for every visit: Σ_k f_k(H̄) g = (Σ_k f_k)(H̄) g, one Lanczos run
+        fg, err = lanczos_basis(op.matvec, g, krylov).apply(lambda x: sum(
+            propagation_factor(x, lr, n, clamp=clamp, weight_decay=weight_decay) for n in steps_after))
+        u, info["error"] = lr * fg, lr * err
     info["hvps"] = op.n_hvp
     with torch.no_grad():
         w = [p.detach() + d for p, d in zip(params, unflatten(u, params))]
@@ -361,10 +447,11 @@ class PropagatedUndo:
     def record(self, step: int, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
                fmask: torch.Tensor) -> None:
         """Record that M's step number ``step`` (1-based) will use batch (xb, yb) with forget points
-        ``fmask``; call before the step (the gradient is taken at M's current weights)."""
+        ``fmask`` (N_b,) bool; call before the step (the gradient is taken at M's current weights).
+        A batch of forget points only is marked ``forget_only`` (M′ skips that step)."""
         g = forget_gradient(model, self.loss_fn, xb, yb, fmask, bn_mode=self.undo_bn_mode,
                             form=self.undo_form)
-        self.visits.append(Visit(step, self.lr, flatten(g)))
+        self.visits.append(Visit(step, self.lr, flatten(g), forget_only=bool(fmask.all())))
 
     def correction(self, t: int, model: nn.Module, initial: nn.Module) -> tuple[list[torch.Tensor], dict]:
         """u at step t (w‴_t = w_t + u, ``model.parameters()`` order) and the row fields
@@ -393,8 +480,9 @@ class PropagatedUndo:
                                       "propagated_seconds": time.perf_counter() - start}
 
     def state_dict(self) -> dict:
-        return {"propagated_visits": [(v.step, v.lr, v.gradient) for v in self.visits]}
+        return {"propagated_visits": [(v.step, v.lr, v.gradient, v.forget_only) for v in self.visits]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.visits = [Visit(s, lr, g) for s, lr, g in state["propagated_visits"]]
+        # (checkpoints written before ``forget_only`` existed hold 3-tuples: counted as mixed batches)
+        self.visits = [Visit(*row) for row in state["propagated_visits"]]
         self.bases = {}
