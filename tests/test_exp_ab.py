@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from unroll_utils import metrics, protocols, training
+from unroll_utils import distances, protocols, training
 from unroll_utils.losses import make_loss
 from unroll_utils.trajectory import LockStep, LockStepConfig, make_optimizer, run_lockstep, sgd_step
 from unroll_utils.unlearning import forget_gradient
@@ -65,13 +65,13 @@ def test_exp_b_undo_at_the_reference_checkpoint_and_error_at_every_step(tmp_path
     opt = make_optimizer(m, lr)
     loss_fn = make_loss("ce")
     batches = training.batch_order(N, forget, 16, "forget_first", 0, 0)
-    ws = [metrics.snapshot(m.parameters())]
+    ws = [distances.snapshot(m.parameters())]
     for idx in batches:
         sgd_step(m, opt, loss_fn, x[idx], y[idx])
-        ws.append(metrics.snapshot(m.parameters()))
+        ws.append(distances.snapshot(m.parameters()))
     for t in range(1, 6):  # ‖w_t − w_ckpt‖ with w_ckpt = w_{c·⌊(t−1)/c⌋}
         k = c * ((t - 1) // c)
-        assert tab.dist_ckpt.iloc[t - 1] == pytest.approx(metrics.weight_distance(ws[t], ws[k]), rel=1e-12)
+        assert tab.dist_ckpt.iloc[t - 1] == pytest.approx(distances.weight_distance(ws[t], ws[k]), rel=1e-12)
     # at t = kc = 3 the undo still uses w_0: VE equals Exp A's (undo at w_0) there, not at t = 4
     exp_a = run_lockstep(net, x, y, forget, LockStepConfig(**{**cfg.__dict__, "undo_at": "w0"}),
                          progress=False).table
@@ -96,14 +96,14 @@ def test_exp_b_ve_matches_a_hand_made_m_double_prime():
                          eval_every=1, sigma_every=0)
     run = LockStep(net, x, y, forget, cfg)
     loss_fn = make_loss("ce")
-    ws = [metrics.snapshot(run.model.parameters())]
+    ws = [distances.snapshot(run.model.parameters())]
     while not run.done:
         run.step()
-        ws.append(metrics.snapshot(run.model.parameters()))
+        ws.append(distances.snapshot(run.model.parameters()))
         row = run.measure()
         t = run.t
         g = forget_gradient(net, loss_fn, x[forget], y[forget], weights=ws[c * ((t - 1) // c)])
-        ve = metrics.weight_distance(ws[t], list(run.retrained.parameters()), offset=[lr * gi for gi in g])
+        ve = distances.weight_distance(ws[t], list(run.retrained.parameters()), offset=[lr * gi for gi in g])
         assert row["ve"] == pytest.approx(ve, rel=1e-10), t
 
 
@@ -126,7 +126,7 @@ def test_cifar100_fine_tuning_rotates_and_sigma_points_are_the_augmented_images(
     # M's weights after one step: plain SGD on the rotated images
     m = copy.deepcopy(net)
     sgd_step(m, make_optimizer(m, 0.05), make_loss("ce"), by_hand[:16], y[:16])
-    assert metrics.weight_distance(m, run.model) == 0.0
+    assert distances.weight_distance(m, run.model) == 0.0
     raw = LockStep(net, x, y, forget, LockStepConfig(**{**cfg.__dict__, "sigma_data": "raw"}))
     assert torch.equal(raw.sigma.fixed_x, x[:32])  # the named option: un-augmented points
     with pytest.raises(ValueError, match="sigma_data"):
