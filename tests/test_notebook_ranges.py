@@ -20,7 +20,7 @@ CASES = {
     # the reported case: at a small eta the step after x* nears the weights' float32 round-off
     "01-small-lr": (NB01, {"LR": 1e-3}),
     # the low ends together: one channel (nothing to permute), the fewest points, the largest x* batch
-    "01-low-ends": (NB01, {"WIDTH": 1, "N_TRAIN": 100, "BATCH_SIZE": 50, "N_OTHER_SEEDS": 1,
+    "01-low-ends": (NB01, {"WIDTH": 1, "N_TRAIN": 100, "BATCH": 50, "N_OTHER_SEEDS": 1,
                            "PRETRAIN_EPOCHS": 1, "LR": 1e-3}),
     # the low ends: a tiny eta, one Lanczos step, a one-point Hessian batch, the shortest regime map
     "14-low-ends": (NB14, {"MAIN_LR": 1e-4, "KRYLOV": 1, "HESSIAN_POINTS": 1, "PROPAGATED_EVERY": 1,
