@@ -23,8 +23,8 @@ Modules: :mod:`~unroll_utils.sweep.notebook` (a notebook's parameters and their 
 :mod:`~unroll_utils.sweep.grid` (reading and validating a grid file), :mod:`~unroll_utils.sweep.run`
 (executing the runs with submitit; resume), :mod:`~unroll_utils.sweep.aggregate` (the tidy table, and
 figures with intervals over seeds from :func:`unroll_utils.statistics.seed_summary`) and
-:mod:`~unroll_utils.sweep.cli` (the command line: ``python -m unroll_utils.sweep {check,run,status,aggregate,
-params} ...``, ``--help``).
+:mod:`~unroll_utils.sweep.cli` (the command line, also ``python -m unroll_utils.sweep`` and ``unroll-sweep``:
+``{check,run,status,aggregate,params} ...``, ``--help``).
 """
 
 from unroll_utils.sweep.aggregate import aggregate, collect, plot_summary, summarize

@@ -4,7 +4,7 @@ The interval over seeds is the package's one policy, :func:`unroll_utils.statist
 two-sided 95% Student-t interval, mean ± t_{0.975, n−1}·s/√n over the runs that differ only by seed
 (exact for normal replicates and honest with the 2–5 seeds a sweep has), or with ``ci: bootstrap`` the
 percentile bootstrap of the mean (9,999 resamples from ``numpy.random.default_rng(0)``); non-finite
-values are left out and counted out of ``n``; with fewer than two values the bounds are NaN.
+values are left out of the interval and of ``n``; with fewer than two values the bounds are NaN.
 """
 
 from __future__ import annotations
