@@ -1,4 +1,4 @@
-"""The sweep runner: grid validation, local and submitit execution, resume, aggregation.
+"""The sweep runner: grid validation, execution through submitit (local, debug), resume, aggregation.
 
 The runs execute tests/fixtures/sweep_fixture.ipynb (a notebook that follows the sweep contract in about a
 second of compute): with A=2, B=0.5 its base value is A*B + SEED = 1 + SEED and its results table has
@@ -7,15 +7,17 @@ ve = base * t for t = 1, 2, 3.
 
 import json
 import math
-
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from unroll_utils import sweep
+from unroll_utils import results, sweep
 from unroll_utils.sweep import GridError
+from unroll_utils.sweep.grid import _Loader
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "sweep_fixture.ipynb").resolve()
 # Student's t quantiles from a printed table (t_{0.975, df}), for intervals computed by hand
@@ -39,12 +41,12 @@ def expected_ve(seed):
 def check_complete(run, seed):
     """A complete run folder: parameters, executed notebook, the notebook's results, the done marker."""
     assert run.state == "done"
-    assert run.name == sweep.results.fingerprint({"notebook": FIXTURE.name, "parameters": run.parameters,
+    assert run.name == results.fingerprint({"notebook": FIXTURE.name, "parameters": run.parameters,
                                                   "env": run.env})
     params = json.loads((run.path / "params.json").read_text())
     assert params["parameters"] == {"A": 2, "B": 0.5, "SEED": seed}
     assert (run.path / "notebook.ipynb").exists() and (run.path / "cache" / "stage_one.json").exists()
-    table, config, summary = sweep.results.load_table(run.path / "results")
+    table, config, summary = results.load_table(run.path / "results")
     assert table["ve"].tolist() == expected_ve(seed)
     assert config == {"A": 2, "B": 0.5, "SEED": seed, "TAG": "plain"} and summary == {"base": 1 + seed}
     return table
@@ -147,7 +149,7 @@ def test_two_axes_keys_are_an_error_not_the_last_one_kept(tmp_path):
         sweep.load_grid(nested)
     merged = tmp_path / "merged.yaml"  # an explicit key after a YAML merge overrides it: allowed
     merged.write_text(f"notebook: {FIXTURE}\noutput: out\nbase: &b {{A: 1, B: 0.5}}\n", encoding="utf-8")
-    loader = yaml.load(merged.read_text() + "parameters: {<<: *b, A: 3}\n", Loader=sweep._Loader)
+    loader = yaml.load(merged.read_text() + "parameters: {<<: *b, A: 3}\n", Loader=_Loader)
     assert loader["parameters"] == {"A": 3, "B": 0.5}
 
 
@@ -211,7 +213,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{sweep.os.environ['PATH']}")  # submitit looks for srun only
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")  # submitit looks for srun only
     path = write_grid(tmp_path, executor={"kind": "slurm", "time_min": 600, "slurm": {
         "partition": "t4v2", "gpus": 1, "cpus": 4, "mem_gb": 32, "array_parallelism": 16,
         "extra": {"slurm_qos": "normal"}}})
@@ -226,15 +228,39 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ aggregation
 
 
-def test_mean_ci_by_hand():
-    mean, low, high = sweep.mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3
+def one_group(values):
+    """A tidy table of one point (x = LR = 0.1) with one run per value."""
+    return pd.DataFrame({"run": [f"r{i}" for i in range(len(values))], "LR": 0.1, "ve": values})
+
+
+def interval(values, **kwargs):
+    row = sweep.summarize(one_group(values), "ve", "LR", **kwargs).iloc[0]
+    return row["mean"], row["low"], row["high"]
+
+
+def test_summary_interval_by_hand():
+    # the interval is statistics.seed_summary's: Student's t by default, the percentile bootstrap as an option
+    mean, low, high = interval([1.0, 2.0, 3.0])  # s = 1, n = 3
     assert mean == 2.0 and high - mean == pytest.approx(T975[2] / math.sqrt(3), abs=1e-4)
     assert mean - low == pytest.approx(high - mean)
     # bootstrap of two values: the resampled means are a, (a+b)/2, b; the 2.5% and 97.5% quantiles are a and b
-    assert sweep.mean_ci([1.0, 2.0], method="bootstrap", seed=3) == (1.5, 1.0, 2.0)
-    assert sweep.mean_ci([4.0])[0] == 4.0 and math.isnan(sweep.mean_ci([4.0])[1])
+    assert interval([1.0, 2.0], ci="bootstrap") == (1.5, 1.0, 2.0)
+    assert interval([4.0])[0] == 4.0 and math.isnan(interval([4.0])[1])
+    # a run without a finite value is not counted: n = 2 of 3 runs, the interval of the two others
+    with_nan = sweep.summarize(one_group([1.0, math.nan, 3.0]), "ve", "LR").iloc[0]
+    assert with_nan["n"] == 2 and with_nan["mean"] == 2.0
+    assert with_nan["high"] - 2.0 == pytest.approx(T975[1] * math.sqrt(2) / math.sqrt(2), abs=1e-4)
     with pytest.raises(ValueError, match="method"):
-        sweep.mean_ci([1.0, 2.0], method="normal")
+        interval([1.0, 2.0], ci="normal")
+
+
+def test_summary_keeps_a_none_axis_value():
+    # an axis may hold None ("the preset's"): its runs form a group of their own, not dropped
+    table = pd.DataFrame({"run": ["a", "b", "c", "d"], "MODEL": ["cnn", "cnn", None, None],
+                          "SEED": [0, 1, 0, 1], "ve": [1.0, 3.0, 10.0, 20.0]})
+    summary = sweep.summarize(table, "ve", "MODEL")
+    assert summary["mean"].tolist() == [2.0, 15.0] and summary["n"].tolist() == [2, 2]
+    assert summary["MODEL"].tolist()[0] == "cnn" and summary["MODEL"].isna().tolist() == [False, True]
 
 
 def test_summarize_picks_one_value_per_run():
@@ -259,6 +285,7 @@ def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeyp
     grid = sweep.load_grid(write_grid(tmp_path))
     first = sweep.run_grid(grid, echo=lambda _: None)
     assert sorted(first["state"]) == ["done", "done"]
+    assert any((grid.output / ".submitit").rglob("*_log.out"))  # local runs are submitit jobs: their logs
     runs = grid.runs()
     for run, seed in zip(runs, (0, 1)):
         check_complete(run, seed)
@@ -285,10 +312,10 @@ def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeyp
     assert list(tidy.columns) == ["run", "A", "B", "SEED", "t", "ve", "computed"]
     assert tidy["ve"].tolist() == expected_ve(0) + expected_ve(1) + expected_ve(2)
     assert tidy.groupby("SEED")["run"].nunique().tolist() == [1, 1, 1]
-    saved, _, summary = sweep.results.load_table(grid.output / "aggregate")
+    saved, _, summary = results.load_table(grid.output / "aggregate")
     assert saved["ve"].tolist() == tidy["ve"].tolist() and summary == {"runs": {"done": 3}}
     # seeds 0, 1, 2 give ve = t, 2t, 3t: mean 2t, s = t, CI 2t -+ t_{0.975,2} * t / sqrt(3)
-    summary_table, _, _ = sweep.results.load_table(grid.output / "figures" / "ve_vs_t")
+    summary_table, _, _ = results.load_table(grid.output / "figures" / "ve_vs_t")
     assert summary_table["mean"].tolist() == [2.0, 4.0, 6.0] and summary_table["n"].tolist() == [3, 3, 3]
     for t, low, high in zip((1, 2, 3), summary_table["low"], summary_table["high"]):
         assert high - 2 * t == pytest.approx(T975[2] * t / math.sqrt(3), abs=1e-3) and low == pytest.approx(
@@ -297,14 +324,14 @@ def test_local_runs_skip_complete_resume_partial_and_aggregate(tmp_path, monkeyp
     assert {p.name for p in written} >= {"aggregate.csv", "aggregate.json", "ve_vs_t.png"}
     # the command line: another figure, and a column that does not exist named in the error
     assert sweep.main(["aggregate", str(tmp_path / "grid.yaml"), "--y", "ve", "--x", "t", "--ci", "bootstrap"]) == 0
-    boot, _, _ = sweep.results.load_table(grid.output / "figures" / "ve_vs_t")
+    boot, _, _ = results.load_table(grid.output / "figures" / "ve_vs_t")
     assert boot["low"].tolist() == [1.0, 2.0, 3.0] and boot["high"].tolist() == [3.0, 6.0, 9.0]  # min, max of 3
     assert sweep.main(["aggregate", str(tmp_path / "grid.yaml"), "--y", "acc"]) == 2
 
 
-@pytest.mark.slow  # papermill runs in submitit subprocesses
-def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
-    grid = sweep.load_grid(write_grid(tmp_path, executor={"kind": "submitit-local", "time_min": 10}))
+@pytest.mark.slow  # papermill runs inside this process (submitit's DebugExecutor)
+def test_debug_executor_runs_the_same_jobs_in_this_process(tmp_path):
+    grid = sweep.load_grid(write_grid(tmp_path, executor={"kind": "debug", "time_min": 10}))
     states = sweep.run_grid(grid, echo=lambda _: None)
     assert sorted(states["state"]) == ["done", "done"]
     for run, seed in zip(grid.runs(), (0, 1)):
@@ -313,3 +340,111 @@ def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
     assert sweep.main(["status", str(tmp_path / "grid.yaml")]) == 0
     tidy, _ = sweep.aggregate(grid, figures=[])
     assert tidy.groupby("SEED")["ve"].sum().tolist() == [6, 12]
+
+
+# ------------------------------------------------------------------------------------------------ scheduling
+
+
+class FakeJob:
+    """A submitit-like job that finishes on its run's ``looks``-th look (``done()``); the run named crash
+    raises from ``result()`` (its process died)."""
+
+    def __init__(self, executor, run):
+        self.executor, self.run, self.looks, self.cancelled = executor, run, 0, False
+
+    def done(self):
+        self.looks += 1
+        if self.looks == self.run.looks:
+            self.executor.running -= 1
+        return self.looks >= self.run.looks
+
+    def result(self):
+        if self.run.name == "crash":
+            raise RuntimeError("the job's process was killed")
+        return {"run": self.run.name, "state": "done"}
+
+    def cancel(self, check=True):
+        self.cancelled = True
+
+
+class FakeExecutor:
+    """Records how many submitted jobs are running at each submission."""
+
+    def __init__(self):
+        self.running, self.most, self.jobs = 0, 0, []
+
+    def submit(self, fn, run):
+        assert fn == "job"
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.jobs.append(FakeJob(self, run))
+        return self.jobs[-1]
+
+
+class Named:
+    def __init__(self, name, looks=3):
+        self.name, self.looks = name, looks
+
+
+@pytest.mark.parametrize("workers, most", [(1, 1), (2, 2), (3, 3), (9, 5)])
+def test_local_runs_at_most_workers_at_a_time(workers, most):
+    executor, rows = FakeExecutor(), []
+    runs = [Named(n, looks) for n, looks in (("a", 3), ("b", 1), ("crash", 4), ("d", 2), ("e", 3))]
+    sweep.run_at_most(executor, "job", runs, workers, rows.append, poll_s=0)
+    assert executor.most == most and len(executor.jobs) == 5
+    assert sorted(r["run"] for r in rows) == ["a", "b", "crash", "d", "e"]  # each reported once
+    crash = next(r for r in rows if r["run"] == "crash")
+    assert crash["state"] == "failed" and "RuntimeError: the job's process was killed" in crash["error"]
+    assert not any(j.cancelled for j in executor.jobs)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        sweep.run_at_most(executor, "job", runs, 0, rows.append)
+
+
+def test_interrupted_local_runs_cancel_the_running_jobs():
+    executor = FakeExecutor()
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_at_most(executor, "job", [Named("a", 1), *(Named(n, 5) for n in "bcd")], 2, stop,
+                          poll_s=0)
+    # the first job finished and was being reported; the second was running: cancelled; c, d never started
+    assert [j.run.name for j in executor.jobs] == ["a", "b"]
+    assert [j.cancelled for j in executor.jobs] == [False, True]
+
+
+def test_local_jobs_see_the_callers_gpus(tmp_path, monkeypatch):
+    # submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs it was given (none); the job restores
+    # the caller's value, or unsets it when the caller had none
+    class Probe:
+        name = "probe"
+
+        def execute(self):
+            return {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OTHER")}
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OTHER", "kept")
+    assert sweep.SubmititJob({"CUDA_VISIBLE_DEVICES": "0,1"})(Probe()) == {"CUDA_VISIBLE_DEVICES": "0,1",
+                                                                           "OTHER": "kept"}
+    assert sweep.SubmititJob({"CUDA_VISIBLE_DEVICES": None})(Probe())["CUDA_VISIBLE_DEVICES"] is None
+    # run_grid passes the caller's value to local jobs (and nothing to debug jobs, which run in this process)
+    seen = {}
+    monkeypatch.setattr(sweep.run, "run_at_most", lambda executor, job, runs, workers, report: seen.update(
+        kind=type(executor._executor).__name__, environ=job.environ, workers=workers))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    sweep.run_grid(sweep.load_grid(write_grid(tmp_path)), echo=lambda _: None)
+    assert seen == {"kind": "LocalExecutor", "environ": {"CUDA_VISIBLE_DEVICES": "3"}, "workers": 2}
+    sweep.run_grid(sweep.load_grid(write_grid(tmp_path), kind="debug"), echo=lambda _: None)
+    assert seen == {"kind": "DebugExecutor", "environ": {}, "workers": 1}
+
+
+def test_no_wait_and_the_old_executor_name_are_errors(tmp_path, capsys):
+    path = write_grid(tmp_path)
+    assert sweep.main(["run", str(path), "--no-wait"]) == 2
+    assert "--no-wait needs --executor slurm" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="wait=False needs the slurm executor"):
+        sweep.run_grid(sweep.load_grid(path), wait=False)
+    with pytest.raises(GridError, match="got 'submitit-local' .*use local"):
+        sweep.load_grid(write_grid(tmp_path, executor={"kind": "submitit-local"}))
+    assert not (tmp_path / "out").exists()
