@@ -22,7 +22,7 @@ import pytest
 MAX_WIDTH = 110
 DEVELOPER_WORDING = re.compile(
     r"\bCI\b|(?i:continuous integration|load average)|\b[Rr]ow \d+\b"
-    r"|(?<!\")\b[Tt]argets?\b(?! (?:model|point|class|label|set)s?\b)(?!'s)"
+    r"|(?<![\"'])\b[Tt]argets?\b(?! (?:model|point|class|label|set)s?\b)(?!'s)"
     r"|(?<![\\-])(?<![Ee]rror )(?<![Pp]rogress )\b[Bb]ars?\b")
 """Developer wording: CI, load averages, "row N" of a benchmark table, targets and bars to meet. The privacy
 attack's *target model*, *target point* and *the target's* recipe, *error bars*, *progress bars* and the

@@ -100,3 +100,10 @@ def test_seed_summary_level_no_groups_bootstrap_and_errors():
         statistics.seed_summary(runs, [], "r", level=95)
     with pytest.raises(ValueError, match="no column 'lam'"):
         statistics.seed_summary(runs, "lam", "r")
+
+
+def test_seed_summary_keeps_a_group_whose_key_is_missing():
+    table = pd.DataFrame({"lam": [None, None, 1.0, 1.0], "ve": [1.0, 3.0, 2.0, 4.0]})
+    out = statistics.seed_summary(table, "lam", "ve")
+    assert len(out) == 2 and out.n.tolist() == [2, 2]
+    assert sorted(out["mean"].tolist()) == [2.0, 3.0]

@@ -43,7 +43,8 @@ def seed_summary(table: pd.DataFrame, by: str | Sequence[str], columns: str | Se
 
     Returns:
         DataFrame with the ``by`` columns, then ``column`` (the summarised column's name),
-        ``mean``, ``low``, ``high`` and ``n``; groups in sorted order, columns in the given order.
+        ``mean``, ``low``, ``high`` and ``n``; groups in sorted order (a missing key, NaN or None, is a
+        group of its own), columns in the given order.
 
     Raises:
         ValueError: ``method`` not in ``SUMMARY_METHODS``, ``level`` outside (0, 1),
@@ -63,7 +64,7 @@ def seed_summary(table: pd.DataFrame, by: str | Sequence[str], columns: str | Se
     missing = [c for c in by + columns if c not in table.columns]
     if missing:
         raise ValueError(f"no column {missing[0]!r} in the table (columns: {list(table.columns)})")
-    groups = table.groupby(by, sort=True) if by else [((), table)]
+    groups = table.groupby(by, sort=True, dropna=False) if by else [((), table)]  # a None key is a group
     rows = []
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
