@@ -145,6 +145,15 @@ def clean_notebook(nb: dict, clean: Cleaner, source: str) -> dict:
     return nb
 
 
+def keep_ids(nb: dict, source: dict) -> None:
+    """Give the executed cells the ids of the notebook's cells (papermill draws new random ones), so that a
+    rerun does not rewrite every id."""
+    if len(nb["cells"]) == len(source["cells"]):
+        for cell, src in zip(nb["cells"], source["cells"]):
+            if "id" in src:
+                cell["id"] = src["id"]
+
+
 def write_atomically(nb: dict, path: Path) -> None:
     """Write ``nb`` as JSON (nbformat's layout: indent 1, sorted keys, a final newline) through a temporary
     file in the same folder and a rename, so a killed run never leaves half a notebook."""
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"docs/executed/{src.name} left as it was", flush=True)
                     continue
                 nb = clean_notebook(json.loads(raw.read_text(encoding="utf-8")), clean, f"notebooks/{src.name}")
+            keep_ids(nb, json.loads(src.read_text(encoding="utf-8")))
             out = EXECUTED / src.name
             write_atomically(nb, out)
             print(f"{src.name}: {time.time() - start:.0f} s, {out.stat().st_size / 1e3:.0f} kB", flush=True)
