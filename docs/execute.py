@@ -7,11 +7,13 @@
 Each notebook runs through papermill from ``notebooks/`` (as a reader runs it) with ``UNROLL_SMOKE=1``, one
 intra-op thread, progress bars off, figures as PNG (``UNROLL_FIGURE_FORMAT=png``, see ``unroll_utils.plot``) and
 one cache folder that starts empty for the whole run, so the copies do not depend on what an earlier run left in
-``notebooks/cache``. The executed copy is then cleaned of what differs from machine to machine (absolute paths,
-papermill's timing metadata, memory addresses, widget state, which a static page cannot use) and written
-atomically to ``docs/executed/<name>.ipynb`` with ``"keep_output": true`` in its metadata (nbstripout keeps the
-outputs of such a notebook). A notebook that fails leaves its previous copy untouched; the command then exits
-with status 1 and names it. Running every notebook also removes copies whose source notebook is gone.
+``notebooks/cache``. The executed copy is then cleaned of what differs from run to run or machine to machine
+(absolute paths, papermill's timing metadata and random cell ids, memory addresses, how prints were split into
+messages), its interactive panels are replaced by the figures they showed at their first values (from the saved
+widget state, which is then dropped), and it is written atomically to ``docs/executed/<name>.ipynb`` with
+``"keep_output": true`` in its metadata (nbstripout keeps the outputs of such a notebook). A notebook that
+fails leaves its previous copy untouched; the command then exits with status 1 and names it. Running every
+notebook also removes copies whose source notebook is gone. Printed timings stay: they are what the run measured.
 """
 
 from __future__ import annotations
@@ -140,18 +142,23 @@ def clean_notebook(nb: dict, clean: Cleaner, source: str) -> dict:
                 if mime in out.get("data", {}):
                     out["data"][mime] = _clean_text(out["data"][mime], clean)
             out.get("metadata", {}).pop("execution", None)
+            if (out.get("output_type") == "stream" and outputs and outputs[-1].get("output_type") == "stream"
+                    and outputs[-1].get("name") == out.get("name")):
+                # one block per stream: how the kernel split the prints into messages depends on timing
+                text = "".join(outputs[-1]["text"]) + "".join(out["text"])
+                outputs[-1]["text"] = text.splitlines(keepends=True)
+                continue
             outputs.append(out)
         cell["outputs"] = outputs
     return nb
 
 
 def keep_ids(nb: dict, source: dict) -> None:
-    """Give the executed cells the ids of the notebook's cells (papermill draws new random ones), so that a
-    rerun does not rewrite every id."""
+    """Give the executed cells the ids of the notebook's cells, or their positions where the notebook has none
+    (papermill draws new random ones), so that a rerun does not rewrite every id."""
     if len(nb["cells"]) == len(source["cells"]):
-        for cell, src in zip(nb["cells"], source["cells"]):
-            if "id" in src:
-                cell["id"] = src["id"]
+        for i, (cell, src) in enumerate(zip(nb["cells"], source["cells"])):
+            cell["id"] = src.get("id", str(i))
 
 
 def write_atomically(nb: dict, path: Path) -> None:
@@ -219,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 raw = Path(tmp) / src.name
                 try:
                     papermill.execute_notebook(str(src), str(raw), cwd=str(NOTEBOOKS), kernel_name="python3",
-                                               progress_bar=False, log_output=False, execution_timeout=args.timeout)
+                                               progress_bar=False, log_output=False,
+                                               execution_timeout=args.timeout)
                 except Exception as err:  # PapermillExecutionError, a dead kernel, a timeout
                     failed.append(src.name)
                     first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__

@@ -102,9 +102,9 @@ def test_cleaning_replaces_paths_addresses_and_widgets(tmp_path):
     md, code = out["cells"]
     assert md["source"] == ["see [x](../../README.md)"]  # docs/executed/ is two folders below the root
     assert code["metadata"] == {"tags": ["t"]}
-    assert code["outputs"] == [{"output_type": "stream", "name": "stdout", "text": ["cache/a\n"]},
-                               {"output_type": "stream", "name": "stdout", "text": [ex.PANEL_NOTE + "\n"]},
-                               figure]  # the panel's figure at its first values, from the saved widget state
+    note = ex.PANEL_NOTE + "\n"  # merged into the cell's printed lines: one block per stream
+    # then the panel's figure at its first values, from the saved widget state
+    assert code["outputs"] == [{"output_type": "stream", "name": "stdout", "text": ["cache/a\n", note]}, figure]
     # a live widget without an Output widget (a slider alone): a note, once per cell
     slider = {"output_type": "display_data", "metadata": {},
               "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "3"}}}
@@ -153,3 +153,25 @@ def test_check_names_a_copy_whose_notebook_changed(tmp_path, monkeypatch, capsys
     cell["source"] = ["new text"]
     src.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     assert ex.main(["--check"]) == 1 and "stale executed copies: 01_a.ipynb" in capsys.readouterr().out
+
+
+def test_copies_keep_the_notebooks_cell_ids():
+    ex = _load_execute()
+    nb = {"cells": [{"id": "x1"}, {"id": "x2"}]}
+    ex.keep_ids(nb, {"cells": [{"id": "a"}, {}]})  # a notebook without ids: the cell's position
+    assert nb["cells"] == [{"id": "a"}, {"id": "1"}]
+    for path in COPIES:  # the stored copies: a rerun rewrites no id
+        src = json.loads((ROOT / "notebooks" / path.name).read_text(encoding="utf-8"))["cells"]
+        got = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        assert [c.get("id") for c in got] == [c.get("id", str(i)) for i, c in enumerate(src)], path.name
+
+
+def test_consecutive_prints_are_one_block():
+    # the kernel splits prints into stream messages by timing: the copy stores one block per stream
+    ex = _load_execute()
+    out = lambda name, text: {"output_type": "stream", "name": name, "text": text}
+    nb = {"metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, "source": [], "execution_count": 1,
+                                     "outputs": [out("stdout", ["a in 0.1 s"]), out("stdout", ["\n", "b\n"]),
+                                                 out("stderr", ["w\n"]), out("stdout", ["c\n"])]}]}
+    got = ex.clean_notebook(nb, ex.Cleaner(Path("/nonexistent")), "x")["cells"][0]["outputs"]
+    assert got == [out("stdout", ["a in 0.1 s\n", "b\n"]), out("stderr", ["w\n"]), out("stdout", ["c\n"])]
