@@ -2,15 +2,20 @@
 Debian's Chromium (never a downloaded browser), at a 1366 x 768 laptop window with the file browser open.
 
 Runs notebook 01 and the widget notebook 03 (smoke sizes) with Run All, and asserts that no cell errored, that
-every figure fits the window without being scaled down, and that moving a slider redraws the figure. Screenshots
-go to results/browser/. Skipped, with a message saying why, where Chromium or Playwright is missing.
+every figure fits the window without being scaled down, and that moving a slider redraws the figure. Then opens
+the book (`make book`, built from docs/executed/) over HTTP: its index lists every notebook, and on the
+experiment page of notebook 07 and every other page each figure loads and fits the window. Screenshots go to
+results/browser/. Skipped, with a message saying why, where Chromium or Playwright is missing.
 """
 
+import functools
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -197,4 +202,93 @@ def test_widget_notebook_slider_redraws_the_figure(lab, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     interact.scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "03_widget.png"))
+    page.close()
+
+
+BOOK_HTML = ROOT / "docs" / "_build" / "html"
+BOOK_SOURCES = [ROOT / "docs" / "conf.py", *sorted((ROOT / "docs").glob("*.md")),
+                *sorted((ROOT / "docs" / "executed").glob("*.ipynb"))]
+EXPERIMENT_PAGE = "executed/07_cifar_fine_tuning.html"  # Exp A and B: the paper's main experiment
+
+BOOK_FIGURES = """() => [...document.querySelectorAll('.cell_output img')].map(el => {
+  const r = el.getBoundingClientRect();
+  return {src: el.getAttribute('src'), complete: el.complete, natural: el.naturalWidth, left: r.left,
+          right: r.right, width: r.width, limit: window.innerWidth};
+})"""
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """The book of `make book`, served on 127.0.0.1: docs/_build/html when it is newer than its sources,
+    otherwise built here (Sphinx reads the stored outputs; well under two minutes) into a temporary folder."""
+    html = BOOK_HTML
+    index = html / "index.html"
+    if not index.exists() or index.stat().st_mtime < max(p.stat().st_mtime for p in BOOK_SOURCES):
+        html = tmp_path_factory.mktemp("book") / "html"
+        subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", str(ROOT / "docs"), str(html)],
+                       check=True, cwd=ROOT, timeout=600)
+    handler = functools.partial(QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # no access log in the test output
+        pass
+
+
+def _executed_pages():
+    return [f"executed/{p.stem}.html" for p in sorted((ROOT / "docs" / "executed").glob("[0-9][0-9]_*.ipynb"))]
+
+
+def _check_book_figures(page, url):
+    figs = page.evaluate(BOOK_FIGURES)
+    for f in figs:
+        assert f["complete"] and f["natural"] > 0, f"{url}: a figure did not load: {f}"
+        assert f["left"] >= 0 and f["right"] <= f["limit"] + 1, f"{url}: a figure does not fit the window: {f}"
+    return figs
+
+
+def test_book_index_lists_every_notebook(book, browser):
+    pages = _executed_pages()
+    assert len(pages) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))), \
+        "docs/executed/ lacks a notebook: run `make executed`"
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(f"{book}/index.html")
+    links = page.evaluate("() => [...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
+    for target in pages:
+        assert target in links, f"the book's index does not link {target}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "book_index.png"))
+    page.close()
+
+
+def test_book_experiment_page_shows_its_figures(book, browser):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(f"{book}/{EXPERIMENT_PAGE}")
+    page.wait_for_load_state("load")
+    figs = _check_book_figures(page, EXPERIMENT_PAGE)
+    assert figs, f"{EXPERIMENT_PAGE}: no figure on the page"
+    heading = page.locator("h1").first.inner_text()
+    assert "CIFAR" in heading or "Exp" in heading, heading
+    page.locator(".cell_output img").first.scroll_into_view_if_needed()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "book_07.png"))
+    page.close()
+
+
+def test_every_book_page_loads_its_figures(book, browser):
+    page = browser.new_page(viewport=VIEWPORT)
+    total = 0
+    for url in _executed_pages():
+        page.goto(f"{book}/{url}")
+        page.wait_for_load_state("load")
+        total += len(_check_book_figures(page, url))
+    assert total >= len(_executed_pages()), f"only {total} figures in the whole book"
     page.close()

@@ -73,3 +73,26 @@ def test_more_curves_than_colours_stay_distinguishable():
     fig = plot.plot_curves([0, 1], {f"c{i}": [i, i + 1] for i in range(n)}, xlabel="x", ylabel="y", scatter=True)
     assert len(fig.axes[0].collections) == n
     plt.close(fig)
+
+
+@pytest.mark.parametrize("env, expected", [(None, (("svg",), {})), ("png", (("png",), {"dpi": 96})),
+                                           (" PNG ", (("png",), {"dpi": 96})), ("svg", (("svg",), {}))])
+def test_setup_picks_the_inline_format_from_the_environment(monkeypatch, env, expected):
+    # the executed copies of docs/executed/ are run with UNROLL_FIGURE_FORMAT=png; notebooks default to SVG
+    import matplotlib_inline.backend_inline as inline
+
+    calls = []
+    monkeypatch.setattr(inline, "set_matplotlib_formats", lambda *f, **kw: calls.append((f, kw)))
+    if env is None:
+        monkeypatch.delenv("UNROLL_FIGURE_FORMAT", raising=False)
+    else:
+        monkeypatch.setenv("UNROLL_FIGURE_FORMAT", env)
+    plot.setup()
+    assert calls == [expected]
+    assert plot.PNG_DPI * plot.MAX_WIDTH <= 1366 - 33 - 250 - 120  # a PNG figure is as wide as its SVG
+
+
+def test_setup_rejects_an_unknown_figure_format(monkeypatch):
+    monkeypatch.setenv("UNROLL_FIGURE_FORMAT", "jpeg")
+    with pytest.raises(ValueError, match=r"UNROLL_FIGURE_FORMAT must be one of \('svg', 'png'\), got 'jpeg'"):
+        plot.setup()

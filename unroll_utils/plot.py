@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,10 +18,26 @@ FIGSIZE = (6.0, 4.0)
 # notebook column of a 1366 x 768 JupyterLab window with the file browser open. Wider layouts stack panels.
 MAX_WIDTH = 9.5
 PANEL_SIZE = (4.6, 3.5)  # one panel of a multi-panel figure: two side by side fit MAX_WIDTH
+# Inline figure format in Jupyter, from $UNROLL_FIGURE_FORMAT: SVG by default; PNG for the stored executed copies
+# (docs/executed/, `make executed`), at 96 dpi, so a figure has the pixel width of its SVG (96 CSS px per inch).
+FIGURE_FORMATS = ("svg", "png")
+PNG_DPI = 96
+
+
+def figure_format() -> str:
+    """The inline figure format: ``$UNROLL_FIGURE_FORMAT`` (``"svg"`` or ``"png"``, default ``"svg"``).
+    Raises ValueError naming the variable and the allowed values."""
+    fmt = os.environ.get("UNROLL_FIGURE_FORMAT", "").strip().lower() or "svg"
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"UNROLL_FIGURE_FORMAT must be one of {FIGURE_FORMATS}, got "
+                         f"{os.environ['UNROLL_FIGURE_FORMAT']!r}")
+    return fmt
 
 
 def setup(svg: bool = True) -> None:
-    """House style: one figure size, gridded axes, the fixed palette; SVG output in Jupyter."""
+    """House style: one figure size, gridded axes, the fixed palette; in Jupyter (``svg=True``) inline figures
+    in :func:`figure_format` (SVG unless ``$UNROLL_FIGURE_FORMAT=png``, then PNG at :data:`PNG_DPI`).
+    Raises ValueError for another ``$UNROLL_FIGURE_FORMAT``."""
     matplotlib.rcParams.update({
         "figure.figsize": FIGSIZE, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 2.0,
         "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "image.cmap": "cividis",
@@ -28,9 +45,10 @@ def setup(svg: bool = True) -> None:
         "axes.spines.right": False,
     })
     if svg:
+        fmt = figure_format()
         try:
             from matplotlib_inline.backend_inline import set_matplotlib_formats
-            set_matplotlib_formats("svg")
+            set_matplotlib_formats(fmt, **({"dpi": PNG_DPI} if fmt == "png" else {}))
         except Exception:  # not in a Jupyter kernel
             pass
 

