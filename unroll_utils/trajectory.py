@@ -32,9 +32,8 @@ from . import hessian, results
 from .losses import make_loss
 from .distances import lockstep_distances, model_weights, snapshot, weight_distance
 from .metrics import accuracy, unlearning_error
-from .training import (ALL_AUGMENTS, AUGMENTS, ORDERS, SGDConfig, augment_batch, augmentation_draws,
-                       batch_order, check_lone_point_batches, check_sgd_fields, crop_flip,
-                       epoch_draws, make_optimizer, require, sgd_step, sub_seed)
+from .training import (SGDConfig, augment_batch, batch_order, check_lone_point_batches, epoch_draws,
+                       make_optimizer, require, sgd_step, sub_seed)
 from .propagated import PropagatedConfig, PropagatedUndo
 from .unlearning import UNDO_FORMS, UNDO_POINTS, forget_gradient
 
@@ -166,7 +165,7 @@ class LockStepConfig(SGDConfig):
         def need(ok: bool, name: str, allowed: str) -> None:
             require(self, ok, name, allowed)
 
-        check_sgd_fields(self, ALL_AUGMENTS)
+        super().validate()
         need(self.undo_at in UNDO_POINTS, "undo_at", f"one of {UNDO_POINTS}")
         need(self.undo_bn_mode in hessian.BN_MODES, "undo_bn_mode", f"one of {hessian.BN_MODES}")
         need(self.undo_form in UNDO_FORMS, "undo_form", f"one of {UNDO_FORMS}")
