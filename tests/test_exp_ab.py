@@ -13,7 +13,9 @@ from torch import nn
 
 from unroll_utils import distances, protocols, training
 from unroll_utils.losses import make_loss
-from unroll_utils.trajectory import LockStep, LockStepConfig, make_optimizer, run_lockstep, sgd_step
+from unroll_utils.lockstep import LockStep
+from unroll_utils.training import make_optimizer, sgd_step
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient
 
 N = 70  # 4 batches of 16 and a last batch of 6

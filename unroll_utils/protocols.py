@@ -42,7 +42,8 @@ from .metrics import correlations
 from .propagated import PropagatedConfig
 from .statistics import bootstrap_ci
 from .training import make_optimizer, sgd_step
-from .trajectory import LockStep, LockStepConfig, LockStepResult, run_lockstep
+from .lockstep import LockStep, LockStepResult
+from .trajectory import LockStepConfig, run_lockstep
 
 PRESET_NAMES = ("smoke", "small", "paper")
 
@@ -225,7 +226,7 @@ class CheckpointedRun:
     unlearning at the last checkpoint, and the checkpointed unlearning error at every step.
 
     With checkpoint frequency c, the checkpoint moves before step t + 1 whenever t is a positive
-    multiple of c (see :class:`unroll_utils.trajectory.UndoAccumulator`), so after step t the
+    multiple of c (see :class:`unroll_utils.unlearning.UndoAccumulator`), so after step t the
     undo gradient is taken at w_ckpt = w_{c·⌊(t−1)/c⌋}, and the reference's error, logged at
     every step (:func:`checkpointed_errors`), is
 
@@ -492,7 +493,7 @@ def run_scheduled(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
                   test_y: torch.Tensor | None = None, accuracy: bool = True,
                   on_measure=None, checkpoint_path: str | Path | None = None,
                   checkpoint_every: int = 100, progress: bool = True) -> LockStepResult:
-    """A lock-step run (:class:`unroll_utils.trajectory.LockStep`) measured at the given steps
+    """A lock-step run (:class:`unroll_utils.lockstep.LockStep`) measured at the given steps
     and at the last step, instead of every ``eval_every`` global steps.
 
     This is the reference's schedule when ``steps`` comes from :func:`scheduled_steps`: VE,
