@@ -36,8 +36,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as D
+from .membership import mia_cv_accuracy, svc_mia_efficacy
 from .metrics import verification_error
-from .privacy import loss_attack_auc, mia_cv_accuracy, per_example_loss, predict_probs, svc_mia_efficacy
+from .privacy import loss_attack_auc, per_example_loss, predict_probs
 from .statistics import t_interval
 from .training import SGDConfig, sub_seed
 from .unlearning_methods import (UnlearningTask, amnesiac, fine_tuning, gradient_ascent, naive_retraining,
@@ -173,10 +174,10 @@ def _measure(model: nn.Module, task: UnlearningTask, test_x, test_y, reference: 
 
     ``loss_auc``: ROC-AUC of the loss, forget set as members vs the test set
     (:func:`~unroll_utils.privacy.loss_attack_auc`). ``mia_accuracy``: the unlearning challenge kit's
-    cross-validated logistic regression on the same losses (:func:`~unroll_utils.privacy.mia_cv_accuracy`,
+    cross-validated logistic regression on the same losses (:func:`~unroll_utils.membership.mia_cv_accuracy`,
     seeded by M's seed; NaN with fewer than 6 forget or test points). ``mia_efficacy``: SalUn's SVC
     MIA-Efficacy on p_y, shadow members = the first len(test) retain points, non-members = the test
-    set (:func:`~unroll_utils.privacy.svc_mia_efficacy`)."""
+    set (:func:`~unroll_utils.membership.svc_mia_efficacy`)."""
     p_train, p_test = predict_probs(model, task.train_x).cpu(), predict_probs(model, test_x).cpu()
     y_train, y_test = task.train_y.cpu(), test_y.cpu()
     hit_train, hit_test = p_train.argmax(1) == y_train, p_test.argmax(1) == y_test

@@ -410,13 +410,6 @@ class SGDTraining:
             self._epoch_total = 0.0
         return batch_loss
 
-    def train_epoch(self) -> dict:
-        """The steps left in the current epoch; returns its history record."""
-        self.step()
-        while self.t % self.steps_per_epoch:
-            self.step()
-        return self.history[-1]
-
     def run(self, *, checkpoint_path: str | Path | None = None, checkpoint_every: int = 50,
             progress: bool = True, stop_after: int | None = None, desc: str = "train") -> list[float]:
         """Train to the end (or ``stop_after`` more steps), resuming from ``checkpoint_path`` when
