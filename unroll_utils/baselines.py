@@ -231,6 +231,7 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
         options: method name → dict of budget options (:data:`BUDGET_OPTIONS`, e.g.
             ``{"fine_tuning": {"epochs": 5, "lr": 0.1}}``); default: each method's reference budget
             (:func:`budget` says what ran).
+        progress: a progress bar over the seeds.
 
     Returns:
         Tidy table, one row per (seed, kind, method): ``forget_acc``, ``retain_acc``, ``test_acc``
