@@ -253,7 +253,7 @@ def test_messages_speak_in_flags_only_where_they_name_an_option():
 
 @pytest.mark.parametrize("args,message", [
     (["--pretrain-lr", "0"], "--pretrain-lr must be a finite number > 0; got 0.0"),
-    (["--pretrain-batch-size", "0"], "--pretrain-batch-size must be >= 1; got 0"),
+    (["--pretrain-batch-size", "0"], "--pretrain-batch-size must be an integer >= 1; got 0"),
     (["--seed", "-1"], "--seed must be >= 0; got -1"),
     (["--augment", "crop_flip", "--lr", "nan"], "--lr must be a finite number > 0; got nan"),
 ])

@@ -1,6 +1,7 @@
 """Pretraining of w_0 (paper §2.1): cache, keys, bit-identical resume, the cosine schedule."""
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -174,3 +175,24 @@ def test_train_sgd_takes_sgd_config_fields_only():
         training.train_sgd(net, x, y, augment="rotate", progress=False)
     losses = training.train_sgd(net, x, y, epochs=2, batch_size=8, augment="crop_flip_rotate", progress=False)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0; got inf"),
+    ("epochs", 2.5, "epochs must be an integer >= 1; got 2.5"),
+    ("batch_size", True, "batch_size must be an integer >= 1; got True"),
+    ("momentum", "0.9", "momentum must be in [0, 1); got '0.9'"),
+    ("seed", -1, "seed must be >= 0; got -1"),
+])
+def test_sgd_config_checks_types_and_ranges_by_name(field, value, message):
+    """SGDConfig's one validator, shared by every training configuration (here the forget
+    benchmark's budget options too); PretrainConfig only lowers the least epochs to 0."""
+    from unroll_utils.unlearning_methods import _check_options
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        training.SGDConfig(**{field: value}).validate()
+    if field in ("weight_decay", "epochs", "momentum"):
+        options = {**dict(epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0), field: value}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _check_options(**options)
+    assert cfg(epochs=0).validate().epochs == 0

@@ -340,7 +340,8 @@ def test_sigma_tracker_schedule_and_errors():
 
 # --- a batch of one point and BatchNorm (refused up front, never a crash mid-run) ---
 
-from unroll_utils.training import find_lone_point_batch, train_sgd, trains_on_one_point  # noqa: E402
+from unroll_utils.models import trains_on_one_point  # noqa: E402
+from unroll_utils.training import find_lone_point_batch, train_sgd  # noqa: E402
 
 
 def bn1d_net():

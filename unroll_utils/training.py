@@ -11,7 +11,6 @@ see bit-identical batches and augmentations.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import results
+from . import models, results
 from .losses import make_loss
 
 ORDERS = ("forget_first", "index", "shuffle", "forget_first_shuffle")
@@ -107,12 +106,18 @@ class SGDConfig:
         def need(ok: bool, name: str, allowed: str) -> None:
             require(self, ok, name, allowed, names.get(name))
 
-        need(isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0, "lr",
-             "a finite number > 0")
-        need(self.batch_size >= 1, "batch_size", ">= 1")
-        need(self.epochs >= self.MIN_EPOCHS, "epochs", f">= {self.MIN_EPOCHS}")
-        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        def real(v) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integer(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        need(real(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(integer(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(integer(self.epochs) and self.epochs >= self.MIN_EPOCHS, "epochs",
+             f"an integer >= {self.MIN_EPOCHS}")
+        need(real(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
         need(self.loss in LOSSES, "loss", f"one of {LOSSES}")
         need(self.lam >= 0 and (self.loss == "sd" or self.lam == 0), "lam",
              ">= 0, and 0 unless loss='sd'")
@@ -441,29 +446,6 @@ class SGDTraining:
         return self.epoch_losses
 
 
-def trains_on_one_point(model: nn.Module, x_one: torch.Tensor) -> bool:
-    """Whether ``model`` can take a training-mode forward pass on a batch of one point.
-
-    BatchNorm fails on one point when it sees one value per channel (``BatchNorm1d`` after a
-    linear layer, ``BatchNorm2d`` on 1×1 maps); ``BatchNorm2d`` on larger maps works. The probe runs
-    on a deep copy under ``no_grad``, so the model's buffers are untouched.
-
-    Args:
-        model: the network. x_one: (1, ...) one input on the model's device.
-    """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return True
-    probe = copy.deepcopy(model).train()
-    try:
-        with torch.no_grad():
-            probe(x_one)
-    except ValueError as err:
-        if "more than 1 value per channel" in str(err):
-            return False
-        raise
-    return True
-
-
 def find_lone_point_batch(n: int, forget: torch.Tensor, batch_size: int, order: str, epochs: int,
                           seed: int) -> str | None:
     """Where M (all points) or M′ (the retained points) would train on exactly one point, as a
@@ -490,7 +472,7 @@ def check_lone_point_batches(model: nn.Module, x: torch.Tensor, forget: torch.Te
     Raises:
         ValueError: naming ``batch_size`` (and the forget set for M′) and how to fix it.
     """
-    if trains_on_one_point(model, x[:1]):
+    if models.trains_on_one_point(model, x[:1]):
         return
     where = find_lone_point_batch(x.shape[0], forget, batch_size, order, epochs, seed)
     if where is not None:

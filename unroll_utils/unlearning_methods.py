@@ -155,13 +155,9 @@ def _num_classes(task: UnlearningTask) -> int:
 
 
 def _check_options(epochs, lr, momentum, weight_decay) -> None:
-    """ValueError naming the first bad budget option (epochs ≥ 1, lr > 0, momentum in [0, 1), wd ≥ 0)."""
-    _check_positive("epochs", epochs, True)
-    _check_positive("lr", lr)
-    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    """ValueError naming the first bad budget option (SGDConfig's checks: epochs an integer ≥ 1,
+    lr > 0, momentum in [0, 1), weight decay ≥ 0)."""
+    SGDConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay).validate()
 
 
 def fine_tuning(task: UnlearningTask, epochs: int = 10, *, lr: float = 0.01, momentum: float = 0.9,
