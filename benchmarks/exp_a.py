@@ -8,7 +8,7 @@ M′ skips) is run once per model; at every step each schedule's measurement is 
   (``forget_gradient``), M, M′ and M″ flattened to Python lists and differenced with
   ``np.linalg.norm`` (:func:`benchmarks.metrics_cost.reference_metrics`), σ from PyHessian's
   default loop (:class:`benchmarks.pyhessian_ref.PyHessianEigen`, fresh global-RNG start);
-* **ours**, one :class:`unroll_utils.trajectory.SigmaTracker` per schedule (the code
+* **ours**, one :class:`unroll_utils.sigma.SigmaTracker` per schedule (the code
   ``run_lockstep`` runs), the undo gradient once at w_0 and ``lockstep_distances`` every step:
   σ tracking (``sigma_track=True``; tol 2e-2, whose estimate bounds e_t's error by 1%, and 1e-2),
   warm-started Lanczos every step (eigenvalue rule, and on the small CNN the residual rule,
@@ -43,7 +43,8 @@ from unroll_utils.hessian import HessianOperator, lanczos_top_eigen, sigma_from_
 from unroll_utils.distances import lockstep_distances, model_weights
 from unroll_utils.metrics import unlearning_error
 from unroll_utils.training import make_optimizer, sgd_step
-from unroll_utils.trajectory import LockStepConfig, SigmaTracker
+from unroll_utils.sigma import SigmaTracker
+from unroll_utils.trajectory import LockStepConfig
 from unroll_utils.unlearning import forget_gradient
 
 from .common import sync

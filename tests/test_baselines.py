@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from unroll_utils import baselines as B
-from unroll_utils import data, models
+from unroll_utils import unlearning_methods as UM
+from unroll_utils import data, models, training
 from unroll_utils.distances import weight_distance
 
 
@@ -28,13 +29,13 @@ def task(digits):
     initial = models.build_model("small_cnn", in_channels=1, width=4, seed=0)
     original = copy.deepcopy(initial)
     forget = data.select_forget_set(300, "random", k=15, seed=0)
-    record = B.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
-    return B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, record)
+    record = UM.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
+    return UM.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, record)
 
 
 @pytest.mark.parametrize("name", list(B.METHODS))
 def test_method_changes_weights_and_leaves_inputs_untouched(task, name):
-    reference = B.naive_retraining(task)
+    reference = UM.naive_retraining(task)
     before = {"original": _state(task.original), "initial": _state(task.initial), "reference": _state(reference)}
     fn, hp, default = B.METHODS[name]
     out = fn(task, **{hp: default})
@@ -45,7 +46,7 @@ def test_method_changes_weights_and_leaves_inputs_untouched(task, name):
 
 
 def test_naive_retraining_deterministic(task):
-    a, b = B.naive_retraining(task), B.naive_retraining(task)
+    a, b = UM.naive_retraining(task), UM.naive_retraining(task)
     assert weight_distance(a, b) == 0.0
 
 
@@ -55,13 +56,13 @@ def test_amnesiac_removes_every_update_when_every_batch_held_forget_points(digit
     initial = models.build_model("linear", in_features=64, seed=1)
     original = copy.deepcopy(initial)
     forget = torch.tensor([3, 7])
-    rec = B.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
+    rec = UM.train_recorded(original, digits.train_x, digits.train_y, cfg, watch=forget)
     assert rec.steps == 3 and len(rec.updates) == 3
-    t = B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, rec)
-    assert weight_distance(B.amnesiac(t), initial) < 1e-6
-    assert weight_distance(B.amnesiac(t), original) > 0.01
+    t = UM.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg, rec)
+    assert weight_distance(UM.amnesiac(t), initial) < 1e-6
+    assert weight_distance(UM.amnesiac(t), original) > 0.01
     with pytest.raises(ValueError, match="record"):
-        B.amnesiac(B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg))
+        UM.amnesiac(UM.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg))
 
 
 def test_sgu_closed_form_linear_model(digits):
@@ -69,11 +70,11 @@ def test_sgu_closed_form_linear_model(digits):
     cfg = B.TrainingConfig(lr=0.05, epochs=2, batch_size=50, seed=0)
     initial = models.build_model("linear", in_features=64, seed=2)
     original = copy.deepcopy(initial)
-    B.train_recorded(original, digits.train_x, digits.train_y, cfg)
+    UM.train_recorded(original, digits.train_x, digits.train_y, cfg)
     forget = torch.arange(0, 120, 3)  # 40 points (one gradient chunk of at most b = 50)
-    t = B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
+    t = UM.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
     xf, yf = digits.train_x[forget].reshape(40, -1), digits.train_y[forget]
-    for at, fn in ((initial, B.sgu_at_w0), (original, B.sgu_at_final)):
+    for at, fn in ((initial, UM.sgu_at_w0), (original, UM.sgu_at_final)):
         W = at.linear.weight.detach().clone().requires_grad_(True)
         b = at.linear.bias.detach().clone().requires_grad_(True)
         gW, gb = torch.autograd.grad(F.cross_entropy(xf @ W.T + b, yf), (W, b))
@@ -82,8 +83,8 @@ def test_sgu_closed_form_linear_model(digits):
         assert torch.allclose(out.linear.weight, original.linear.weight + k * gW, atol=1e-7)
         assert torch.allclose(out.linear.bias, original.linear.bias + k * gb, atol=1e-7)
     # scale multiplies the correction
-    d1 = weight_distance(B.sgu_at_w0(t, scale=1.0), original)
-    d2 = weight_distance(B.sgu_at_w0(t, scale=2.0), original)
+    d1 = weight_distance(UM.sgu_at_w0(t, scale=1.0), original)
+    d2 = weight_distance(UM.sgu_at_w0(t, scale=2.0), original)
     assert d2 == pytest.approx(2 * d1, rel=1e-5)
 
 
@@ -91,9 +92,9 @@ def test_forget_set_validation(digits, task):
     x, y = digits.train_x, digits.train_y
     for bad, msg in (([], "empty"), ([1, 1], "duplicates"), ([300], r"\[0, 299\]"), ([0.5], "integers")):
         with pytest.raises(ValueError, match=msg):
-            B.UnlearningTask(task.original, task.initial, x, y, bad, task.config)
+            UM.UnlearningTask(task.original, task.initial, x, y, bad, task.config)
     with pytest.raises(ValueError, match="retain set would be empty"):
-        B.UnlearningTask(task.original, task.initial, x, y, list(range(300)), task.config)
+        UM.UnlearningTask(task.original, task.initial, x, y, list(range(300)), task.config)
     with pytest.raises(ValueError, match="cls"):
         B.make_forget_sets(y, ["class"], seed=0, forget_class=10)
     with pytest.raises(ValueError, match="forget kind"):
@@ -106,13 +107,13 @@ def test_forget_set_validation(digits, task):
     with pytest.raises(ValueError, match="lam"):
         B.TrainingConfig(loss="ce", lam=1.0)
     with pytest.raises(ValueError, match="alpha"):
-        B.neggrad_plus(task, alpha=1.0)
+        UM.neggrad_plus(task, alpha=1.0)
     with pytest.raises(ValueError, match="epochs"):
-        B.fine_tuning(task, epochs=0)
+        UM.fine_tuning(task, epochs=0)
     with pytest.raises(ValueError, match="momentum"):
-        B.random_labels_salun(task, momentum=1.0)
+        UM.random_labels_salun(task, momentum=1.0)
     with pytest.raises(ValueError, match="lr"):
-        B.gradient_ascent(task, lr=-1e-4)
+        UM.gradient_ascent(task, lr=-1e-4)
     with pytest.raises(ValueError, match="no option 'epochs'"):
         B.budget("amnesiac", task.config, options={"epochs": 2})
 
@@ -154,17 +155,17 @@ def test_sgu_propagated_matches_dense_eigh_on_a_tiny_model():
     original = copy.deepcopy(initial)
     cfg = B.TrainingConfig(lr=0.3, epochs=2, batch_size=10, weight_decay=0.01, seed=4)
     forget = torch.tensor([2, 11, 17, 30, 38])
-    rec = B.train_recorded(original, x, y, cfg, watch=forget)
-    task = B.UnlearningTask(original, initial, x, y, forget, cfg, rec)
+    rec = UM.train_recorded(original, x, y, cfg, watch=forget)
+    task = UM.UnlearningTask(original, initial, x, y, forget, cfg, rec)
     # the visits, enumerated independently from the seeded batch order (4 steps per epoch)
     none, visits = torch.empty(0, dtype=torch.long), []
     for epoch in range(2):
-        for j, idx in enumerate(B.batch_order(40, none, 10, "shuffle", epoch, 4)):
+        for j, idx in enumerate(training.batch_order(40, none, 10, "shuffle", epoch, 4)):
             hits = int(torch.isin(idx, forget).sum())
             if hits:
                 visits.append((4 * epoch + j + 1, hits / 10))
     assert rec.steps == 8 and len(visits) >= 3
-    steps, weights = B._forget_visits(task)
+    steps, weights = UM._forget_visits(task)
     assert list(zip(steps, weights)) == visits and sum(weights) == pytest.approx(2 * 5 / 10)  # E·m/b
 
     def loss_at(flat):
@@ -178,24 +179,24 @@ def test_sgu_propagated_matches_dense_eigh_on_a_tiny_model():
     for tau, w in visits:
         f = ((1 - 0.3 * (lam + 0.01)) ** (8 - tau)).clamp(-1, 1)
         u += 0.3 * w * (vec @ (f * (vec.T @ g0)))
-    out = B.sgu_propagated(task, krylov=21)
+    out = UM.sgu_propagated(task, krylov=21)
     got = torch.cat([out.weight.detach().reshape(-1), out.bias.detach()])
     assert torch.allclose(got, w_t + u, rtol=0, atol=1e-10)
     assert float(u.norm()) > 1e-3  # a real correction, not a no-op
     # it is not single gradient unlearning: the later steps' contraction shrank the correction
-    assert weight_distance(out, B.sgu_at_w0(task)) > 1e-3 * float(u.norm())
+    assert weight_distance(out, UM.sgu_at_w0(task)) > 1e-3 * float(u.norm())
 
 
 def test_sgu_propagated_needs_the_record_with_step_indices(digits, task):
-    bare = B.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y, task.forget, task.config)
+    bare = UM.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y, task.forget, task.config)
     with pytest.raises(ValueError, match="record"):
-        B.sgu_propagated(bare)
-    old = B.TrainingRecord(steps=task.record.steps, batches=task.record.batches, updates=task.record.updates)
+        UM.sgu_propagated(bare)
+    old = UM.TrainingRecord(steps=task.record.steps, batches=task.record.batches, updates=task.record.updates)
     with pytest.raises(ValueError, match="batch_steps"):
-        B.sgu_propagated(B.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y,
+        UM.sgu_propagated(UM.UnlearningTask(task.original, task.initial, digits.train_x, digits.train_y,
                                           task.forget, task.config, old))
     with pytest.raises(ValueError, match="krylov"):
-        B.sgu_propagated(task, krylov=0)
+        UM.sgu_propagated(task, krylov=0)
     assert task.record.batch_steps == sorted(set(task.record.batch_steps))
     assert 1 <= task.record.batch_steps[0] and task.record.batch_steps[-1] <= task.record.steps
 
@@ -224,9 +225,9 @@ def full_batch(digits):
     cfg = B.TrainingConfig(lr=0.1, epochs=1, batch_size=300, seed=0)
     initial = models.build_model("linear", in_features=64, seed=2)
     original = copy.deepcopy(initial)
-    B.train_recorded(original, digits.train_x, digits.train_y, cfg)
+    UM.train_recorded(original, digits.train_x, digits.train_y, cfg)
     forget = data.select_forget_set(300, "random", k=15, seed=1)
-    return B.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
+    return UM.UnlearningTask(original, initial, digits.train_x, digits.train_y, forget, cfg)
 
 
 def _vec(model):
@@ -265,10 +266,10 @@ def test_fine_tuning_and_gradient_ascent_use_momentum_and_weight_decay(full_batc
     xr, yr = t.subset(t.retain)
     xf, yf = t.subset(t.forget)
     ce = F.cross_entropy
-    ft = B.fine_tuning(t, 2, lr=0.05)  # 2 epochs of one retain batch each, momentum 0.9, wd 5e-4
+    ft = UM.fine_tuning(t, 2, lr=0.05)  # 2 epochs of one retain batch each, momentum 0.9, wd 5e-4
     hand = _hand_sgd(t.original, [lambda m: ce(m(xr), yr)] * 2, 0.05, 0.9, 5e-4)
     assert torch.allclose(_vec(ft), _vec(hand), atol=1e-6)
-    ga = B.gradient_ascent(t, 0.05, epochs=3)  # ascent on the forget batch, 3 epochs
+    ga = UM.gradient_ascent(t, 0.05, epochs=3)  # ascent on the forget batch, 3 epochs
     hand = _hand_sgd(t.original, [lambda m: -ce(m(xf), yf)] * 3, 0.05, 0.9, 5e-4)
     assert torch.allclose(_vec(ga), _vec(hand), atol=1e-6)
     # the old one-epoch plain-SGD form lands elsewhere
@@ -280,7 +281,7 @@ def test_neggrad_plus_epochs_by_hand(full_batch):
     xr, yr = t.subset(t.retain)
     xf, yf = t.subset(t.forget)
     ce = F.cross_entropy
-    out = B.neggrad_plus(t, 0.9, epochs=2, lr=0.2)
+    out = UM.neggrad_plus(t, 0.9, epochs=2, lr=0.2)
     hand = _hand_sgd(t.original, [lambda m: 0.9 * ce(m(xr), yr) - 0.1 * ce(m(xf), yf)] * 2, 0.2)
     assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
 
@@ -289,7 +290,7 @@ def test_graves_relabel_touches_only_forget_points_and_never_keeps_the_label():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 10, (3000,), generator=g)
     forget = torch.arange(0, 3000, 3)
-    new = B.graves_relabel(y, forget, 10, seed=5)
+    new = UM.graves_relabel(y, forget, 10, seed=5)
     rest = torch.ones(3000, dtype=torch.bool)
     rest[forget] = False
     assert torch.equal(new[rest], y[rest])                 # only forget points change
@@ -300,16 +301,16 @@ def test_graves_relabel_touches_only_forget_points_and_never_keeps_the_label():
     assert bool((pairs.diagonal() == 0).all()) and int((pairs > 0).sum()) == 90
     # two classes: the only wrong label is the other one
     y2 = torch.tensor([0, 1, 1, 0, 1])
-    assert B.graves_relabel(y2, torch.tensor([0, 2, 4]), 2, seed=1).tolist() == [1, 1, 0, 0, 0]
+    assert UM.graves_relabel(y2, torch.tensor([0, 2, 4]), 2, seed=1).tolist() == [1, 1, 0, 0, 0]
     with pytest.raises(ValueError, match="num_classes"):
-        B.graves_relabel(y2, torch.tensor([0]), 1, seed=0)
+        UM.graves_relabel(y2, torch.tensor([0]), 1, seed=0)
 
 
 def test_random_labels_graves_trains_on_the_whole_relabelled_set(full_batch):
     t = full_batch
     c = t.config
-    relabelled = B.graves_relabel(t.train_y, t.forget, 10, B.sub_seed(c.seed, 14))
-    out = B.random_labels_graves(t, 1)  # M's lr 0.1, one epoch = one full batch of all 300 points
+    relabelled = UM.graves_relabel(t.train_y, t.forget, 10, training.sub_seed(c.seed, 14))
+    out = UM.random_labels_graves(t, 1)  # M's lr 0.1, one epoch = one full batch of all 300 points
     hand = _hand_sgd(t.original, [lambda m: F.cross_entropy(m(t.train_x), relabelled)], 0.1)
     assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
     # not the forget set alone (the form this package ran before)
@@ -322,11 +323,11 @@ def test_random_labels_salun_forget_pass_then_retain_pass(full_batch):
     t = full_batch
     c = t.config
     xr, yr = t.subset(t.retain)
-    order = B.batch_order(len(t.forget), torch.empty(0, dtype=torch.long), 300, "shuffle", 0, B.sub_seed(c.seed, 17))
+    order = training.batch_order(len(t.forget), torch.empty(0, dtype=torch.long), 300, "shuffle", 0, training.sub_seed(c.seed, 17))
     xf, _ = t.subset(t.forget[order[0]])  # the forget pass's one batch, in its shuffled order
-    drawn = torch.randint(0, 10, (len(t.forget),), generator=torch.Generator().manual_seed(B.sub_seed(c.seed, 16)))
+    drawn = torch.randint(0, 10, (len(t.forget),), generator=torch.Generator().manual_seed(training.sub_seed(c.seed, 16)))
     ce = F.cross_entropy
-    out = B.random_labels_salun(t, 1, lr=0.1)  # momentum 0.9 and wd 5e-4 carried from pass to pass
+    out = UM.random_labels_salun(t, 1, lr=0.1)  # momentum 0.9 and wd 5e-4 carried from pass to pass
     hand = _hand_sgd(t.original, [lambda m: ce(m(xf), drawn), lambda m: ce(m(xr), yr)], 0.1, 0.9, 5e-4)
     assert torch.allclose(_vec(out), _vec(hand), atol=1e-6)
     swapped = _hand_sgd(t.original, [lambda m: ce(m(xr), yr), lambda m: ce(m(xf), drawn)], 0.1, 0.9, 5e-4)

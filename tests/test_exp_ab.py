@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from unroll_utils import distances, protocols, training
+from unroll_utils import distances, fine_tuning, protocols, training
 from unroll_utils.losses import make_loss
-from unroll_utils.trajectory import LockStep, LockStepConfig, make_optimizer, run_lockstep, sgd_step
+from unroll_utils.lockstep import LockStep
+from unroll_utils.training import make_optimizer, sgd_step
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient
 
 N = 70  # 4 batches of 16 and a last batch of 6
@@ -36,7 +38,7 @@ def test_checkpointed_error_hand_computed_at_every_step():
                           "dist_ckpt": [0.5, 1.0, 1.5, 0.7, 2.0, 2.5, 0.9, 1.0],
                           "sigma": [9.0, 2.0, 4.0, 4.0, 6.0, 6.0, 6.0, 6.0],
                           "eig_hvps": [5, 5, 5, 0, 5, 0, 0, 0]})
-    e = protocols.checkpointed_errors(table, lr=0.1, c=3)
+    e = fine_tuning.checkpointed_errors(table, lr=0.1, c=3)
     expected = [0.0,
                 0.01 * 1 * 1.0 * 2.0,  # t_loc 1, σ over t = 2
                 0.01 * 2 * 1.5 * 3.0,  # t_loc 2, mean σ over t = 2, 3 (no ½)
@@ -47,7 +49,7 @@ def test_checkpointed_error_hand_computed_at_every_step():
                 0.39 + 0.01 * 1 * 1.0 * 6.0]  # nothing measured in the window: the latest σ
     np.testing.assert_allclose(e, expected, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="every step"):
-        protocols.checkpointed_errors(table.iloc[::2], lr=0.1, c=3)
+        fine_tuning.checkpointed_errors(table.iloc[::2], lr=0.1, c=3)
 
 
 def test_exp_b_undo_at_the_reference_checkpoint_and_error_at_every_step(tmp_path):
@@ -57,7 +59,7 @@ def test_exp_b_undo_at_the_reference_checkpoint_and_error_at_every_step(tmp_path
     net, forget, c, lr = tiny_net(torch.float64), torch.arange(16), 3, 0.05
     cfg = LockStepConfig(lr=lr, batch_size=16, epochs=1, undo_at="checkpoint", checkpoint_freq=c,
                          eval_every=1, sigma_every=1, sigma_points=32, sigma_tol=1e-8)
-    res = protocols.CheckpointedRun(net, x, y, forget, cfg, tmp_path / "b.pt").run(progress=False)
+    res = fine_tuning.CheckpointedRun(net, x, y, forget, cfg, tmp_path / "b.pt").run(progress=False)
     tab = res.table
     assert tab.t.tolist() == [1, 2, 3, 4, 5]
     # replay M by hand, keeping every w_t
@@ -85,7 +87,7 @@ def test_exp_b_undo_at_the_reference_checkpoint_and_error_at_every_step(tmp_path
     np.testing.assert_allclose(tab.checkpointed_error, [0.0, e2, e3, e3, e5], rtol=1e-12, atol=0)
     assert tab.checkpoint_row.tolist() == [True, False, False, True, False]
     with pytest.raises(ValueError, match="undo_at"):
-        protocols.CheckpointedRun(net, x, y, forget, LockStepConfig(), tmp_path / "c.pt")
+        fine_tuning.CheckpointedRun(net, x, y, forget, LockStepConfig(), tmp_path / "c.pt")
 
 
 def test_exp_b_ve_matches_a_hand_made_m_double_prime():
@@ -146,12 +148,12 @@ def test_fine_tuning_run_is_cached(tmp_path):
     cfg = LockStepConfig(lr=0.05, batch_size=16, epochs=1, undo_at="checkpoint", checkpoint_freq=2,
                          sigma_every=0)
     args = ("B", tiny_net(), x, y, torch.arange(16), cfg)
-    first, info = protocols.fine_tuning_run(*args, cache_dir=tmp_path, key_extra={"w0": "a"}, progress=False)
-    again, info2 = protocols.fine_tuning_run(*args, cache_dir=tmp_path, key_extra={"w0": "a"}, progress=False)
+    first, info = fine_tuning.fine_tuning_run(*args, cache_dir=tmp_path, key_extra={"w0": "a"}, progress=False)
+    again, info2 = fine_tuning.fine_tuning_run(*args, cache_dir=tmp_path, key_extra={"w0": "a"}, progress=False)
     assert not info["cached"] and info["steps"] == 5 and info2["cached"]
     pd.testing.assert_frame_equal(first, again)
     with pytest.raises(ValueError, match="experiment"):
-        protocols.fine_tuning_run("C", *args[1:], cache_dir=tmp_path, key_extra={}, progress=False)
+        fine_tuning.fine_tuning_run("C", *args[1:], cache_dir=tmp_path, key_extra={}, progress=False)
 
 
 def test_exp_ab_grid_is_the_references(monkeypatch):

@@ -137,8 +137,7 @@ class InterruptAt:
 
 def test_pretraining_matches_train_sgd_and_resumes_bit_identically(tmp_path, monkeypatch):
     from unroll_utils import data, models
-    from unroll_utils.training import SGDTraining as Pretraining
-    from unroll_utils.training import train_sgd
+    from unroll_utils.training import SGDConfig, SGDTraining, train_sgd
 
     ds = data.load_dataset("digits", n_train=200, seed=0)
     kwargs = dict(lr=0.05, epochs=2, batch_size=48, seed=3, momentum=0.9, weight_decay=1e-3,
@@ -147,24 +146,26 @@ def test_pretraining_matches_train_sgd_and_resumes_bit_identically(tmp_path, mon
     ref = net()
     ref_losses = train_sgd(ref, ds.train_x, ds.train_y, progress=False, **kwargs)
     plain = net()
-    assert Pretraining(plain, ds.train_x, ds.train_y, **kwargs).run(progress=False) == ref_losses
+    config = SGDConfig(**kwargs)
+    assert SGDTraining(plain, ds.train_x, ds.train_y, config).run(progress=False) == ref_losses
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), ref.state_dict().values()))
     # Ctrl-C in the 7th of 10 steps (checkpoints every 3), then a fresh process resumes at step 6
     ckpt = tmp_path / "pretrain.pt"
     with monkeypatch.context() as m:
         InterruptAt(m, 7)
         with pytest.raises(KeyboardInterrupt):
-            Pretraining(net(), ds.train_x, ds.train_y, **kwargs).run(
+            SGDTraining(net(), ds.train_x, ds.train_y, config).run(
                 checkpoint_path=ckpt, checkpoint_every=3, progress=False)
     assert torch.load(ckpt, weights_only=False)["t"] == 6
     resumed_model = net()
-    resumed = Pretraining(resumed_model, ds.train_x, ds.train_y, **kwargs)
+    resumed = SGDTraining(resumed_model, ds.train_x, ds.train_y, config)
     assert resumed.run(checkpoint_path=ckpt, checkpoint_every=3, progress=False) == ref_losses
     assert all(torch.equal(a, b) for a, b in zip(resumed_model.state_dict().values(),
                                                  ref.state_dict().values()))
     # a checkpoint of another run is refused by name
-    with pytest.raises(ValueError, match="pretraining checkpoint was written by another configuration"):
-        Pretraining(net(), ds.train_x, ds.train_y, **{**kwargs, "lr": 0.02}).run(checkpoint_path=ckpt)
+    with pytest.raises(ValueError, match="training checkpoint was written by another configuration"):
+        SGDTraining(net(), ds.train_x, ds.train_y, SGDConfig(**{**kwargs, "lr": 0.02})).run(
+            checkpoint_path=ckpt)
 
 
 def test_ctrl_c_stops_cleanly_and_the_resumed_run_is_bit_identical(tmp_path, monkeypatch, capsys):
@@ -248,3 +249,37 @@ def test_messages_speak_in_flags_only_where_they_name_an_option():
     # a sentence that merely starts with a word that is also an option's name stays as it is
     same = "model is not at the checkpoint's w_0; pass the same initial model"
     assert in_flags(same) == same
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pretrain-lr", "0"], "--pretrain-lr must be a finite number > 0; got 0.0"),
+    (["--pretrain-batch-size", "0"], "--pretrain-batch-size must be an integer >= 1; got 0"),
+    (["--seed", "-1"], "--seed must be >= 0; got -1"),
+    (["--augment", "crop_flip", "--lr", "nan"], "--lr must be a finite number > 0; got nan"),
+])
+def test_cli_sgd_options_are_checked_once_and_named_as_typed(tmp_path, capsys, args, message):
+    """The pretraining's and the fine-tuning's SGD options go through SGDConfig's one validator,
+    which names them as the user typed them (--pretrain-lr, not lr)."""
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run")] + args)
+    assert capsys.readouterr().err.endswith(f"python -m unroll_utils: error: {message}\n")
+
+
+def test_main_job_config_is_an_sgd_config_and_every_option_has_help():
+    from dataclasses import fields
+
+    from unroll_utils.training import SGDConfig, field_help
+    from unroll_utils.trajectory import LockStepConfig
+
+    cfg = MainJobConfig(augment="crop_flip_rotate", momentum=0.5, pretrain_epochs=2, pretrain_lr=0.3)
+    assert isinstance(cfg.validate(), SGDConfig)
+    lock = cfg.lockstep_config()  # every SGD field reaches the lock-step run, augment included
+    assert isinstance(lock, LockStepConfig) and lock.augment == "crop_flip_rotate" and lock.momentum == 0.5
+    assert lock.order == "forget_first" and lock.epochs == 2  # the main job's own defaults
+    pre = cfg.pretrain_config()
+    assert (pre.lr, pre.epochs, pre.batch_size, pre.order, pre.augment, pre.momentum) == \
+        (0.3, 2, 64, "shuffle", "none", 0.0)
+    assert all(field_help(MainJobConfig, f.name) for f in fields(MainJobConfig))
+    assert field_help(MainJobConfig, "order") == field_help(SGDConfig, "order")  # declared once
+    with pytest.raises(KeyError):
+        field_help(LockStepConfig, "sigma_tol")

@@ -1,12 +1,13 @@
 """Pretraining of w_0 (paper §2.1): cache, keys, bit-identical resume, the cosine schedule."""
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
-from unroll_utils import models
+from unroll_utils import models, training
 from unroll_utils import pretraining as P
 from unroll_utils.pretraining import PretrainConfig
 
@@ -96,11 +97,11 @@ def test_training_uses_train_mode_batches_and_learns(pretrain_data, tmp_path):
 
 def test_rotation_is_exact_for_quarter_turns():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    out = P.rotate(x, torch.tensor([0.0, math.pi / 2]))
+    out = training.rotate(x, torch.tensor([0.0, math.pi / 2]))
     assert torch.equal(out[0], x[0])
     assert torch.equal(out[1], torch.rot90(x[1], 1, dims=(1, 2)))
-    angles = P.rotation_draws(1000, epoch=0, seed=0)
-    assert angles.abs().max() <= math.radians(15) and torch.equal(angles, P.rotation_draws(1000, 0, 0))
+    angles = training.rotation_draws(1000, epoch=0, seed=0)
+    assert angles.abs().max() <= math.radians(15) and torch.equal(angles, training.rotation_draws(1000, 0, 0))
 
 
 @pytest.mark.parametrize("field,value", [("epochs", -1), ("lr", 0.0), ("momentum", 1.0),
@@ -141,3 +142,57 @@ def test_init_reaches_the_cifar_model_and_is_validated():
         assert torch.equal(trainer.model.conv1.weight, ref.conv1.weight)
     with pytest.raises(ValueError, match="init must be one of"):
         cfg(init="xavier").validate()
+
+
+def test_pretrainer_is_the_one_sgd_loop_and_resumes_mid_epoch(pretrain_data, tmp_path):
+    """Pretrainer is training.SGDTraining with the cosine schedule: its weights equal those of
+    an SGDTraining with t_max, and a checkpoint taken inside an epoch resumes bit-identically
+    (learning rate schedule and test accuracies included)."""
+    c = cfg(augment="crop_flip_rotate", momentum=0.9, epochs=2)
+    cpu = torch.device("cpu")
+    straight = P.Pretrainer(c, pretrain_data, cpu)
+    straight.run(progress=False)
+    plain_model = models.build_model("small_cnn", in_channels=1, num_classes=10, seed=0, width=4)
+    plain = training.SGDTraining(plain_model, pretrain_data.train_x, pretrain_data.train_y, c, t_max=c.t_max)
+    assert plain.run(progress=False) == straight.epoch_losses
+    assert same_state(plain_model, straight.model)
+    ckpt = tmp_path / "mid.pt"
+    part = P.Pretrainer(c, pretrain_data, cpu)
+    part.run(checkpoint_path=ckpt, checkpoint_every=2, stop_after=7, progress=False)  # 5 steps/epoch
+    resumed = P.Pretrainer(c, pretrain_data, cpu)
+    resumed.run(checkpoint_path=ckpt, progress=False)
+    assert resumed.resumed_at == 7 and same_state(resumed.model, straight.model)
+    assert resumed.history == straight.history
+    assert [h["lr"] for h in resumed.history] == [0.1, pytest.approx(P.cosine_lr(0.1, 1, 4), rel=1e-12)]
+
+
+def test_train_sgd_takes_sgd_config_fields_only():
+    x, y = torch.randn(20, 1, 8, 8), torch.arange(20) % 10
+    net = models.build_model("small_cnn", in_channels=1, num_classes=10, seed=0, width=4)
+    with pytest.raises(TypeError, match="epoch"):
+        training.train_sgd(net, x, y, epoch=2, progress=False)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        training.train_sgd(net, x, y, augment="rotate", progress=False)
+    losses = training.train_sgd(net, x, y, epochs=2, batch_size=8, augment="crop_flip_rotate", progress=False)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0; got inf"),
+    ("epochs", 2.5, "epochs must be an integer >= 1; got 2.5"),
+    ("batch_size", True, "batch_size must be an integer >= 1; got True"),
+    ("momentum", "0.9", "momentum must be in [0, 1); got '0.9'"),
+    ("seed", -1, "seed must be >= 0; got -1"),
+])
+def test_sgd_config_checks_types_and_ranges_by_name(field, value, message):
+    """SGDConfig's one validator, shared by every training configuration (here the forget
+    benchmark's budget options too); PretrainConfig only lowers the least epochs to 0."""
+    from unroll_utils.unlearning_methods import _check_options
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        training.SGDConfig(**{field: value}).validate()
+    if field in ("weight_decay", "epochs", "momentum"):
+        options = {**dict(epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0), field: value}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _check_options(**options)
+    assert cfg(epochs=0).validate().epochs == 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import optimize
 
+from unroll_utils import membership
 from unroll_utils import privacy as P
 
 
@@ -168,24 +169,24 @@ def test_mia_cv_accuracy_known_answers_and_sklearn():
     rng = np.random.default_rng(0)
     # separable: every member loss below every non-member loss, far apart -> every fold is right
     members, non = rng.uniform(0.0, 0.1, 50), rng.uniform(3.0, 4.0, 50)
-    assert P.mia_cv_accuracy(members, non) == 1.0
+    assert membership.mia_cv_accuracy(members, non) == 1.0
     # one loss value for everyone: the regression can only guess one class, and a stratified fold
     # holds as many members as non-members -> exactly 0.5
-    assert P.mia_cv_accuracy(np.full(50, 0.7), np.full(50, 0.7)) == 0.5
+    assert membership.mia_cv_accuracy(np.full(50, 0.7), np.full(50, 0.7)) == 0.5
     # overlapping: the same pipeline written out with scikit-learn directly
     a, b = rng.normal(0.5, 1.0, 40), rng.normal(1.0, 1.0, 40)
     x = np.r_[b, a].reshape(-1, 1)
     y = np.r_[np.zeros(40), np.ones(40)]
     direct = cross_val_score(LogisticRegression(), x, y, cv=StratifiedShuffleSplit(n_splits=10, random_state=3),
                              scoring="accuracy").mean()
-    assert P.mia_cv_accuracy(a, b, seed=3) == pytest.approx(direct, abs=0)
+    assert membership.mia_cv_accuracy(a, b, seed=3) == pytest.approx(direct, abs=0)
     # class balance: 10 members against 200 non-members keeps 10 of the 200 (not a trivial 95%)
-    lopsided = P.mia_cv_accuracy(np.ones(10), np.ones(200))
+    lopsided = membership.mia_cv_accuracy(np.ones(10), np.ones(200))
     assert lopsided == 0.5
     with pytest.raises(ValueError, match="at least 6"):
-        P.mia_cv_accuracy(np.ones(5), np.ones(50))
+        membership.mia_cv_accuracy(np.ones(5), np.ones(50))
     with pytest.raises(ValueError, match="n_splits"):
-        P.mia_cv_accuracy(members, non, n_splits=1)
+        membership.mia_cv_accuracy(members, non, n_splits=1)
 
 
 def _conf(py, n_cls=3, label=0):
@@ -204,9 +205,9 @@ def test_svc_mia_efficacy_known_answers_and_sklearn():
     non, nony = _conf(rng.uniform(0.1, 0.5, 60))       # shadow non-members: not
     fitted, fy = _conf([0.99, 0.97, 0.98, 0.999])       # forget points still fitted -> called members
     forgot, gy = _conf([0.2, 0.3, 0.15, 0.4])           # forgotten -> called non-members
-    assert P.svc_mia_efficacy(mem, memy, non, nony, fitted, fy) == 0.0
-    assert P.svc_mia_efficacy(mem, memy, non, nony, forgot, gy) == 1.0
-    assert P.svc_mia_efficacy(mem, memy, non, nony, np.r_[fitted, forgot], np.r_[fy, gy]) == 0.5
+    assert membership.svc_mia_efficacy(mem, memy, non, nony, fitted, fy) == 0.0
+    assert membership.svc_mia_efficacy(mem, memy, non, nony, forgot, gy) == 1.0
+    assert membership.svc_mia_efficacy(mem, memy, non, nony, np.r_[fitted, forgot], np.r_[fy, gy]) == 0.5
     # overlapping shadow sets: the same SVC written out with scikit-learn directly
     m2, m2y = _conf(rng.uniform(0.3, 1.0, 50))
     n2, n2y = _conf(rng.uniform(0.1, 0.8, 50))
@@ -214,10 +215,10 @@ def test_svc_mia_efficacy_known_answers_and_sklearn():
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(np.r_[m2[:, 0], n2[:, 0]].reshape(-1, 1),
                                                    np.r_[np.ones(50), np.zeros(50)])
     direct = 1 - clf.predict(t2[:, :1]).mean()
-    assert P.svc_mia_efficacy(m2, m2y, n2, n2y, t2, t2y) == pytest.approx(direct, abs=0)
+    assert membership.svc_mia_efficacy(m2, m2y, n2, n2y, t2, t2y) == pytest.approx(direct, abs=0)
     assert 0.0 < direct < 1.0
     with pytest.raises(ValueError, match="feature"):
-        P.svc_mia_efficacy(mem, memy, non, nony, fitted, fy, feature="m_entropy")
+        membership.svc_mia_efficacy(mem, memy, non, nony, fitted, fy, feature="m_entropy")
 
 
 def _random_probs(rng, n, classes):

@@ -14,7 +14,8 @@ from unroll_utils.hessian import HessianOperator
 from unroll_utils.propagated import (PropagatedConfig, Visit, flatten, lanczos_basis,
                                      propagated_correction, propagated_unlearning,
                                      propagation_factor, unflatten)
-from unroll_utils.trajectory import LockStep, LockStepConfig, run_lockstep
+from unroll_utils.lockstep import LockStep
+from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient
 
 
@@ -303,15 +304,16 @@ def test_lockstep_bookkeeping_is_exact_when_x_star_is_seen_twice():
 
 def test_sgu_propagated_is_exact_when_x_star_is_seen_twice(monkeypatch):
     from unroll_utils import baselines as B
+    from unroll_utils import unlearning_methods as UM
     net, x, y = two_epoch_problem()
     m, m_prime, taus = train_two_epochs(net, x, y, quadratic_retain_linear_forget)
-    monkeypatch.setattr(B, "make_loss", lambda name, lam: quadratic_retain_linear_forget)
+    monkeypatch.setattr(UM, "make_loss", lambda name, lam: quadratic_retain_linear_forget)
     forget = torch.arange(128, 132)
     cfg = B.TrainingConfig(lr=LR, epochs=EPOCHS, batch_size=4, seed=0)
-    record = B.TrainingRecord(steps=26, batches=[forget, forget], batch_steps=taus)
-    task = B.UnlearningTask(m, net, x, y, forget, cfg, record)
-    assert B.PROPAGATED_POINTS == 128  # H-bar on x[:128]: exactly the retain set
-    out = B.sgu_propagated(task, krylov=6)
+    record = UM.TrainingRecord(steps=26, batches=[forget, forget], batch_steps=taus)
+    task = UM.UnlearningTask(m, net, x, y, forget, cfg, record)
+    assert UM.PROPAGATED_POINTS == 128  # H-bar on x[:128]: exactly the retain set
+    out = UM.sgu_propagated(task, krylov=6)
     assert distances.weight_distance(out, m_prime) <= 1e-10
     assert distances.weight_distance(m, m_prime) > 5e-3
     # the same correction from the post-hoc form with the exponents [24, 12]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from unroll_utils import distances, metrics, results, trajectory
+from unroll_utils import distances, lockstep, metrics, results
 from unroll_utils.losses import make_loss
 from unroll_utils.training import augmentation_draws, batch_order, crop_flip, make_optimizer, sgd_step
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
@@ -219,7 +219,7 @@ def test_checkpoint_of_another_format_or_config_fields_is_refused(tmp_path, toy_
     ck = tmp_path / "run.pt"
     run_lockstep(net, x, y, forget, c, checkpoint_path=ck, stop_after=4, progress=False)
     state = results.load_checkpoint(ck)
-    assert state["format"] == trajectory.CHECKPOINT_FORMAT == 2
+    assert state["format"] == lockstep.CHECKPOINT_FORMAT == 2
     old = {k: v for k, v in state.items() if k not in ("format", "config_fields")}
     results.save_checkpoint(old, ck)
     with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(ck))}: the state is in checkpoint format 1, "
@@ -233,7 +233,7 @@ def test_checkpoint_of_another_format_or_config_fields_is_refused(tmp_path, toy_
     # the format number is part of the fingerprint, and every config field is, at any value
     base = LockStep(net, x, y, forget, c).fingerprint
     assert LockStep(net, x, y, forget, cfg(sigma_track=False, sigma_every=0)).fingerprint == base
-    monkeypatch.setattr(trajectory, "CHECKPOINT_FORMAT", 3)
+    monkeypatch.setattr(lockstep, "CHECKPOINT_FORMAT", 3)
     assert LockStep(net, x, y, forget, c).fingerprint != base
 
 
@@ -273,7 +273,8 @@ def test_batch_difference_undo_is_exact_at_t1_for_a_point_sharing_its_batch(toy_
 
 # --- the LockStep class: explicit state, step-by-step driving, in-memory state round trip ---
 
-from unroll_utils.trajectory import LockStep, SigmaTracker  # noqa: E402
+from unroll_utils.lockstep import LockStep  # noqa: E402
+from unroll_utils.sigma import SigmaTracker  # noqa: E402
 
 
 def _tables_and_weights_equal(a, b):
@@ -339,7 +340,8 @@ def test_sigma_tracker_schedule_and_errors():
 
 # --- a batch of one point and BatchNorm (refused up front, never a crash mid-run) ---
 
-from unroll_utils.training import find_lone_point_batch, train_sgd, trains_on_one_point  # noqa: E402
+from unroll_utils.models import trains_on_one_point  # noqa: E402
+from unroll_utils.training import find_lone_point_batch, train_sgd  # noqa: E402
 
 
 def bn1d_net():
@@ -399,7 +401,7 @@ def test_sigma_with_weight_decay_adds_wd_to_the_top_eigenvalue(toy_data, tiny_ne
         cfg(sigma_weight_decay="yes").validate()
 
 
-def test_sigma_micro_batch_gives_the_one_pass_sigma_in_eval_mode(tiny_net, toy_data):
+def test_sigma_micro_batch_gives_the_one_pass_sigma_in_eval_mode(toy_data, tiny_net):
     """sigma_micro_batch: the fixed Hessian batch (32 points) in micro-batches of 10 (10, 10, 10, 2);
     BatchNorm in eval mode, so every σ is the one-pass σ (float64: to the solver's tolerance)."""
     x, y = toy_data()
@@ -417,6 +419,9 @@ def test_sigma_micro_batch_gives_the_one_pass_sigma_in_eval_mode(tiny_net, toy_d
     one_t = run_lockstep(net, x, y, torch.arange(16), cfg(**track), progress=False).table
     split_t = run_lockstep(net, x, y, torch.arange(16), cfg(**track, sigma_micro_batch=7), progress=False).table
     assert split_t["eigenvalue"].to_numpy() == pytest.approx(one_t["eigenvalue"].to_numpy(), rel=1e-9)
+    # the micro-batch size is part of the run's checkpoint fingerprint (checkpoint format 2: every field)
+    fingerprint = lambda c: LockStep(net, x, y, torch.arange(16), c).fingerprint
+    assert fingerprint(cfg(**base)) != fingerprint(cfg(**base, sigma_micro_batch=10))
     for bad in (0, 2.5, True, "8"):
         with pytest.raises(ValueError, match=r"sigma_micro_batch must be None \(one forward pass\) or an integer"):
             cfg(sigma_micro_batch=bad).validate()

@@ -17,41 +17,10 @@ from . import data, device, hessian, models, training, unlearning
 from .experiment import FORGET_KINDS, MainJobConfig, format_table, main_job
 
 CHOICES = {"dataset": data.DATASETS, "model": models.IMAGE_MODEL_NAMES,
-           "loss": ("ce", "sd"), "order": training.ORDERS, "undo_at": unlearning.UNDO_POINTS,
+           "loss": training.LOSSES, "order": training.ORDERS, "augment": training.ALL_AUGMENTS, "undo_at": unlearning.UNDO_POINTS,
            "forget": FORGET_KINDS, "sigma_convention": hessian.SIGMA_CONVENTIONS,
            "device": device.DEVICES}
 CONFIG_FIELDS = tuple(f.name for f in fields(MainJobConfig))
-# One line per option for --help (the full definitions: MainJobConfig, LockStepConfig, README "Conventions").
-HELP = {
-    "dataset": "training data (mnist and digits ship with the packages; CIFAR is read from $UNROLL_DATA)",
-    "model": "network: a small CNN for CPUs, or the paper's CIFAR ResNet-18 / VGG-19-BN",
-    "width": "channels of the first small_cnn block (small_cnn only)",
-    "n_train": "training points (mnist, digits only; the rest of the set is the test set)",
-    "pretrain_epochs": "epochs of plain SGD that produce w_0",
-    "pretrain_lr": "learning rate of that pretraining",
-    "pretrain_batch_size": "batch size of that pretraining",
-    "epochs": "lock-step fine-tuning epochs of M and M' from w_0",
-    "lr": "fine-tuning learning rate eta (> 0)",
-    "batch_size": "fine-tuning batch size b; x* is one batch with --forget batch",
-    "momentum": "SGD momentum in [0, 1) (0: the plain SGD of the paper's theory)",
-    "weight_decay": "SGD weight decay (>= 0)",
-    "loss": "training objective: cross-entropy, or the SD loss with --lam",
-    "lam": "lambda of the SD loss (only with --loss sd)",
-    "order": ("data order: x* first every epoch (the paper), dataset order, a seeded shuffle per epoch, "
-              "or x* first and the rest reshuffled every epoch"),
-    "undo_at": "where single gradient unlearning takes the gradient: w_0 (the paper), the current "
-               "weights after each step that saw x*, the final weights, or the last checkpoint",
-    "forget": "forget set x*: one batch (the paper), k random points, or a whole class",
-    "forget_batch": "index of the batch that is x* (with --forget batch)",
-    "forget_k": "number of random points (with --forget random)",
-    "forget_class": "class to forget (with --forget class)",
-    "eval_every": "measure VE and the weight distances every this many steps",
-    "sigma_every": "measure sigma (top Hessian eigenvalue) every this many steps; 0: never",
-    "sigma_points": "fixed Hessian batch: the first this many training points",
-    "sigma_convention": "sigma = sqrt(lambda_max) (the reference code) or max |lambda|",
-    "seed": "seeds the data split, initialisation, order, augmentation and eigen-solver start",
-    "device": "cpu, cuda, or auto (CUDA when present)",
-}
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
@@ -86,8 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     for f in fields(MainJobConfig):
         # SUPPRESS: an option the user did not give is absent, so contradictions can be told apart
+        # --help: the field's one-line description, declared with the field (training.option)
         p.add_argument(flag(f.name), dest=f.name, type=type(f.default), default=argparse.SUPPRESS,
-                       choices=CHOICES.get(f.name), help=f"{HELP[f.name]} (default: {f.default})")
+                       choices=CHOICES.get(f.name),
+                       help=f"{training.field_help(MainJobConfig, f.name)} (default: {f.default})")
     return p
 
 

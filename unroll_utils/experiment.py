@@ -7,7 +7,6 @@ correlation of e with VE (paper §2.2 on the embedded MNIST subset, on CPU in a 
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,7 +20,7 @@ import torch
 from . import data, models, plot, results
 from .metrics import correlations
 from .device import DEVICES, environment, key_environment, resolve_device
-from .training import SGDTraining, require
+from .training import SGDConfig, SGDTraining, option, require
 from .trajectory import LockStepConfig, run_lockstep
 
 FORGET_KINDS = ("batch", "random", "class")
@@ -43,55 +42,66 @@ DEPENDENT_OPTIONS = (
 )
 
 
+#: how the main job's pretraining names the fields of its :class:`~unroll_utils.training.SGDConfig`
+PRETRAIN_NAMES = {"lr": "pretrain_lr", "batch_size": "pretrain_batch_size", "epochs": "pretrain_epochs"}
+
+
 @dataclass(frozen=True)
-class MainJobConfig:
-    """Parameters of the main job (every field is also a command-line option).
+class MainJobConfig(SGDConfig):
+    """Parameters of the main job (every field is also a command-line option, its help the
+    field's ``help`` text, :func:`unroll_utils.training.field_help`).
 
     An option that another option makes unused (:data:`DEPENDENT_OPTIONS`, e.g. ``forget_class``
     without ``forget="class"``) must stay at its default; :meth:`validate` raises otherwise.
 
     Attributes:
+        lr, batch_size, epochs, momentum, weight_decay, loss, lam, order, augment, seed: the
+            lock-step fine-tuning, :class:`unroll_utils.training.SGDConfig`'s fields (validated
+            there; see :class:`unroll_utils.trajectory.LockStepConfig`); ``seed`` also seeds the
+            data split, the initialisation and the Hessian start vector.
         dataset: ``"mnist"`` (embedded default), ``"digits"``, ``"cifar10"`` or ``"cifar100"``.
         model: ``"small_cnn"``, ``"resnet18"`` or ``"vgg19"``.
         width: channel width of ``"small_cnn"`` (16 keeps the CPU run to about a minute).
         n_train: training points for the embedded datasets (mnist, digits only).
-        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (§2.1);
+        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (§2.1),
+            plain SGD with this run's ``loss``, ``lam`` and ``seed`` (:meth:`pretrain_config`);
             checkpointed and resumable (:class:`unroll_utils.training.SGDTraining`).
-        epochs, lr, batch_size, momentum, weight_decay, loss, lam, order, undo_at: the lock-step
-            fine-tuning (see :class:`unroll_utils.trajectory.LockStepConfig`).
+        undo_at: where single gradient unlearning takes the gradient.
         forget: ``"batch"`` (paper: x* = batch ``forget_batch``), ``"random"`` (``forget_k``
             points) or ``"class"`` (every point of class ``forget_class``).
         eval_every, sigma_every, sigma_points, sigma_convention: measurement schedule and σ.
-        seed: seeds data split, init, order, augmentation, Hessian start vector.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
 
-    dataset: str = "mnist"
-    model: str = "small_cnn"
-    width: int = 16
-    n_train: int = 4000
-    pretrain_epochs: int = 3
-    pretrain_lr: float = 0.1
-    pretrain_batch_size: int = 64
-    epochs: int = 2
-    lr: float = 0.01
-    batch_size: int = 32
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loss: str = "ce"
-    lam: float = 0.0
+    epochs: int = option(2, "lock-step fine-tuning epochs of M and M' from w_0")
     order: str = "forget_first"
-    undo_at: str = "w0"
-    forget: str = "batch"
-    forget_batch: int = 0
-    forget_k: int = 32
-    forget_class: int = 0
-    eval_every: int = 10
-    sigma_every: int = 20
-    sigma_points: int = 128
-    sigma_convention: str = "sqrt_eig"
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = option(0, "seeds the data split, initialisation, order, augmentation and "
+                          "eigen-solver start")
+    dataset: str = option("mnist", "training data (mnist and digits ship with the packages; CIFAR "
+                                   "is read from $UNROLL_DATA)")
+    model: str = option("small_cnn", "network: a small CNN for CPUs, or the paper's CIFAR "
+                                     "ResNet-18 / VGG-19-BN")
+    width: int = option(16, "channels of the first small_cnn block (small_cnn only)")
+    n_train: int = option(4000, "training points (mnist, digits only; the rest of the set is the "
+                                "test set)")
+    pretrain_epochs: int = option(3, "epochs of plain SGD that produce w_0")
+    pretrain_lr: float = option(0.1, "learning rate of that pretraining")
+    pretrain_batch_size: int = option(64, "batch size of that pretraining")
+    undo_at: str = option("w0", "where single gradient unlearning takes the gradient: w_0 (the "
+                                "paper), the current weights after each step that saw x*, the "
+                                "final weights, or the last checkpoint")
+    forget: str = option("batch", "forget set x*: one batch (the paper), k random points, or a "
+                                  "whole class")
+    forget_batch: int = option(0, "index of the batch that is x* (with --forget batch)")
+    forget_k: int = option(32, "number of random points (with --forget random)")
+    forget_class: int = option(0, "class to forget (with --forget class)")
+    eval_every: int = option(10, "measure VE and the weight distances every this many steps")
+    sigma_every: int = option(20, "measure sigma (top Hessian eigenvalue) every this many steps; "
+                                  "0: never")
+    sigma_points: int = option(128, "fixed Hessian batch: the first this many training points")
+    sigma_convention: str = option("sqrt_eig", "sigma = sqrt(lambda_max) (the reference code) or "
+                                               "max |lambda|")
+    device: str = option("cpu", "cpu, cuda, or auto (CUDA when present)")
 
     def validate(self) -> "MainJobConfig":
         """Raise ValueError naming the first bad parameter and its allowed values; return self."""
@@ -103,8 +113,8 @@ class MainJobConfig:
         need(self.width >= 1, "width", ">= 1")
         need(self.n_train >= 10, "n_train", ">= 10")
         need(self.pretrain_epochs >= 0, "pretrain_epochs", ">= 0")
-        need(math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0, "pretrain_lr", "> 0")
-        need(self.pretrain_batch_size >= 1, "pretrain_batch_size", ">= 1")
+        if self.pretrain_epochs:  # else its options must stay at their defaults (check_dependencies)
+            self.pretrain_config().validate(PRETRAIN_NAMES)
         need(self.forget in FORGET_KINDS, "forget", f"one of {FORGET_KINDS}")
         need(self.device in DEVICES, "device", f"one of {DEVICES}")
         self.lockstep_config().validate()
@@ -130,6 +140,13 @@ class MainJobConfig:
                      else " or ".join(f"{controller}={a!r}" for a in allowed))
             raise ValueError(f"{option} is used only with {needs}; got {controller}={ctrl!r} "
                              f"(so {option}={value!r} would be ignored)")
+
+    def pretrain_config(self) -> SGDConfig:
+        """The pretraining of w_0: plain SGD (a seeded shuffle per epoch, no augmentation, no
+        momentum or weight decay) at ``pretrain_lr``, ``pretrain_batch_size``, ``pretrain_epochs``
+        with this run's ``loss``, ``lam`` and ``seed``."""
+        return SGDConfig(lr=self.pretrain_lr, batch_size=self.pretrain_batch_size,
+                         epochs=self.pretrain_epochs, loss=self.loss, lam=self.lam, seed=self.seed)
 
     def lockstep_config(self) -> LockStepConfig:
         """The lock-step part: every field this config shares by name with LockStepConfig."""
@@ -177,10 +194,9 @@ def _pretrained_w0(cfg: MainJobConfig, ds: data.TensorData, device: torch.device
         net = models.build_model(cfg.model, in_channels=ds.input_shape[0],
                                  num_classes=ds.num_classes, seed=cfg.seed, **arch).to(device)
         if cfg.pretrain_epochs:
-            SGDTraining(net, ds.train_x.to(device), ds.train_y.to(device), lr=cfg.pretrain_lr,
-                        epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch_size,
-                        seed=cfg.seed, loss=cfg.loss, lam=cfg.lam).run(
-                checkpoint_path=ckpt, checkpoint_every=checkpoint_every, progress=progress)
+            SGDTraining(net, ds.train_x.to(device), ds.train_y.to(device), cfg.pretrain_config()).run(
+                checkpoint_path=ckpt, checkpoint_every=checkpoint_every, progress=progress,
+                desc="pretrain")
         return {k: v.cpu() for k, v in net.state_dict().items()}
 
     w0 = results.load_or_run("w0_" + fp, pretrain, out / "cache")

@@ -24,6 +24,8 @@ Public API:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torchvision
 from torch import nn
@@ -427,3 +429,26 @@ def count_parameters(model: nn.Module) -> int:
         The count as a Python ``int`` (e.g. 11,173,962 for ``resnet18_cifar(10)``).
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trains_on_one_point(model: nn.Module, x_one: torch.Tensor) -> bool:
+    """Whether ``model`` can take a training-mode forward pass on a batch of one point.
+
+    BatchNorm fails on one point when it sees one value per channel (``BatchNorm1d`` after a
+    linear layer, ``BatchNorm2d`` on 1×1 maps); ``BatchNorm2d`` on larger maps works. The probe runs
+    on a deep copy under ``no_grad``, so the model's buffers are untouched.
+
+    Args:
+        model: the network. x_one: (1, ...) one input on the model's device.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return True
+    probe = copy.deepcopy(model).train()
+    try:
+        with torch.no_grad():
+            probe(x_one)
+    except ValueError as err:
+        if "more than 1 value per channel" in str(err):
+            return False
+        raise
+    return True

@@ -25,27 +25,27 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import models, results
 from .device import environment, key_environment, resolve_device
-from .losses import make_loss
 from .metrics import accuracy
-from .training import ALL_AUGMENTS as AUGMENTS
-from .training import (augment_batch, batch_order, epoch_draws, make_optimizer, require,
-                       sgd_step)
-from .training import rotate, rotation_draws  # noqa: F401  (moved to training; kept importable here)
+from .training import ALL_AUGMENTS as AUGMENTS  # noqa: F401  (the augmentations pretraining offers)
+from .training import SGDConfig, SGDTraining, require
 SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    """The recipe that produces w_0; every field enters the cache key.
+class PretrainConfig(SGDConfig):
+    """The recipe that produces w_0; every field enters the cache key. The SGD fields (``lr``,
+    ``batch_size``, ``epochs``, ``momentum``, ``weight_decay``, ``loss``, ``lam``, ``order``,
+    ``augment``, ``seed``) are :class:`unroll_utils.training.SGDConfig`'s, with the reference's
+    defaults and ``epochs`` ≥ 0 (0 = the random initialisation, e.g. Exp D).
 
     Attributes:
         dataset: one of :data:`unroll_utils.data.DATASETS`.
@@ -54,35 +54,34 @@ class PretrainConfig:
             for CIFAR a number keeps the first ``n_train`` points). n_test: test points used for
             the accuracy (None: the whole test split; else the first ``n_test``).
         loss, lam: ``"ce"`` or ``"sd"`` with λ ≥ 0 (paper §1.5).
-        epochs: ≥ 0 (0 = the random initialisation, e.g. Exp D).
         lr, momentum, weight_decay, batch_size: SGD (reference: 0.1, 0, 5e-4, 128).
         schedule: ``"cosine"`` (``CosineAnnealingLR(T_max=t_max)`` stepped per epoch, the
             reference) or ``"constant"``.
         t_max: T_max of the cosine schedule in epochs, ≥ 1 (reference: 200).
         augment: ``"crop_flip"`` (reference CIFAR-10), ``"crop_flip_rotate"`` (reference
             CIFAR-100: also a rotation uniform in ±15°) or ``"none"``.
+        order: ``"shuffle"`` (default: a seeded permutation per epoch) or another order of
+            :func:`unroll_utils.training.batch_order`.
         seed: initialisation, data order, augmentation (and the MNIST split).
         init: initialisation of ``"resnet18"``/``"vgg19"`` (:data:`unroll_utils.models.INITS`):
             ``"pytorch_default"`` (the reference's module defaults) or ``"torchvision"``;
             ignored by ``"small_cnn"``.
     """
 
+    MIN_EPOCHS: ClassVar[int] = 0
+
+    lr: float = 0.1
+    batch_size: int = 128
+    epochs: int = 50
+    weight_decay: float = 5e-4
+    augment: str = "crop_flip"
     dataset: str = "cifar10"
     model: str = "resnet18"
     width: int = 16
     n_train: int | None = None
     n_test: int | None = None
-    loss: str = "ce"
-    lam: float = 0.0
-    epochs: int = 50
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 5e-4
-    batch_size: int = 128
     schedule: str = "cosine"
     t_max: int = 200
-    augment: str = "crop_flip"
-    seed: int = 0
     init: str = "pytorch_default"
 
     def validate(self) -> "PretrainConfig":
@@ -90,22 +89,14 @@ class PretrainConfig:
         def need(ok: bool, name: str, allowed: str) -> None:
             require(self, ok, name, allowed)
 
+        super().validate()
         need(self.dataset in data_mod.DATASETS, "dataset", f"one of {data_mod.DATASETS}")
         need(self.model in models.IMAGE_MODEL_NAMES, "model", f"one of {models.IMAGE_MODEL_NAMES}")
         need(self.width >= 1, "width", ">= 1")
         need(self.n_train is None or self.n_train >= 10, "n_train", "None or >= 10")
         need(self.n_test is None or self.n_test >= 1, "n_test", "None or >= 1")
-        need(self.loss in ("ce", "sd"), "loss", "one of ('ce', 'sd')")
-        need(self.lam >= 0 and (self.loss == "sd" or self.lam == 0), "lam", ">= 0, and 0 unless loss='sd'")
-        need(self.epochs >= 0, "epochs", ">= 0")
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
-        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(self.batch_size >= 1, "batch_size", ">= 1")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         need(self.t_max >= 1, "t_max", ">= 1")
-        need(self.augment in AUGMENTS, "augment", f"one of {AUGMENTS}")
-        need(self.seed >= 0, "seed", ">= 0")
         need(self.init in models.INITS, "init", f"one of {models.INITS}")
         return self
 
@@ -139,74 +130,36 @@ def cosine_lr(base_lr: float, epoch: int, t_max: int, eta_min: float = 0.0) -> f
     return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
 
 
-class Pretrainer:
-    """One pretraining run with explicit state: model, optimiser, scheduler, epoch, history.
+class Pretrainer(SGDTraining):
+    """One pretraining run: :class:`unroll_utils.training.SGDTraining` (the one resumable SGD
+    loop) on a freshly built model, with the recipe's schedule and the test accuracy after every
+    epoch.
 
-    ``train_epoch()`` does one epoch and records ``{"epoch", "lr", "train_loss", "test_acc"}``;
+    ``history`` holds one record per epoch, ``{"epoch", "lr", "train_loss", "test_acc"}``;
     ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue bit-identically.
 
     Args:
         config: a :class:`PretrainConfig`. data: the dataset (see :func:`load_data`).
         device: where to train.
+
+    Attributes:
+        model: the network (built from ``config.seed``); x, y, test_x, test_y: the data on
+        ``device``; and :class:`~unroll_utils.training.SGDTraining`'s.
     """
 
     def __init__(self, config: PretrainConfig, data: data_mod.TensorData, device: torch.device):
-        self.config = cfg = config.validate()
+        cfg = config.validate()
         self.device = torch.device(device)
         arch = {"width": cfg.width} if cfg.model == "small_cnn" else {"init": cfg.init}
-        self.model = models.build_model(cfg.model, in_channels=data.input_shape[0],
-                                        num_classes=data.num_classes, seed=cfg.seed, **arch).to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.t_max)
-                          if cfg.schedule == "cosine" else None)
-        self.loss_fn = make_loss(cfg.loss, cfg.lam)
-        self.x, self.y = data.train_x.to(self.device), data.train_y.to(self.device)
+        model = models.build_model(cfg.model, in_channels=data.input_shape[0],
+                                   num_classes=data.num_classes, seed=cfg.seed, **arch).to(self.device)
         self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
-        self.epoch = 0
-        self.history: list[dict] = []
+        super().__init__(model, data.train_x.to(self.device), data.train_y.to(self.device), cfg,
+                         t_max=cfg.t_max if cfg.schedule == "cosine" else None)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """SGD steps in one epoch, ⌈N/b⌉."""
-        return math.ceil(self.x.shape[0] / self.config.batch_size)
-
-    def _batch(self, idx: torch.Tensor, draws) -> torch.Tensor:
-        return augment_batch(self.x[idx.to(self.device)], idx, draws)
-
-    def train_epoch(self, bar=None) -> dict:
-        """One epoch of SGD, then the scheduler step and the test accuracy; returns its record."""
-        cfg, n = self.config, self.x.shape[0]
-        draws = epoch_draws(cfg.augment, n, self.epoch, cfg.seed)
-        lr = self.optimizer.param_groups[0]["lr"]
-        total = 0.0
-        for idx in batch_order(n, torch.empty(0, dtype=torch.long), cfg.batch_size, "shuffle",
-                               self.epoch, cfg.seed):
-            total += sgd_step(self.model, self.optimizer, self.loss_fn, self._batch(idx, draws),
-                              self.y[idx.to(self.device)]) * len(idx)
-            if bar is not None:
-                bar.update(1)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.epoch += 1
-        record = {"epoch": self.epoch, "lr": lr, "train_loss": total / n,
-                  "test_acc": accuracy(self.model, self.test_x, self.test_y)}
-        self.history.append(record)
-        return record
-
-    def state_dict(self) -> dict:
-        """Everything a bit-identical continuation needs (tensors on the CPU)."""
-        return {"epoch": self.epoch, "history": list(self.history),
-                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict`'s output."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.history = state["epoch"], list(state["history"])
+    def end_of_epoch(self) -> dict:
+        """The test accuracy in [0, 1] after the epoch."""
+        return {"test_acc": accuracy(self.model, self.test_x, self.test_y)}
 
 
 @dataclass
@@ -282,24 +235,19 @@ def pretrain(config: PretrainConfig, data: data_mod.TensorData | None = None, *,
         trainer.model.load_state_dict(saved["model"])
         return PretrainResult(trainer.model, pd.DataFrame(saved["history"]), saved["test_acc"],
                               key, final, True, 0, True)
-    if partial.exists():
-        trainer.load_state_dict(results.load_checkpoint(partial))
-    resumed_from = trainer.epoch
-    todo = cfg.epochs - trainer.epoch
-    if stop_after_epochs is not None:
-        todo = min(todo, stop_after_epochs)
-    with tqdm(total=todo * trainer.steps_per_epoch, desc=f"pretrain {cfg.model}", disable=not progress,
-              mininterval=1.0, leave=False) as bar:
-        for _ in range(todo):
-            trainer.train_epoch(bar)
-            results.save_checkpoint(trainer.state_dict(), partial)
+    todo = cfg.epochs if stop_after_epochs is None else stop_after_epochs
+    if cfg.epochs:  # a checkpoint at the end of every epoch; an existing one is resumed first
+        trainer.run(checkpoint_path=partial, checkpoint_every=trainer.steps_per_epoch,
+                    progress=progress, stop_after=todo * trainer.steps_per_epoch,
+                    desc=f"pretrain {cfg.model}")
+    resumed_from = trainer.resumed_at // max(trainer.steps_per_epoch, 1)
     history = pd.DataFrame(trainer.history, columns=["epoch", "lr", "train_loss", "test_acc"])
     test_acc = (float(history.test_acc.iloc[-1]) if len(history)
                 else accuracy(trainer.model, trainer.test_x, trainer.test_y))
     if trainer.epoch < cfg.epochs:
         return PretrainResult(trainer.model, history, test_acc, key, partial, False, resumed_from, False)
-    state = trainer.state_dict()
-    results.save_checkpoint({"model": state["model"], "history": state["history"], "test_acc": test_acc,
+    weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    results.save_checkpoint({"model": weights, "history": list(trainer.history), "test_acc": test_acc,
                              "config": asdict(cfg), "environment": environment(dev)}, final)
     partial.unlink(missing_ok=True)
     return PretrainResult(trainer.model, history, test_acc, key, final, False, resumed_from, True)

@@ -29,7 +29,7 @@ assumes plain SGD (momentum makes x*'s trace a different polynomial, see noteboo
 
 Which steps count (a convention): n_k counts the steps τ_k < i ≤ t whose batch held at least one
 retain point. A later step on a batch of forget points only is not counted: M′ does not move there
-(the lock-step skips it, :meth:`unroll_utils.trajectory.LockStep.step`), so M's step adds that
+(the lock-step skips it, :meth:`unroll_utils.lockstep.LockStep.step`), so M's step adds that
 visit's own gradient and leaves the earlier traces as they were. With two epochs of [x*, 12 retain
 steps], t = 26, the exponents are n = [24, 12], not t − τ = [25, 12]; the count is exact for the
 quadratic above (:func:`retain_steps_after`).

@@ -460,6 +460,14 @@ def load_text_features(source: str = "rotten_tomatoes", *, encoder: TextEncoder 
     encoder ``distilbert-base-uncased``, default pooling ``"cls"``. An ``encoder`` passed in
     replaces the default (its own pooling and max length are used).
 
+    Args:
+        source: ``"rotten_tomatoes"`` or ``"imdb"``. encoder, pooling: as above (None: the default).
+        max_length, batch_size: tokens per text and texts per forward pass of the default encoder
+            (:class:`TextEncoder`); ignored when ``encoder`` is given.
+        n_train, n_test, seed: the split sizes and the seed of the order, as above.
+        cache_dir: folder of the feature cache (:func:`cached_features`).
+        progress: a progress bar while encoding.
+
     Returns:
         TensorData with ``train_x``/``test_x`` (N, D) float32 features (D = 384 for MiniLM, 768
         for DistilBERT), ``train_y``/``test_y`` (N,) int64 in {0, 1}, 2 classes, and ``name`` =

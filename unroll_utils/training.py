@@ -3,17 +3,19 @@
 The batches of an epoch (:func:`batch_order`), the per-point augmentation draws
 (:func:`augmentation_draws`, :func:`crop_flip`, :func:`rotation_draws`, :func:`rotate`,
 :func:`epoch_draws`, :func:`augment_batch`), one SGD step (:func:`sgd_step`), the optimiser
-(:func:`make_optimizer`) and plain SGD training (:func:`train_sgd`, the pretraining that produces
-w_0). Every draw comes from an explicit seed, so that M and M′ (:mod:`unroll_utils.trajectory`)
+(:func:`make_optimizer`), the one declaration and validator of SGD's hyper-parameters
+(:class:`SGDConfig`) and the one resumable SGD loop (:class:`SGDTraining`, :func:`train_sgd`: the
+pretraining that produces w_0). Every draw comes from an explicit seed, so that M and M′ (:mod:`unroll_utils.trajectory`)
 see bit-identical batches and augmentations.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -21,72 +23,107 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import results
+from . import models, results
 from .losses import make_loss
 
 ORDERS = ("forget_first", "index", "shuffle", "forget_first_shuffle")
 #: the orders that draw a new permutation every epoch (checked epoch by epoch for lone-point batches)
 RESHUFFLED_ORDERS = ("shuffle", "forget_first_shuffle")
-AUGMENTS = ("none", "crop_flip")
-#: The augmentations of fine-tuning (lock-step) and pretraining runs: the reference's CIFAR-10
-#: transform (crop + flip) and its CIFAR-100 transform (crop + flip + rotation in ±15°).
+#: The augmentations of every SGD run: none, the reference's CIFAR-10 transform (crop + flip) and
+#: its CIFAR-100 transform (crop + flip + rotation in ±15°).
 ALL_AUGMENTS = ("none", "crop_flip", "crop_flip_rotate")
 LOSSES = ("ce", "sd")
 
 
-def require(config, ok: bool, name: str, allowed: str) -> None:
-    """Raise ValueError naming ``config.<name>``, its allowed range and its value, unless ``ok``."""
+def require(config, ok: bool, name: str, allowed: str, shown: str | None = None) -> None:
+    """Raise ValueError naming ``config.<name>`` (as ``shown``, when the user spells it otherwise),
+    its allowed range and its value, unless ``ok``."""
     if not ok:
-        raise ValueError(f"{name} must be {allowed}; got {getattr(config, name)!r}")
+        raise ValueError(f"{shown or name} must be {allowed}; got {getattr(config, name)!r}")
 
 
-def check_sgd_fields(config, augments: tuple[str, ...] = AUGMENTS) -> None:
-    """Validate the SGD fields every training configuration shares (``lr``, ``batch_size``,
-    ``epochs``, ``momentum``, ``weight_decay``, ``loss``, ``lam``, ``order``, ``augment``;
-    ``augment`` must be one of ``augments``).
+def option(default, help: str):
+    """A configuration field with its one-line description (``metadata["help"]``), the text the
+    command line shows for it (:func:`field_help`)."""
+    return field(default=default, metadata={"help": help})
 
-    Raises:
-        ValueError: naming the first bad field, its allowed range and its value.
-    """
-    def need(ok: bool, name: str, allowed: str) -> None:
-        require(config, ok, name, allowed)
 
-    need(math.isfinite(config.lr) and config.lr > 0, "lr", "a finite number > 0")
-    need(config.batch_size >= 1, "batch_size", ">= 1")
-    need(config.epochs >= 1, "epochs", ">= 1")
-    need(0 <= config.momentum < 1, "momentum", "in [0, 1)")
-    need(config.weight_decay >= 0, "weight_decay", ">= 0")
-    need(config.loss in LOSSES, "loss", f"one of {LOSSES}")
-    need(config.lam >= 0 and (config.loss == "sd" or config.lam == 0), "lam",
-         ">= 0, and 0 unless loss='sd'")
-    need(config.order in ORDERS, "order", f"one of {ORDERS}")
-    need(config.augment in augments, "augment", f"one of {augments}")
+def field_help(cls, name: str) -> str:
+    """The one-line description of field ``name`` of the dataclass ``cls``: the ``help`` of the
+    nearest declaration in ``cls`` or its bases (a subclass that only changes a default keeps its
+    base's text). Raises KeyError when no declaration has one."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is not None and "help" in declared.metadata:
+            return declared.metadata["help"]
+    raise KeyError(f"{cls.__name__}.{name} has no help text")
 
 
 @dataclass(frozen=True)
 class SGDConfig:
-    """Hyper-parameters of plain SGD training (:func:`train_sgd`).
+    """Hyper-parameters of SGD training, declared and validated here once: plain training
+    (:func:`train_sgd`, :class:`SGDTraining`) takes it, and the pretraining recipe
+    (:class:`unroll_utils.pretraining.PretrainConfig`), the lock-step run
+    (:class:`unroll_utils.trajectory.LockStepConfig`), the forget benchmark's training
+    (:class:`unroll_utils.baselines.TrainingConfig`) and the main job
+    (:class:`unroll_utils.experiment.MainJobConfig`) extend it: they may change a default, never
+    a check.
 
     Attributes:
-        lr: η > 0. batch_size: b ≥ 1. epochs: ≥ 1. momentum: in [0, 1). weight_decay: ≥ 0.
-        loss: ``"ce"`` or ``"sd"`` (SD loss with ``lam`` ≥ 0). order: see :func:`batch_order`.
-        augment: ``"none"`` or ``"crop_flip"``. seed: seeds the order and the augmentation.
+        lr: η > 0 (finite). batch_size: b ≥ 1. epochs: ≥ :attr:`MIN_EPOCHS` (1 here; 0 for
+        pretraining, where it leaves the random initialisation). momentum: in [0, 1).
+        weight_decay: ≥ 0. loss: ``"ce"`` or ``"sd"`` (the SD loss with ``lam`` ≥ 0; ``lam`` is
+        0 unless ``loss="sd"``). order: see :func:`batch_order`. augment: one of
+        :data:`ALL_AUGMENTS` (see :func:`epoch_draws`). seed: ≥ 0, seeds the order and the
+        augmentation (each its own stream, :func:`sub_seed`).
     """
 
-    lr: float = 0.01
-    batch_size: int = 32
-    epochs: int = 1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loss: str = "ce"
-    lam: float = 0.0
-    order: str = "shuffle"
-    augment: str = "none"
-    seed: int = 0
+    MIN_EPOCHS: ClassVar[int] = 1
 
-    def validate(self) -> "SGDConfig":
-        """Raise ValueError naming the first bad field and its allowed range; return self."""
-        check_sgd_fields(self)
+    lr: float = option(0.01, "learning rate eta (> 0)")
+    batch_size: int = option(32, "batch size b (>= 1)")
+    epochs: int = option(1, "passes over the training data")
+    momentum: float = option(0.0, "SGD momentum in [0, 1) (0: the plain SGD of the paper's theory)")
+    weight_decay: float = option(0.0, "SGD weight decay (>= 0)")
+    loss: str = option("ce", "training objective: cross-entropy, or the SD loss with --lam")
+    lam: float = option(0.0, "lambda of the SD loss (only with --loss sd)")
+    order: str = option("shuffle", "data order: x* first every epoch (the paper), dataset order, a "
+                        "seeded shuffle per epoch, or x* first and the rest reshuffled every epoch")
+    augment: str = option("none", "augmentation: none, random crop + flip (the reference's CIFAR-10 "
+                          "transform), or also a rotation in +-15 degrees (its CIFAR-100 transform)")
+    seed: int = option(0, "seeds the data order and the augmentation")
+
+    def validate(self, names: Mapping[str, str] | None = None) -> "SGDConfig":
+        """Raise ValueError naming the first bad SGD field, its allowed range and its value;
+        return self.
+
+        Args:
+            names: how the caller spells a field in errors, e.g. ``{"lr": "pretrain_lr"}`` for
+                the main job's pretraining (default: the field's own name).
+        """
+        names = names or {}
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            require(self, ok, name, allowed, names.get(name))
+
+        def real(v) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integer(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        need(real(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(integer(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(integer(self.epochs) and self.epochs >= self.MIN_EPOCHS, "epochs",
+             f"an integer >= {self.MIN_EPOCHS}")
+        need(real(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        need(self.loss in LOSSES, "loss", f"one of {LOSSES}")
+        need(self.lam >= 0 and (self.loss == "sd" or self.lam == 0), "lam",
+             ">= 0, and 0 unless loss='sd'")
+        need(self.order in ORDERS, "order", f"one of {ORDERS}")
+        need(self.augment in ALL_AUGMENTS, "augment", f"one of {ALL_AUGMENTS}")
+        need(self.seed >= 0, "seed", ">= 0")
         return self
 
 
@@ -232,156 +269,181 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.0,
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int,
-              batch_size: int, seed: int = 0, loss: str = "ce", lam: float = 0.0,
-              momentum: float = 0.0, weight_decay: float = 0.0, augment: str = "none",
-              progress: bool = True) -> list[float]:
-    """Plain SGD training in place (e.g. the pretraining that produces w_0, paper §2.1).
+def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, progress: bool = True,
+              **options) -> list[float]:
+    """Plain SGD training in place (e.g. the pretraining that produces w_0, paper §2.1): the
+    one-call form of :class:`SGDTraining`.
 
     Args:
         model: trained in place, on its own device. x: (N, ...), y: (N,) on that device.
-        lr, epochs, batch_size, seed, loss, lam, momentum, weight_decay, augment: as
-            :class:`SGDConfig` (the order is a seeded shuffle per epoch).
+        progress: a tqdm progress bar over the steps.
+        **options: :class:`SGDConfig`'s fields by name (``lr=0.1, epochs=3, batch_size=64, ...``;
+            the others keep SGDConfig's defaults: a seeded shuffle per epoch, no augmentation).
 
     Returns:
         Mean training loss per epoch.
 
     Raises:
+        TypeError: an option that is not a field of :class:`SGDConfig`.
         ValueError: invalid hyper-parameters (named); a batch of one point that the model's
             BatchNorm cannot train on (see :func:`check_lone_point_batches`).
     """
-    return SGDTraining(model, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                       loss=loss, lam=lam, momentum=momentum, weight_decay=weight_decay,
-                       augment=augment).run(progress=progress)
+    return SGDTraining(model, x, y, SGDConfig(**options)).run(progress=progress)
 
 
 class SGDTraining:
-    """Plain SGD training of ``model`` in place, resumable from a checkpoint (the run behind
-    :func:`train_sgd`; the main job's pretraining uses it directly to checkpoint).
+    """SGD training of ``model`` in place, resumable from a checkpoint: the one training loop
+    behind :func:`train_sgd`, the main job's pretraining and
+    :class:`unroll_utils.pretraining.Pretrainer` (which adds the cosine schedule and a test
+    accuracy after every epoch).
 
-    It takes exactly :func:`train_sgd`'s steps (a seeded shuffle per epoch, the same augmentation
-    draws and optimiser), so an uninterrupted run and a run resumed from any checkpoint reach the
-    same weights bit for bit (same machine, torch build and thread count).
+    Every epoch's batches come from :func:`batch_order` (``config.order`` over all N points) and
+    its augmentation from :func:`epoch_draws`, both functions of (seed, epoch) only, so an
+    uninterrupted run and a run resumed from any checkpoint reach the same weights bit for bit
+    (same machine, torch build and thread count).
 
     Args:
         model: trained in place, on its own device; a resumed run must start from the same model
             (its squared weight norm is part of the fingerprint).
         x: (N, ...) inputs, y: (N,) int64 labels, on the model's device.
-        lr, epochs, batch_size, seed, loss, lam, momentum, weight_decay, augment: as
-            :class:`SGDConfig`.
+        config: a :class:`SGDConfig` (or a subclass; its SGD fields are used, and all of its
+            fields enter the checkpoint's fingerprint).
+        t_max: None (default): constant learning rate; an integer ≥ 1: ``CosineAnnealingLR``
+            with ``T_max=t_max`` stepped once per epoch, as the reference ``Unlearning/pretrain.py``.
 
     Attributes:
-        t: SGD steps done; total_steps: epochs · ceil(N / batch_size);
-        epoch_losses: mean training loss of every finished epoch.
+        t: SGD steps done; steps_per_epoch: ceil(N / batch_size); total_steps: epochs ·
+        steps_per_epoch; history: one record per finished epoch, ``{"epoch": 1-based, "lr": the
+        epoch's learning rate, "train_loss": mean loss over the epoch}`` and the fields of
+        :meth:`end_of_epoch`; resumed_at: the step the last loaded checkpoint held (0: none).
 
     Raises:
         ValueError: invalid hyper-parameters (named); a batch of one point that the model's
             BatchNorm cannot train on (see :func:`check_lone_point_batches`).
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float,
-                 epochs: int, batch_size: int, seed: int = 0, loss: str = "ce", lam: float = 0.0,
-                 momentum: float = 0.0, weight_decay: float = 0.0, augment: str = "none") -> None:
-        self.config = SGDConfig(lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
-                                weight_decay=weight_decay, loss=loss, lam=lam, augment=augment,
-                                seed=seed).validate()
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: SGDConfig, *,
+                 t_max: int | None = None) -> None:
+        cfg = self.config = config.validate()
+        if t_max is not None and not (isinstance(t_max, int) and t_max >= 1):
+            raise ValueError(f"t_max must be None (constant lr) or an integer >= 1; got {t_max!r}")
         self.model, self.x, self.y = model, x, y
         self.n = x.shape[0]
         self._no_forget = torch.empty(0, dtype=torch.long)
-        check_lone_point_batches(model, x, self._no_forget, batch_size, "shuffle", epochs, seed)
-        self.loss_fn = make_loss(loss, lam)
-        self.optimizer = make_optimizer(model, lr, momentum, weight_decay)
-        self.steps_per_epoch = math.ceil(self.n / batch_size)
-        self.total_steps = epochs * self.steps_per_epoch
-        self.t = 0
-        self.epoch_losses: list[float] = []
+        check_lone_point_batches(model, x, self._no_forget, cfg.batch_size, cfg.order, cfg.epochs,
+                                 cfg.seed)
+        self.loss_fn = make_loss(cfg.loss, cfg.lam)
+        self.optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.scheduler = (None if t_max is None else
+                          torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=t_max))
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.t = self.resumed_at = 0
+        self.history: list[dict] = []
         self._epoch_total = 0.0  # Σ batch loss × batch size over the current epoch's steps
+        self._plan: tuple | None = None  # (epoch, batches, draws)
         with torch.no_grad():
             start_norm = float(sum(p.detach().double().square().sum() for p in model.parameters()))
-        self.fingerprint = results.fingerprint({"config": asdict(self.config), "n": self.n,
-                                                "x_shape": list(x.shape), "w_start": start_norm})
+        self.fingerprint = results.fingerprint({"config": asdict(cfg), "n": self.n,
+                                                "x_shape": list(x.shape), "w_start": start_norm,
+                                                **({} if t_max is None else {"t_max": t_max})})
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished."""
+        return self.t // self.steps_per_epoch
+
+    @property
+    def done(self) -> bool:
+        """All ``epochs`` × ceil(N/b) steps are done."""
+        return self.t >= self.total_steps
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        """Mean training loss of every finished epoch."""
+        return [record["train_loss"] for record in self.history]
+
+    def end_of_epoch(self) -> dict:
+        """Extra fields of an epoch's history record, computed after the epoch (and its scheduler
+        step); none here, a subclass adds e.g. the test accuracy."""
+        return {}
 
     def state_dict(self) -> dict:
-        """Everything a resume needs: step, losses, model and optimiser state, fingerprint."""
-        return {"fingerprint": self.fingerprint, "t": self.t, "epoch_losses": list(self.epoch_losses),
+        """Everything a resume needs: step, history, model, optimiser (and scheduler) state,
+        fingerprint."""
+        return {"fingerprint": self.fingerprint, "t": self.t, "history": list(self.history),
                 "epoch_total": self._epoch_total, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict`; ValueError if it belongs to another run."""
         if state["fingerprint"] != self.fingerprint:
-            raise ValueError("the pretraining checkpoint was written by another configuration or "
+            raise ValueError("the training checkpoint was written by another configuration or "
                              "starting model; delete it or choose another checkpoint_path")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.t, self.epoch_losses = state["t"], list(state["epoch_losses"])
-        self._epoch_total = state["epoch_total"]
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.t, self.resumed_at, self._epoch_total = state["t"], state["t"], state["epoch_total"]
+        self.history = list(state["history"])
 
-    def step(self, idx: torch.Tensor, shifts: torch.Tensor | None, flips: torch.Tensor | None) -> None:
-        """One SGD step on the points ``idx`` (augmented with the epoch's draws, if any)."""
-        xb = self.x[idx.to(self.x.device)]
-        if shifts is not None:
-            xb = crop_flip(xb, shifts[idx], flips[idx])
+    def step(self) -> float:
+        """One SGD step on the next batch of the order (augmented with its epoch's draws); at the
+        end of an epoch, its history record and the scheduler step. Returns the batch loss.
+        Raises RuntimeError when the run is already done."""
+        if self.done:
+            raise RuntimeError(f"the run is done ({self.total_steps} steps)")
+        cfg = self.config
+        epoch, i = divmod(self.t, self.steps_per_epoch)
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, batch_order(self.n, self._no_forget, cfg.batch_size, cfg.order,
+                                             epoch, cfg.seed),
+                          epoch_draws(cfg.augment, self.n, epoch, cfg.seed))
+        _, batches, draws = self._plan
+        idx = batches[i]
+        xb = augment_batch(self.x[idx.to(self.x.device)], idx, draws)
         batch_loss = sgd_step(self.model, self.optimizer, self.loss_fn, xb, self.y[idx.to(self.y.device)])
         self._epoch_total += batch_loss * len(idx)
         self.t += 1
-        if self.t % self.steps_per_epoch == 0:
-            self.epoch_losses.append(self._epoch_total / self.n)
+        if i + 1 == self.steps_per_epoch:
+            record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                      "train_loss": self._epoch_total / self.n}
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.history.append({**record, **self.end_of_epoch()})
             self._epoch_total = 0.0
+        return batch_loss
 
     def run(self, *, checkpoint_path: str | Path | None = None, checkpoint_every: int = 50,
-            progress: bool = True) -> list[float]:
-        """Train to the end, resuming from ``checkpoint_path`` when it exists, saving the state
-        there atomically every ``checkpoint_every`` steps and at the end (None: no checkpoints).
+            progress: bool = True, stop_after: int | None = None, desc: str = "train") -> list[float]:
+        """Train to the end (or ``stop_after`` more steps), resuming from ``checkpoint_path`` when
+        it exists, saving the state there atomically every ``checkpoint_every`` steps and at the
+        end (None: no checkpoints); ``desc`` labels the progress bar.
 
         Returns:
-            Mean training loss per epoch (as :func:`train_sgd`).
+            Mean training loss of every finished epoch (as :func:`train_sgd`).
 
         Raises:
-            ValueError: ``checkpoint_every`` < 1, or a checkpoint of another run.
+            ValueError: ``checkpoint_every`` < 1, ``stop_after`` < 1, or a checkpoint of another run.
         """
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+        if stop_after is not None and stop_after < 1:
+            raise ValueError(f"stop_after must be None or >= 1; got {stop_after}")
         if checkpoint_path is not None and Path(checkpoint_path).exists():
             self.load_state_dict(results.load_checkpoint(checkpoint_path, map_location=self.x.device))
-        cfg = self.config
-        with tqdm(total=self.total_steps, initial=self.t, desc="pretrain", disable=not progress,
+        stop_at = self.total_steps if stop_after is None else min(self.t + stop_after, self.total_steps)
+        with tqdm(total=self.total_steps, initial=self.t, desc=desc, disable=not progress,
                   mininterval=1.0, leave=False) as bar:
-            for epoch in range(self.t // self.steps_per_epoch, cfg.epochs):
-                shifts, flips = (augmentation_draws(self.n, epoch, cfg.seed)
-                                 if cfg.augment == "crop_flip" else (None, None))
-                order = batch_order(self.n, self._no_forget, cfg.batch_size, "shuffle", epoch, cfg.seed)
-                for idx in order[self.t - epoch * self.steps_per_epoch:]:
-                    self.step(idx, shifts, flips)
-                    if checkpoint_path is not None and self.t % checkpoint_every == 0:
-                        results.save_checkpoint(self.state_dict(), checkpoint_path)
-                    bar.update(1)
+            while self.t < stop_at:
+                self.step()
+                if checkpoint_path is not None and self.t % checkpoint_every == 0:
+                    results.save_checkpoint(self.state_dict(), checkpoint_path)
+                bar.update(1)
         if checkpoint_path is not None:
             results.save_checkpoint(self.state_dict(), checkpoint_path)
-        return list(self.epoch_losses)
-
-
-def trains_on_one_point(model: nn.Module, x_one: torch.Tensor) -> bool:
-    """Whether ``model`` can take a training-mode forward pass on a batch of one point.
-
-    BatchNorm fails on one point when it sees one value per channel (``BatchNorm1d`` after a
-    linear layer, ``BatchNorm2d`` on 1×1 maps); ``BatchNorm2d`` on larger maps works. The probe runs
-    on a deep copy under ``no_grad``, so the model's buffers are untouched.
-
-    Args:
-        model: the network. x_one: (1, ...) one input on the model's device.
-    """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return True
-    probe = copy.deepcopy(model).train()
-    try:
-        with torch.no_grad():
-            probe(x_one)
-    except ValueError as err:
-        if "more than 1 value per channel" in str(err):
-            return False
-        raise
-    return True
+        return self.epoch_losses
 
 
 def find_lone_point_batch(n: int, forget: torch.Tensor, batch_size: int, order: str, epochs: int,
@@ -410,7 +472,7 @@ def check_lone_point_batches(model: nn.Module, x: torch.Tensor, forget: torch.Te
     Raises:
         ValueError: naming ``batch_size`` (and the forget set for M′) and how to fix it.
     """
-    if trains_on_one_point(model, x[:1]):
+    if models.trains_on_one_point(model, x[:1]):
         return
     where = find_lone_point_batch(x.shape[0], forget, batch_size, order, epochs, seed)
     if where is not None:

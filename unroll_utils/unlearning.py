@@ -1,4 +1,5 @@
-"""Single gradient unlearning and its variants (paper §1.3, §1.6).
+"""Single gradient unlearning and its variants (paper §1.3, §1.6), and the correction a lock-step
+run accumulates (:class:`UndoAccumulator`, :func:`with_undo`).
 
 Unrolling SGD to first order around w_0, every step that saw the forget set x* moved the weights by
 −η·(1/|B|)·Σ_{x∈x*∩B} ∇ℓ(w_0; x). Single gradient unlearning adds those terms back:
@@ -29,12 +30,14 @@ The reference ``checkpoint_version.py`` also resets its checkpoint to w_0 at eac
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .distances import snapshot
 from .hessian import BN_MODES, preserved_modes
 
 UNDO_POINTS = ("w0", "current", "final", "checkpoint")
@@ -128,3 +131,86 @@ def single_gradient_unlearning(weights_t: Sequence[torch.Tensor], forget_grad: S
         raise ValueError("weights_t and forget_grad must match in number and shapes of tensors")
     with torch.no_grad():
         return torch._foreach_add([w.detach() for w in wt], g, alpha=float(lr) * float(times_seen))
+
+
+def with_undo(model: nn.Module, undo: list[torch.Tensor]) -> nn.Module:
+    """M″: a copy of ``model`` with the single gradient unlearning correction added (w″ = w + u)."""
+    unlearned = copy.deepcopy(model)
+    with torch.no_grad():
+        torch._foreach_add_(list(unlearned.parameters()), undo)
+    return unlearned
+
+
+class UndoAccumulator:
+    """The single gradient unlearning correction u (w″ = w_t + u) of a lock-step run, for every
+    ``undo_at`` point of :mod:`unroll_utils.unlearning` (paper §1.3).
+
+    ``"w0"`` adds η·∇L(w_0; x*∩B) (cached per distinct batch) at every step that saw forget points;
+    ``"current"`` adds η·∇L(w_t; x*∩B) right after M's step; ``"final"`` and ``"checkpoint"``
+    remember each distinct forget-holding batch with its summed η and evaluate the gradients when u
+    is asked for (at the current weights, or at the last checkpoint).
+
+    The checkpoint follows ``Unlearning/checkpoint_version.py``: before step t + 1 with t a
+    positive multiple of c = ``checkpoint_freq`` it moves to the weights w_t, so the measurement
+    after step t uses w_ckpt = w_{c·⌊(t−1)/c⌋} (w_0 for t ≤ c): at t = kc it is still
+    w_{(k−1)c}, and w_{kc} is first used at t = kc + 1.
+
+    Args:
+        config: the run's validated :class:`unroll_utils.trajectory.LockStepConfig` (``undo_at``,
+            ``undo_bn_mode``, ``undo_form``, ``checkpoint_freq``, ``lr``).
+        loss_fn: the training objective. params: M's parameters (the correction's layout).
+    """
+
+    def __init__(self, config, loss_fn, params: list[torch.Tensor]) -> None:
+        self.config, self.loss_fn, self.params = config, loss_fn, params
+        self.undo = [torch.zeros_like(p) for p in params]
+        self.at_w0: dict[bytes, list[torch.Tensor]] = {}
+        self.occurrences: dict[bytes, dict] = {}  # "final"/"checkpoint": batch tensors and Σ η
+        self.ckpt_weights = snapshot(params)
+
+    def record(self, key: bytes, xb: torch.Tensor, yb: torch.Tensor, fmask: torch.Tensor,
+               model: nn.Module, initial: nn.Module) -> None:
+        """Account for one step of M on batch (xb, yb) whose forget points are ``fmask``."""
+        cfg = self.config
+        if cfg.undo_at == "w0":
+            if key not in self.at_w0:
+                self.at_w0[key] = forget_gradient(initial, self.loss_fn, xb, yb, fmask,
+                                                  bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
+            torch._foreach_add_(self.undo, self.at_w0[key], alpha=cfg.lr)
+        elif cfg.undo_at == "current":
+            g = forget_gradient(model, self.loss_fn, xb, yb, fmask, bn_mode=cfg.undo_bn_mode,
+                                form=cfg.undo_form)
+            torch._foreach_add_(self.undo, g, alpha=cfg.lr)
+        else:
+            occ = self.occurrences.setdefault(key, {"x": xb, "y": yb, "mask": fmask, "eta": 0.0})
+            occ["eta"] += cfg.lr
+
+    def before_step(self, t: int) -> None:
+        """Before step t + 1 (``t`` steps done): move the checkpoint to the current weights w_t
+        when t is a positive multiple of ``checkpoint_freq``."""
+        if self.config.undo_at == "checkpoint" and t > 0 and t % self.config.checkpoint_freq == 0:
+            with torch.no_grad():
+                torch._foreach_copy_(self.ckpt_weights, self.params)
+
+    def current(self, model: nn.Module) -> list[torch.Tensor]:
+        """u for M (``model``) now, in ``model.parameters()`` order."""
+        cfg = self.config
+        if cfg.undo_at in ("w0", "current"):
+            return self.undo
+        at = None if cfg.undo_at == "final" else self.ckpt_weights
+        u = [torch.zeros_like(p) for p in self.params]
+        for occ in self.occurrences.values():
+            g = forget_gradient(model, self.loss_fn, occ["x"], occ["y"], occ["mask"], weights=at,
+                                bn_mode=cfg.undo_bn_mode, form=cfg.undo_form)
+            torch._foreach_add_(u, g, alpha=occ["eta"])
+        return u
+
+    def state_dict(self) -> dict:
+        return {"undo": self.undo, "ckpt_weights": self.ckpt_weights, "undo_at_w0": self.at_w0,
+                "occurrences": self.occurrences}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.undo, state["undo"])
+            torch._foreach_copy_(self.ckpt_weights, state["ckpt_weights"])
+        self.at_w0, self.occurrences = state["undo_at_w0"], state["occurrences"]
