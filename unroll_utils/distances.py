@@ -218,7 +218,7 @@ class LockstepDistances(NamedTuple):
 
 
 def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDistances:
-    """VE, ‖w_t − w_0‖₂ and ‖w_t − w′_t‖₂ in one pass over the weights (paper §1.4).
+    """VE, ‖w_t − w_0‖₂ and ‖w_t − w′_t‖₂ in one pass over the weights (notebook 04, eq. (1)).
 
     The values of ``weight_distance(w_orig, w_retrained, offset=undo)``,
     ``weight_distance(w_orig, w_initial)`` and ``weight_distance(w_orig, w_retrained)`` (bit for
@@ -329,8 +329,8 @@ def _blocks(lists: list[list[torch.Tensor]]):
 
 def _block_norm(d: torch.Tensor) -> torch.Tensor:
     """‖d‖₂ of one cache-resident block as a float64 scalar: one BLAS dot product in d's dtype
-    (3–6× faster than a float64-accumulating norm on the CPU; its rounding, ~1e-7 relative for
-    float32, is that of the float32 differences themselves)."""
+    (cheaper on the CPU than a float64-accumulating norm, see benchmarks/README.md; its rounding,
+    ~1e-7 relative for float32, is that of the float32 differences themselves)."""
     return torch.dot(d, d).to(torch.float64).sqrt()
 
 

@@ -1,8 +1,9 @@
-"""Membership inference and the privacy risk score (paper §2.7; reference-code defects §5 item 4).
+"""Membership inference and the privacy risk score (notebook 12; Song & Mittal, USENIX Security 2021).
 
 A membership-inference attack guesses, from a model's output on a labelled point z = (x, y), whether z
-was in the model's training set. Everything here works on **softmax probabilities** (not raw logits, the
-reference code's defect) computed with the model in **eval mode** (the reference scored in train mode):
+was in the model's training set. Everything here works on **softmax probabilities** computed with the
+model in **eval mode**. The reference ``Privacy_risk_score/calculate_PRS.py`` (cleverhans-lab/unrolling-sgd)
+does neither: its ``Mentr`` is applied to raw logits and its models score in train mode.
 
 - :func:`loss_attack_auc` — the ROC-AUC of the loss as a membership score (a lower loss means
   "member"): the threshold-free summary of the loss-threshold attack of Yeom et al. (CSF 2018), who

