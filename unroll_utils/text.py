@@ -168,15 +168,21 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, name: str | None = None,
                         **kwargs) -> "TextEncoder":
-        """An encoder read with ``AutoTokenizer``/``AutoModel`` from a local folder (written by
-        ``save_pretrained``) or a Hugging Face hub name such as ``"distilbert-base-uncased"``
-        (from the local cache; downloaded only with internet), loaded at the first :meth:`encode`.
-        ``name`` defaults to the hub name, or the folder's name; ``kwargs`` go to the constructor.
+        """An encoder read with ``AutoTokenizer``/``AutoModel``, loaded at the first :meth:`encode`.
+
+        Args:
+            name_or_path: a local folder (written by ``save_pretrained``) or a Hugging Face hub name
+                such as ``"distilbert-base-uncased"`` (from the local cache; downloaded only with
+                internet).
+            name: the name in the feature cache key (default: the hub name, or the folder's name).
+            **kwargs: ``pooling``, ``max_length``, ``batch_size``, ``device`` of the constructor.
+
+        Returns:
+            :class:`TextEncoder`.
 
         Raises:
-            FileNotFoundError: a local folder that does not exist (here), or, at the first
-                encode, a hub model that is neither cached nor downloadable; the message says
-                where to put it.
+            FileNotFoundError: a local folder that does not exist (here), or, at the first encode, a hub
+                model that is neither cached nor downloadable; the message says where to put it.
         """
         text = str(name_or_path)
         local = Path(text).expanduser()
@@ -228,11 +234,18 @@ class TextEncoder:
 
     @torch.no_grad()  # not inference_mode: the features are later used in autograd (Hessians)
     def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
-        """Features of ``texts``: (N, D) float32 on the CPU, row i for ``texts[i]``.
+        """Features of ``texts``, row i for ``texts[i]``.
 
         Texts are truncated to ``max_length`` tokens and encoded in batches of similar length
         (sorted by character length, so that little padding is computed; padding does not
         enter the pooled vector). A tqdm.auto bar counts texts.
+
+        Args:
+            texts: a non-empty list of strings.
+            progress: show the progress bar.
+
+        Returns:
+            (N, D) float32 on the CPU (D: the encoder's hidden size).
 
         Raises:
             TypeError: ``texts`` is a single string (it would be read as one text per character:
@@ -380,6 +393,13 @@ def cached_features(encoder: TextEncoder, texts: Sequence[str], *, dataset: str,
     is keyed by (dataset, split, model name, pooling, max length) and a SHA-256 of the texts (so
     another subset never reuses it); it is written atomically.
 
+    Args:
+        encoder: the :class:`TextEncoder`.
+        texts: the texts to encode.
+        dataset, split: names in the cache key (e.g. ``"imdb"``, ``"train"``).
+        cache_dir: the cache folder.
+        progress: show the encoder's progress bar.
+
     Returns:
         (N, D) float32 features, row i for ``texts[i]``.
 
@@ -461,6 +481,17 @@ def load_text_features(source: str = "rotten_tomatoes", *, encoder: TextEncoder 
     optionally cut to ``n_train``/``n_test``; default
     encoder ``distilbert-base-uncased``, default pooling ``"cls"``. An ``encoder`` passed in
     replaces the default (its own pooling and max length are used).
+
+    Args:
+        source: ``"rotten_tomatoes"`` or ``"imdb"``.
+        encoder: a :class:`TextEncoder` instead of the default one.
+        pooling: ``"cls"`` or ``"mean"`` (None: the source's default above).
+        max_length: tokens per text after truncation, ≥ 1.
+        n_train, n_test: texts per split (None: the defaults above), ≥ 2.
+        seed: seed of the shuffle / subsample.
+        cache_dir: the feature cache folder (:func:`cached_features`).
+        batch_size: texts per forward pass of the default encoder.
+        progress: show progress bars.
 
     Returns:
         TensorData with ``train_x``/``test_x`` (N, D) float32 features (D = 384 for MiniLM, 768
