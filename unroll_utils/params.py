@@ -93,7 +93,7 @@ def flag(name: str, value: Any, *, default: bool | None = None) -> bool:
 
 
 def smoke_from_env(variable: str = "UNROLL_SMOKE") -> bool:
-    """The CI switch: ``os.environ[variable]`` read as :func:`flag` (unset = False)."""
+    """The smoke-run switch: ``os.environ[variable]`` read as :func:`flag` (unset = False)."""
     return flag(variable, os.environ.get(variable, "0"))
 
 
