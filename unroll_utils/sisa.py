@@ -10,7 +10,7 @@ softmax outputs (``"mean_softmax"``, their ``--output_type softmax``).
 
 Epochs: by default the single model's E epochs are spread over the R stages as Bourtoule's ``sisa.py``
 does (:func:`stage_epochs`), so each shard sees about E epochs' worth of its data; ``schedule=
-"per_stage"`` gives every stage ``epochs_per_slice`` epochs instead (this package's earlier default).
+"per_stage"`` gives every stage ``epochs_per_slice`` epochs instead.
 
 The paper (Thudi et al. 2022) compares the cost of single gradient unlearning with SISA's; this small
 implementation is the measuring stick (notebook 13). Costs are counted in SGD steps and wall seconds.
@@ -118,13 +118,13 @@ class SISA:
             (``schedule="spread"``, Bourtoule et al.'s ``sisa.py``; required there).
         schedule: ``"spread"`` (default, the source's: each shard sees ≈ E epochs of its data) or
             ``"per_stage"``: every stage r (over slices 0..r) trains ``epochs_per_slice`` = k
-            epochs, so a shard sees k·(R+1)/2 epochs of its data (this package's earlier default,
-            k = 1: half of E = 5 at R = 4).
+            epochs, so a shard sees k·(R+1)/2 epochs of its data (k = 1, R = 4: 2.5 epochs).
         epochs_per_slice: epochs of each stage under ``"per_stage"`` (default 1), ≥ 1.
         seed: seeds the partition, every shard's initialisation and every stage's data order.
 
     State after :meth:`fit`: ``slices[s][r]`` (sorted int64 training indices), ``models[s]``,
     ``checkpoints[s][r]`` (state dict after stage r) and ``stage_epochs`` (epochs of each stage).
+
     Source: Bourtoule et al., IEEE S&P 2021, §IV; cleverhans-lab/machine-unlearning ``sisa.py``.
 
     Raises:
