@@ -445,21 +445,50 @@ class PropagatedUndo:
         self.bases: dict[int, KrylovBasis] = {}  # at="w0": one Lanczos run per visit, reused
 
     def due(self, t: int, last: bool) -> bool:
-        """Computed at t = 1, multiples of ``every`` and the last step (of the measurement steps)."""
+        """Whether the correction is computed at this measurement step.
+
+        Args:
+            t: the step (1-based).
+            last: whether it is the run's last step.
+
+        Returns:
+            True at t = 1, at multiples of ``config.every`` and at the last step.
+        """
         return t == 1 or t % self.config.every == 0 or last
 
     def record(self, step: int, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
                fmask: torch.Tensor) -> None:
-        """Record that M's step number ``step`` (1-based) will use batch (xb, yb) with forget points
-        ``fmask`` (N_b,) bool; call before the step (the gradient is taken at M's current weights).
-        A batch of forget points only is marked ``forget_only`` (M′ skips that step)."""
+        """Record a visit of x*: M's step number ``step`` will use a batch holding forget points.
+
+        Call it before the step: the gradient is taken at M's current weights. A batch of forget points
+        only is marked ``forget_only`` (M′ skips that step).
+
+        Args:
+            step: M's step number (1-based).
+            model: M, before the step.
+            xb, yb: (N_b, ...) inputs and (N_b,) labels of the batch.
+            fmask: (N_b,) bool, True for the forget points.
+        """
         g = forget_gradient(model, self.loss_fn, xb, yb, fmask, bn_mode=self.undo_bn_mode,
                             form=self.undo_form)
         self.visits.append(Visit(step, self.lr, flatten(g), forget_only=bool(fmask.all())))
 
     def correction(self, t: int, model: nn.Module, initial: nn.Module) -> tuple[list[torch.Tensor], dict]:
-        """u at step t (w‴_t = w_t + u, ``model.parameters()`` order) and the row fields
-        ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``."""
+        """The propagated correction u at step t (w‴_t = w_t + u).
+
+        Args:
+            t: the step being unlearned.
+            model: M at w_t (H̄ is taken there unless ``config.at == "w0"``).
+            initial: the model at w_0 (used with ``config.at == "w0"``).
+
+        Returns:
+            (u as tensors in ``model.parameters()`` order, the row fields ``propagated_hvps``,
+            ``propagated_error``, ``propagated_seconds``).
+
+        Raises:
+            ValueError: a model with frozen parameters (H̄ and the gradient differ in size), or as
+                :func:`propagated_correction`.
+        """
         start = time.perf_counter()
         cfg = self.config
         ops: list[HessianOperator] = []
@@ -484,9 +513,11 @@ class PropagatedUndo:
                                       "propagated_seconds": time.perf_counter() - start}
 
     def state_dict(self) -> dict:
+        """The recorded visits, for a run's checkpoint."""
         return {"propagated_visits": [(v.step, v.lr, v.gradient, v.forget_only) for v in self.visits]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the visits of :meth:`state_dict` (the cached Lanczos runs are dropped)."""
         # (checkpoints written before ``forget_only`` existed hold 3-tuples: counted as mixed batches)
         self.visits = [Visit(*row) for row in state["propagated_visits"]]
         self.bases = {}
