@@ -119,7 +119,14 @@ def environment(device: torch.device | str) -> dict:
 
 def key_environment(env: dict) -> dict:
     """The part of :func:`environment` that keys caches and checkpoints (a cache made under another
-    environment is not reused): all of it on the CPU; on a GPU, without the host CPU's model."""
+    environment is not reused).
+
+    Args:
+        env: a dict from :func:`environment`.
+
+    Returns:
+        ``env`` itself on the CPU; on a GPU, ``env`` without the host CPU's model.
+    """
     return {k: v for k, v in env.items() if not (k == "cpu" and env["device"] == "cuda")}
 
 

@@ -50,8 +50,14 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 
 
 def canonical_name(name: str) -> str:
-    """A parameter name without leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated),
-    e.g. ``"module._orig_mod.fc.weight"`` → ``"fc.weight"``."""
+    """A parameter name without leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated).
+
+    Args:
+        name: e.g. ``"module._orig_mod.fc.weight"``.
+
+    Returns:
+        The name without them, e.g. ``"fc.weight"``.
+    """
     stripped = True
     while stripped:
         stripped = False
@@ -95,7 +101,14 @@ def named_weights(weights, include_buffers: bool = False) -> dict[str, torch.Ten
 
 
 def snapshot(weights: Weights) -> list[torch.Tensor]:
-    """Detached copies of a list of weight tensors (e.g. w_0), on the same device."""
+    """Detached copies of a list of weight tensors (e.g. w_0), on the same device.
+
+    Args:
+        weights: tensors, e.g. :func:`model_weights` of a model.
+
+    Returns:
+        A list of new tensors, same shapes, dtypes and devices.
+    """
     return [w.detach().clone() for w in weights]
 
 
