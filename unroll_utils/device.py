@@ -1,7 +1,8 @@
-"""Where the experiments run, and how to make a run repeat bit for bit there (paper §5 item 10).
+"""Where the experiments run, and how to make a run repeat bit for bit there.
 
-The reference code hard-codes ``.cuda()``, wraps every model in ``nn.DataParallel`` and sets
-``cudnn.benchmark=True`` with no seeds, so two runs of the same job differ. Here a run picks one
+The reference code (cleverhans-lab/unrolling-sgd, e.g. ``Unlearning/correlation_verification.py``)
+hard-codes ``.cuda()``, wraps every model in ``nn.DataParallel`` and sets ``cudnn.benchmark=True``
+with no seeds, so two runs of the same job differ. Here a run picks one
 device (:func:`resolve_device`, ``"auto"`` = CUDA when present), and :func:`make_deterministic`
 switches PyTorch to its deterministic kernels (cuDNN autotuning off, deterministic cuDNN and
 cuBLAS algorithms). Whether that is enough on a given machine is measured, not assumed:
@@ -62,7 +63,7 @@ def make_deterministic(device: torch.device | str = "cpu") -> dict:
         dict of what was set (to record next to results): ``cudnn_benchmark``,
         ``cudnn_deterministic``, ``deterministic_algorithms``, ``cublas_workspace_config``.
 
-    Source: PyTorch "Reproducibility" notes; paper §5 item 10.
+    Source: PyTorch "Reproducibility" notes (docs.pytorch.org/docs/stable/notes/randomness.html).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -78,7 +79,11 @@ def make_deterministic(device: torch.device | str = "cpu") -> dict:
 
 def cpu_model() -> str:
     """The CPU's model name: ``model name`` from /proc/cpuinfo (Linux), else
-    ``platform.processor()``, else ``platform.machine()``, else ``"unknown"``."""
+    ``platform.processor()``, else ``platform.machine()``, else ``"unknown"``.
+
+    Returns:
+        The name as a string (never empty).
+    """
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -94,7 +99,15 @@ def environment(device: torch.device | str) -> dict:
     """What decides the floating-point results besides the configuration: device type, torch
     version, intra-op thread count, the CPU model (kernel paths differ between CPUs) and, on CUDA,
     the GPU name and the CUDA and cuDNN versions. Record it with results; :func:`key_environment`
-    is the part that keys caches and checkpoints."""
+    is the part that keys caches and checkpoints.
+
+    Args:
+        device: the device the run uses (``torch.device`` or name).
+
+    Returns:
+        dict with ``device``, ``torch``, ``intra_op_threads``, ``cpu`` and, on CUDA, ``gpu``,
+        ``cuda``, ``cudnn``.
+    """
     device = torch.device(device)
     env = {"device": device.type, "torch": torch.__version__,
            "intra_op_threads": torch.get_num_threads(), "cpu": cpu_model()}
@@ -106,7 +119,14 @@ def environment(device: torch.device | str) -> dict:
 
 def key_environment(env: dict) -> dict:
     """The part of :func:`environment` that keys caches and checkpoints (a cache made under another
-    environment is not reused): all of it on the CPU; on a GPU, without the host CPU's model."""
+    environment is not reused).
+
+    Args:
+        env: a dict from :func:`environment`.
+
+    Returns:
+        ``env`` itself on the CPU; on a GPU, ``env`` without the host CPU's model.
+    """
     return {k: v for k, v in env.items() if not (k == "cpu" and env["device"] == "cuda")}
 
 
@@ -120,6 +140,9 @@ def repeat_distance(run: Callable[[], nn.Module | list[torch.Tensor]]) -> float:
     Returns:
         The weight distance (float64 accumulation); 0.0 exactly when the runs are bit-identical.
         Any VE measured on this machine is only meaningful above this floor.
+
+    Raises:
+        ValueError: if the two results differ in number or shapes of tensors.
     """
     first, second = run(), run()
     a = list(first.parameters()) if isinstance(first, nn.Module) else list(first)

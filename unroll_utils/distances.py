@@ -50,8 +50,14 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 
 
 def canonical_name(name: str) -> str:
-    """A parameter name without leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated),
-    e.g. ``"module._orig_mod.fc.weight"`` → ``"fc.weight"``."""
+    """A parameter name without leading wrapper prefixes (``module.``, ``_orig_mod.``, repeated).
+
+    Args:
+        name: e.g. ``"module._orig_mod.fc.weight"``.
+
+    Returns:
+        The name without them, e.g. ``"fc.weight"``.
+    """
     stripped = True
     while stripped:
         stripped = False
@@ -95,7 +101,14 @@ def named_weights(weights, include_buffers: bool = False) -> dict[str, torch.Ten
 
 
 def snapshot(weights: Weights) -> list[torch.Tensor]:
-    """Detached copies of a list of weight tensors (e.g. w_0), on the same device."""
+    """Detached copies of a list of weight tensors (e.g. w_0), on the same device.
+
+    Args:
+        weights: tensors, e.g. :func:`model_weights` of a model.
+
+    Returns:
+        A list of new tensors, same shapes, dtypes and devices.
+    """
     return [w.detach().clone() for w in weights]
 
 
@@ -218,7 +231,7 @@ class LockstepDistances(NamedTuple):
 
 
 def lockstep_distances(w_orig, w_retrained, w_initial, undo=None) -> LockstepDistances:
-    """VE, ‖w_t − w_0‖₂ and ‖w_t − w′_t‖₂ in one pass over the weights (paper §1.4).
+    """VE, ‖w_t − w_0‖₂ and ‖w_t − w′_t‖₂ in one pass over the weights (notebook 04, eq. (1)).
 
     The values of ``weight_distance(w_orig, w_retrained, offset=undo)``,
     ``weight_distance(w_orig, w_initial)`` and ``weight_distance(w_orig, w_retrained)`` (bit for
@@ -329,8 +342,8 @@ def _blocks(lists: list[list[torch.Tensor]]):
 
 def _block_norm(d: torch.Tensor) -> torch.Tensor:
     """‖d‖₂ of one cache-resident block as a float64 scalar: one BLAS dot product in d's dtype
-    (3–6× faster than a float64-accumulating norm on the CPU; its rounding, ~1e-7 relative for
-    float32, is that of the float32 differences themselves)."""
+    (cheaper on the CPU than a float64-accumulating norm, see benchmarks/README.md; its rounding,
+    ~1e-7 relative for float32, is that of the float32 differences themselves)."""
     return torch.dot(d, d).to(torch.float64).sqrt()
 
 

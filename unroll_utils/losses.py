@@ -1,4 +1,4 @@
-"""Training objectives: cross-entropy and the SD loss (paper §1.5 of the implementer's digest).
+"""Training objectives: cross-entropy and the SD loss (notebook 05, eqs. (1)–(3)).
 
 The SD (standard-deviation) loss is the paper's regulariser that limits how far SGD moves the
 weights, making later unlearning easier:
@@ -31,7 +31,8 @@ def logit_std_penalty(logits: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if ``logits`` is not 2-D or C < 2 (the unbiased std of one value is undefined).
 
-    Source: paper §1.5, ``torch.sum(torch.std(logits, dim=1)) / logits.numel()``.
+    Source: notebook 05, eq. (3); reference ``Unlearning/correlation_verification.py``, ``std_loss``:
+    ``torch.sum(torch.std(x, dim=1))/(len(x.view(-1)))``.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (N, C); got {tuple(logits.shape)}")
@@ -58,7 +59,9 @@ def sd_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float) -> torch.Te
     Raises:
         ValueError: if ``lam`` < 0 or is not finite, or as :func:`logit_std_penalty`.
 
-    Source: paper §1.5 (identical in every reference script).
+    Source: notebook 05, eq. (1); ``std_loss`` of the reference scripts (e.g.
+    ``Unlearning/Correlation_unlearning.py``; the same in every script), with λ an argument
+    instead of the global ``std_reg``.
     """
     lam = float(lam)
     if not (lam >= 0.0 and lam < float("inf")):
@@ -75,6 +78,9 @@ def make_loss(name: str = "ce", lam: float = 0.0) -> LossFn:
     Args:
         name: ``"ce"`` (batch-mean cross-entropy) or ``"sd"`` (:func:`sd_loss` with ``lam``).
         lam: λ for ``"sd"``; must be 0 for ``"ce"``.
+
+    Returns:
+        A function of (N, C) logits and (N,) int64 targets giving a scalar tensor (nats).
 
     Raises:
         ValueError: unknown ``name``, ``lam`` < 0, or ``lam`` ≠ 0 with ``"ce"``.

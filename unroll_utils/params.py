@@ -72,9 +72,20 @@ def _check_range(name: str, kind: str, v, low, high, low_open: bool, high_open: 
 
 
 def flag(name: str, value: Any, *, default: bool | None = None) -> bool:
-    """``value`` as a bool: ``True``/``False``, 0/1, or a string such as ``"false"``, ``"Yes"``,
-    ``"1"`` (case-insensitive; ``""`` is False). ``None`` gives ``default`` (when that is not None
-    either). Raises :class:`ParameterError` otherwise."""
+    """A notebook parameter read as a bool.
+
+    Args:
+        name: the parameter's name as the notebook spells it (named in the error).
+        value: ``True``/``False``, 0/1, or a string such as ``"false"``, ``"Yes"``, ``"1"``
+            (case-insensitive; ``""`` is False).
+        default: what ``None`` gives (when not None itself).
+
+    Returns:
+        The bool.
+
+    Raises:
+        ParameterError: any other value.
+    """
     if value is None and default is not None:
         value = default
     if isinstance(value, bool):
@@ -93,7 +104,7 @@ def flag(name: str, value: Any, *, default: bool | None = None) -> bool:
 
 
 def smoke_from_env(variable: str = "UNROLL_SMOKE") -> bool:
-    """The CI switch: ``os.environ[variable]`` read as :func:`flag` (unset = False)."""
+    """The smoke-run switch: ``os.environ[variable]`` read as :func:`flag` (unset = False)."""
     return flag(variable, os.environ.get(variable, "0"))
 
 
@@ -115,10 +126,24 @@ def _number(name: str, value: Any, expected: str) -> float | int:
 
 def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None,
             default: int | None = None, optional: bool = False) -> int | None:
-    """``value`` as an int in [low, high] (either bound may be None). ``None`` gives ``default``
-    (when that is not None either); with ``optional=True`` a ``None`` left over stays ``None``
-    (e.g. "all points"). Integral floats (``1000.0``, ``1e3``) and numeric strings are accepted;
-    ``True``/``False``, fractions and NaN are not. Raises :class:`ParameterError`."""
+    """A notebook parameter read as an int in [low, high].
+
+    Integral floats (``1000.0``, ``1e3``) and numeric strings are accepted; ``True``/``False``,
+    fractions and NaN are not.
+
+    Args:
+        name: the parameter's name as the notebook spells it (named in the error).
+        value: the value (papermill may deliver a string).
+        low, high: the bounds, inclusive (either may be None).
+        default: what ``None`` gives (when not None itself).
+        optional: a ``None`` left over stays ``None`` (e.g. "all points").
+
+    Returns:
+        The int, or None (``optional``).
+
+    Raises:
+        ParameterError: a value of another kind or out of range (the message gives the range).
+    """
     if value is None and default is not None:
         value = default
     if value is None and optional:
@@ -134,9 +159,23 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
 
 def real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
          low_open: bool = False, high_open: bool = False, default: float | None = None) -> float:
-    """``value`` as a finite float in the interval given by ``low``/``high`` (open ends with
-    ``low_open``/``high_open``). ``None`` gives ``default``. Numeric strings such as ``"1e-3"`` are
-    accepted; booleans, NaN and infinities are not. Raises :class:`ParameterError`."""
+    """A notebook parameter read as a finite float in the interval given by ``low``/``high``.
+
+    Numeric strings such as ``"1e-3"`` are accepted; booleans, NaN and infinities are not.
+
+    Args:
+        name: the parameter's name as the notebook spells it (named in the error).
+        value: the value.
+        low, high: the bounds (either may be None).
+        low_open, high_open: exclude the bound.
+        default: what ``None`` gives.
+
+    Returns:
+        The float.
+
+    Raises:
+        ParameterError: a value of another kind or out of range (the message gives the interval).
+    """
     if value is None and default is not None:
         value = default
     expected = "a finite number" + _range_text(low, high, low_open, high_open)
@@ -148,9 +187,21 @@ def real(name: str, value: Any, *, low: float | None = None, high: float | None 
 
 def choice(name: str, value: Any, choices: Sequence[str], *, default: str | None = None,
            optional: bool = False) -> str | None:
-    """``value`` as one of ``choices`` (strings, matched exactly). ``None`` gives ``default``; with
-    ``optional=True`` a ``None`` left over stays ``None`` (the notebook decides later). Raises
-    :class:`ParameterError` listing the choices."""
+    """A notebook parameter read as one of ``choices`` (strings, matched exactly).
+
+    Args:
+        name: the parameter's name as the notebook spells it (named in the error).
+        value: the value.
+        choices: the allowed strings.
+        default: what ``None`` gives.
+        optional: a ``None`` left over stays ``None`` (the notebook decides later).
+
+    Returns:
+        The string, or None (``optional``).
+
+    Raises:
+        ParameterError: any other value (the message lists the choices).
+    """
     if value is None and default is not None:
         value = default
     if value is None and optional:
@@ -162,10 +213,23 @@ def choice(name: str, value: Any, choices: Sequence[str], *, default: str | None
 
 def sequence(name: str, value: Any, item: Callable[[str, Any], Any], *, min_len: int = 1,
              default: Sequence | None = None) -> list:
-    """``value`` as a list whose items pass ``item(name, x)`` (e.g.
-    ``lambda n, x: real(n, x, low=0)``). A comma-separated string (``"0,1,5"``) or a single
-    number is accepted; ``None`` gives ``default``. Raises :class:`ParameterError` naming the
-    item (``LAMS[2]``) or the length."""
+    """A notebook parameter read as a list whose items pass ``item(name, x)``.
+
+    A comma-separated string (``"0,1,5"``) or a single number is accepted.
+
+    Args:
+        name: the parameter's name as the notebook spells it.
+        value: the value.
+        item: the check of one item, e.g. ``lambda n, x: real(n, x, low=0)``; called with ``NAME[i]``.
+        min_len: the fewest items allowed.
+        default: what ``None`` gives.
+
+    Returns:
+        The list of checked items.
+
+    Raises:
+        ParameterError: naming the item (``LAMS[2]``) or the length.
+    """
     if value is None and default is not None:
         value = default
     if isinstance(value, str):
@@ -180,9 +244,19 @@ def sequence(name: str, value: Any, item: Callable[[str, Any], Any], *, min_len:
 
 
 def folder(name: str, value: Any) -> Path | None:
-    """``value`` as a folder path: ``None`` stays ``None`` (e.g. "write nothing"); a non-empty
-    ``str`` or ``os.PathLike`` becomes a :class:`pathlib.Path` (``~`` is not expanded, nothing is
-    created or checked on disk). Raises :class:`ParameterError` for other types and ``""``."""
+    """A notebook parameter read as a folder path (nothing is created or checked on disk).
+
+    Args:
+        name: the parameter's name as the notebook spells it (named in the error).
+        value: None (e.g. "write nothing"), or a non-empty ``str`` or ``os.PathLike`` (``~`` is not
+            expanded).
+
+    Returns:
+        A :class:`pathlib.Path`, or None.
+
+    Raises:
+        ParameterError: another type, or ``""``.
+    """
     if value is None:
         return None
     if isinstance(value, (str, os.PathLike)):

@@ -25,8 +25,14 @@ PNG_DPI = 96
 
 
 def figure_format() -> str:
-    """The inline figure format: ``$UNROLL_FIGURE_FORMAT`` (``"svg"`` or ``"png"``, default ``"svg"``).
-    Raises ValueError naming the variable and the allowed values."""
+    """The inline figure format, from ``$UNROLL_FIGURE_FORMAT``.
+
+    Returns:
+        ``"svg"`` (the default, also for an unset or empty variable) or ``"png"``.
+
+    Raises:
+        ValueError: another value (naming the variable and the allowed values).
+    """
     fmt = os.environ.get("UNROLL_FIGURE_FORMAT", "").strip().lower() or "svg"
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"UNROLL_FIGURE_FORMAT must be one of {FIGURE_FORMATS}, got "
@@ -35,9 +41,15 @@ def figure_format() -> str:
 
 
 def setup(svg: bool = True) -> None:
-    """House style: one figure size, gridded axes, the fixed palette; in Jupyter (``svg=True``) inline figures
-    in :func:`figure_format` (SVG unless ``$UNROLL_FIGURE_FORMAT=png``, then PNG at :data:`PNG_DPI`).
-    Raises ValueError for another ``$UNROLL_FIGURE_FORMAT``."""
+    """House style: one figure size, gridded axes, the fixed palette.
+
+    Args:
+        svg: in Jupyter, also set the inline figure format to :func:`figure_format` (SVG unless
+            ``$UNROLL_FIGURE_FORMAT=png``, then PNG at :data:`PNG_DPI`).
+
+    Raises:
+        ValueError: another ``$UNROLL_FIGURE_FORMAT``.
+    """
     matplotlib.rcParams.update({
         "figure.figsize": FIGSIZE, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 2.0,
         "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "image.cmap": "cividis",
@@ -54,8 +66,18 @@ def setup(svg: bool = True) -> None:
 
 
 def fit_width(fig, max_width: float = MAX_WIDTH):
-    """Shrink ``fig`` in proportion so that it is at most ``max_width`` inches wide (narrower figures are left
-    alone). Returns the Figure. Raises ValueError if ``max_width`` is not positive."""
+    """Shrink ``fig`` in proportion so that it is at most ``max_width`` inches wide.
+
+    Args:
+        fig: a matplotlib Figure (narrower figures are left alone).
+        max_width: the width limit in inches, > 0.
+
+    Returns:
+        The Figure.
+
+    Raises:
+        ValueError: ``max_width`` not positive.
+    """
     if not max_width > 0:
         raise ValueError(f"max_width must be > 0 inches, got {max_width!r}")
     width, height = fig.get_size_inches()
@@ -67,6 +89,11 @@ def fit_width(fig, max_width: float = MAX_WIDTH):
 def panels(n: int, *, ncols: int | None = None, panel_size: tuple[float, float] = PANEL_SIZE):
     """A figure with ``n`` panels in rows of ``ncols`` (default: as many ``panel_size`` panels as fit
     :data:`MAX_WIDTH`, so wide layouts are stacked), at most :data:`MAX_WIDTH` inches wide.
+
+    Args:
+        n: number of panels, ≥ 1.
+        ncols: panels per row (default: as many as fit).
+        panel_size: (width, height) of one panel in inches.
 
     Returns:
         (fig, axes): the Figure and a list of ``n`` Axes in reading order (unused grid cells are removed).

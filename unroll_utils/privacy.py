@@ -1,8 +1,9 @@
-"""Membership inference and the privacy risk score (paper §2.7; reference-code defects §5 item 4).
+"""Membership inference and the privacy risk score (notebook 12; Song & Mittal, USENIX Security 2021).
 
 A membership-inference attack guesses, from a model's output on a labelled point z = (x, y), whether z
-was in the model's training set. Everything here works on **softmax probabilities** (not raw logits, the
-reference code's defect) computed with the model in **eval mode** (the reference scored in train mode):
+was in the model's training set. Everything here works on **softmax probabilities** computed with the
+model in **eval mode**. The reference ``Privacy_risk_score/calculate_PRS.py`` (cleverhans-lab/unrolling-sgd)
+does neither: its ``Mentr`` is applied to raw logits and its models score in train mode.
 
 - :func:`loss_attack_auc` — the ROC-AUC of the loss as a membership score (a lower loss means
   "member"): the threshold-free summary of the loss-threshold attack of Yeom et al. (CSF 2018), who
@@ -86,11 +87,15 @@ def _check_probs(probs, labels, name: str = "probs",
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Softmax probabilities (N, C) float32 of ``model`` in eval mode (mode flags restored).
+    """Softmax probabilities of ``model`` in eval mode (mode flags restored).
 
     Args:
-        model: a classifier returning logits (N, C). inputs: (N, ...) on the model's device.
+        model: a classifier returning logits (N, C).
+        inputs: (N, ...) on the model's device.
         batch_size: rows per forward pass, >= 1.
+
+    Returns:
+        (N, C) float32 probabilities, rows summing to 1.
 
     Raises:
         ValueError: empty inputs or ``batch_size`` < 1.
@@ -103,38 +108,62 @@ def predict_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024
 
 
 def per_example_loss(probs, labels) -> np.ndarray:
-    """Cross-entropy loss of each point, −log p_y (N,) float64 (p_y clipped at 1e-30)."""
+    """Cross-entropy loss of each point, −log p_y (p_y clipped at 1e-30).
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) int labels in [0, C−1].
+
+    Returns:
+        (N,) float64 losses in nats.
+
+    Raises:
+        ValueError: ``probs`` not (N, C) probabilities or ``labels`` out of range.
+    """
     p, y = _check_probs(probs, labels)
     return -np.log(np.clip(p[np.arange(len(y)), y], LOG_FLOOR, 1.0))
 
 
 def entropy(probs) -> np.ndarray:
-    """Prediction entropy H(p) = −Σ_c p_c log p_c (N,), in nats, in [0, log C] (Song & Mittal
-    eq. (3)).
+    """Prediction entropy H(p) = −Σ_c p_c log p_c, in nats, in [0, log C].
 
     Args:
         probs: (N, C) softmax probabilities (rows summing to 1).
 
+    Returns:
+        (N,) float64.
+
     Raises:
         ValueError: ``probs`` not (N, C), holding NaN/inf or a negative entry, or a row not summing to 1
             (raw logits: apply softmax first).
+
+    Source: Song & Mittal, USENIX Security 2021, eq. (3).
     """
     p = _check_prob_rows(probs)
     return -np.sum(p * np.log(np.clip(p, LOG_FLOOR, 1.0)), axis=1)
 
 
 def modified_entropy(probs, labels) -> np.ndarray:
-    """Song & Mittal's modified prediction entropy (USENIX Security 2021, eq. (4)), (N,) in nats:
+    """Song & Mittal's modified prediction entropy, in nats:
 
         Mentr(p, y) = −(1 − p_y)·log(p_y) − Σ_{c≠y} p_c·log(1 − p_c).
 
     It is 0 for a confident correct prediction (p_y = 1) and grows without bound for a confident
     wrong one, so members (fitted points) have small values. Logs clip their argument at 1e-30, as
-    Song & Mittal's code does. Unlike the reference code (``Privacy_risk_score/calculate_PRS.py``),
-    ``probs`` must be softmax probabilities (checked).
+    Song & Mittal's code does. Unlike the reference code (``Privacy_risk_score/calculate_PRS.py``,
+    ``Mentr``, applied to raw logits), ``probs`` must be softmax probabilities (checked).
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) int labels in [0, C−1].
+
+    Returns:
+        (N,) float64, ≥ 0.
 
     Raises:
         ValueError: ``probs`` not (N, C) probabilities or ``labels`` out of range.
+
+    Source: Song & Mittal, USENIX Security 2021, eq. (4).
     """
     p, y = _check_probs(probs, labels)
     rows = np.arange(len(y))
@@ -147,21 +176,55 @@ def modified_entropy(probs, labels) -> np.ndarray:
 
 
 def confidence(probs, labels) -> np.ndarray:
-    """Confidence in the true class, p_y (N,) (Song & Mittal eq. (2))."""
+    """Confidence in the true class, p_y (Song & Mittal eq. (2)).
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) int labels in [0, C−1].
+
+    Returns:
+        (N,) float64 in [0, 1].
+
+    Raises:
+        ValueError: as :func:`per_example_loss`.
+    """
     p, y = _check_probs(probs, labels)
     return p[np.arange(len(y)), y]
 
 
 def correctness(probs, labels) -> np.ndarray:
-    """1.0 where argmax p = y, else 0.0 (N,) (Song & Mittal eq. (1); Yeom et al. 2018)."""
+    """1.0 where argmax p = y, else 0.0 (Song & Mittal eq. (1); Yeom et al. 2018).
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) int labels in [0, C−1].
+
+    Returns:
+        (N,) float64 of 0.0 and 1.0.
+
+    Raises:
+        ValueError: as :func:`per_example_loss`.
+    """
     p, y = _check_probs(probs, labels)
     return (p.argmax(1) == y).astype(np.float64)
 
 
 def attack_values(probs, labels, metric: str) -> np.ndarray:
-    """The attack value of each point for ``metric`` in :data:`ATTACK_METRICS`, oriented so that a
-    higher value means "member": correctness and confidence as they are, entropy and modified entropy
-    negated. Shape (N,) float64. Raises ValueError for an unknown ``metric``."""
+    """The attack value of each point for one of Song & Mittal's metrics, higher meaning "member".
+
+    Correctness and confidence as they are; entropy and modified entropy negated.
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        labels: (N,) int labels in [0, C−1].
+        metric: one of :data:`ATTACK_METRICS`.
+
+    Returns:
+        (N,) float64.
+
+    Raises:
+        ValueError: an unknown ``metric``, or as :func:`per_example_loss`.
+    """
     if metric == "correctness":
         return correctness(probs, labels)
     if metric == "confidence":
@@ -179,6 +242,13 @@ def roc_auc(member_scores, nonmember_scores) -> float:
 
     0.5: the score tells nothing (e.g. identical distributions); 1: every member scores above every
     non-member. Computed by ``sklearn.metrics.roc_auc_score`` (ties count one half).
+
+    Args:
+        member_scores: (N_in,) scores of members.
+        nonmember_scores: (N_out,) scores of non-members.
+
+    Returns:
+        The AUC as a float.
 
     Raises:
         ValueError: either side empty or non-finite scores.
@@ -199,14 +269,28 @@ def loss_attack_auc(member_losses, nonmember_losses) -> float:
     Yeom et al. call a point a member when its loss is below one threshold (the average training
     loss) and report that attack's membership advantage (true- minus false-positive rate); the AUC
     sweeps every threshold instead, so no published table reports this number (see
-    :func:`mia_cv_accuracy` and :func:`svc_mia_efficacy` for those that do). Losses are (N,)
-    per-example losses (e.g. :func:`per_example_loss`). 0.5 = no leakage. See :func:`roc_auc`."""
+    :func:`mia_cv_accuracy` and :func:`svc_mia_efficacy` for those that do).
+
+    Args:
+        member_losses: (N_in,) per-example losses of members (e.g. :func:`per_example_loss`).
+        nonmember_losses: (N_out,) per-example losses of non-members.
+
+    Returns:
+        The AUC; 0.5 = no leakage.
+
+    Raises:
+        ValueError: as :func:`roc_auc`.
+    """
     return roc_auc(-_np(member_losses).astype(np.float64), -_np(nonmember_losses).astype(np.float64))
 
 
 def best_threshold(member_values, nonmember_values) -> tuple[float, float]:
     """Song & Mittal's threshold choice: the τ among the observed values that maximises the balanced
-    accuracy ½·(P[v ≥ τ | member] + P[v < τ | non-member]) (attack values: higher = member).
+    accuracy ½·(P[v ≥ τ | member] + P[v < τ | non-member]).
+
+    Args:
+        member_values: (N_in,) attack values of members (higher = member).
+        nonmember_values: (N_out,) attack values of non-members.
 
     Returns:
         (τ, balanced accuracy at τ). Ties keep the smallest τ.
@@ -250,7 +334,18 @@ class MetricAttack:
             raise ValueError(f"metric must be one of {list(ATTACK_METRICS)}; got {self.metric!r}")
 
     def fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels) -> "MetricAttack":
-        """Choose the per-class thresholds on shadow data; (N, C)/(N,) arrays. Returns self."""
+        """Choose the per-class thresholds on shadow (or reference) data.
+
+        Args:
+            member_probs, member_labels: (N_in, C) probabilities and (N_in,) labels of members.
+            nonmember_probs, nonmember_labels: (N_out, C) and (N_out,) of non-members.
+
+        Returns:
+            self, with :attr:`thresholds` set ((C,); left empty for correctness).
+
+        Raises:
+            ValueError: non-probability rows, labels out of range, or class counts that differ.
+        """
         if self.metric == "correctness":
             return self
         mp, my = _check_probs(member_probs, member_labels)
@@ -267,7 +362,18 @@ class MetricAttack:
         return self
 
     def predict(self, probs, labels) -> np.ndarray:
-        """(N,) bool: True where the attack calls the point a member."""
+        """Membership calls of the attack.
+
+        Args:
+            probs: (N, C) softmax probabilities.
+            labels: (N,) int labels in [0, C−1].
+
+        Returns:
+            (N,) bool, True where the attack calls the point a member.
+
+        Raises:
+            ValueError: not fitted for C classes (call :meth:`fit` first), or as :func:`per_example_loss`.
+        """
         p, y = _check_probs(probs, labels)
         v = attack_values(p, y, self.metric)
         if self.metric == "correctness":
@@ -277,8 +383,20 @@ class MetricAttack:
         return v >= self.thresholds[y]
 
     def balanced_accuracy(self, member_probs, member_labels, nonmember_probs, nonmember_labels) -> float:
-        """½·(fraction of members flagged + fraction of non-members not flagged), in [0, 1]; 0.5 =
-        chance. Song & Mittal's reported attack accuracy on a balanced evaluation set."""
+        """½·(fraction of members flagged + fraction of non-members not flagged), in [0, 1]; 0.5 = chance.
+
+        Song & Mittal's reported attack accuracy on a balanced evaluation set.
+
+        Args:
+            member_probs, member_labels: (N_in, C) and (N_in,) of members.
+            nonmember_probs, nonmember_labels: (N_out, C) and (N_out,) of non-members.
+
+        Returns:
+            The balanced accuracy as a float.
+
+        Raises:
+            ValueError: as :meth:`predict`.
+        """
         return 0.5 * (float(self.predict(member_probs, member_labels).mean())
                       + 1.0 - float(self.predict(nonmember_probs, nonmember_labels).mean()))
 
@@ -319,7 +437,16 @@ class RiskHistograms:
     @classmethod
     def fit(cls, member_probs, member_labels, nonmember_probs, nonmember_labels,
             bins: int = 5, log_bins: bool = True) -> "RiskHistograms":
-        """Histograms from shadow data: (N_in, C)/(N_in,) members, (N_out, C)/(N_out,) non-members.
+        """Histograms of the modified entropy from a shadow model's outputs.
+
+        Args:
+            member_probs, member_labels: (N_in, C) probabilities and (N_in,) labels of shadow members.
+            nonmember_probs, nonmember_labels: (N_out, C) and (N_out,) of shadow non-members.
+            bins: bins per class, ≥ 1.
+            log_bins: log-spaced edges (Song & Mittal's default).
+
+        Returns:
+            :class:`RiskHistograms` with C classes.
 
         Raises:
             ValueError: bins not an integer >= 1, bad shapes, NaN or non-probability rows (naming
@@ -335,13 +462,19 @@ class RiskHistograms:
     @classmethod
     def from_values(cls, member_values, member_labels, nonmember_values, nonmember_labels, *,
                     n_classes: int, bins: int = 5, log_bins: bool = True) -> "RiskHistograms":
-        """Histograms of any per-point value (modified entropy in :meth:`fit`; the authors' code
-        also allows entropy or loss), (N_in,)/(N_in,) members and (N_out,)/(N_out,) non-members.
+        """Histograms of any per-point value (modified entropy in :meth:`fit`; the authors' code also
+        allows entropy or loss).
 
         Args:
-            member_values, nonmember_values: finite floats (≥ 0 with ``log_bins``; clipped below
-                at 1e-10 there). member_labels, nonmember_labels: integers in [0, n_classes − 1].
-            n_classes: C ≥ 1. bins: ≥ 1 per class. log_bins: log-spaced edges.
+            member_values, nonmember_values: (N_in,) and (N_out,) finite floats (≥ 0 with ``log_bins``;
+                clipped below at 1e-10 there).
+            member_labels, nonmember_labels: (N_in,) and (N_out,) integers in [0, n_classes − 1].
+            n_classes: C ≥ 1.
+            bins: bins per class, ≥ 1.
+            log_bins: log-spaced edges.
+
+        Returns:
+            :class:`RiskHistograms` with ``n_classes`` classes.
 
         Raises:
             ValueError: bins or n_classes not an integer ≥ 1, mismatched shapes, non-finite or (with

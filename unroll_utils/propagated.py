@@ -1,7 +1,8 @@
 """Hessian-propagated single gradient unlearning: the correction that follows the trajectory.
 
-Single gradient unlearning (:mod:`unroll_utils.unlearning`, paper §1.3) adds back η·∇L(w; x*) for
-every step τ_k that saw the forget set x*. Unrolling SGD one order further (paper §1.6) says what
+Single gradient unlearning (:mod:`unroll_utils.unlearning`, notebook 03 eq. (1)) adds back η·∇L(w; x*)
+for every step τ_k that saw the forget set x*. Unrolling SGD one order further (notebook 02,
+eqs. (3)–(6); notebook 14, eq. (1)) says what
 became of that trace: each later step multiplies it by (I − η H_i), so after t steps
 
     δ_t ≈ Σ_k Π_{i>τ_k} (I − η H_i) · (−η_k ∇L(w_{τ_k − 1}; x*)),
@@ -19,13 +20,12 @@ where η·θ > 2 or θ < 0 (negative curvature), where (1 − ηθ)^n would blow
 choice (SGD does not amplify those directions indefinitely in practice), not part of the expansion.
 The error estimate is the norm of the last Krylov update, ‖g‖·‖f(T_m)e_1 − [f(T_{m−1})e_1; 0]‖ (the
 change from m − 1 to m Lanczos steps; no extra HVP; 0 when the Krylov space is invariant, i.e. the
-residual β_m vanishes). On a tiny CNN's exact Hessian it was within 0.5–2× of the true error, while
-the residual term ‖g‖·β_m·|[f(T_m)]_{m,1}| (exact for smooth f in the limit) underestimated it
-10–200×, because the clamp makes f non-smooth.
+residual β_m vanishes). It is used instead of the residual term ‖g‖·β_m·|[f(T_m)]_{m,1}| (exact
+for smooth f in the limit), which underestimates the error when the clamp makes f non-smooth.
 
 This is first-order in the products and linear in the Hessian; it is exact for a quadratic loss
 trained by full-batch gradient descent on the retain set between x*'s steps (H̄ = that Hessian). It
-assumes plain SGD (momentum makes x*'s trace a different polynomial, see notebook 03 §6).
+assumes plain SGD (momentum makes x*'s trace a different polynomial, see notebook 03, eq. (3)).
 
 Which steps count (a convention): n_k counts the steps τ_k < i ≤ t whose batch held at least one
 retain point. A later step on a batch of forget points only is not counted: M′ does not move there
@@ -87,17 +87,15 @@ class PropagatedConfig:
     """Choices of Hessian-propagated single gradient unlearning.
 
     Attributes:
-        krylov: m ≥ 1, Lanczos steps (HVPs) per visit of x*. 10 is within 2% of 20 on the
-            default main job (see notebook 14).
-        points: the Hessian batch H̄ is taken on the first ``points`` training points, ≥ 1 (128,
-            the main job's σ batch: on the default main job its VE was within 1% of 512 points
-            at a quarter of the HVP cost).
+        krylov: m ≥ 1, Lanczos steps (HVPs) per visit of x* (notebook 14 compares m with 2m).
+        points: the Hessian batch H̄ is taken on the first ``points`` training points, ≥ 1 (default
+            128, the main job's σ batch).
         at: where H̄ is taken: ``"current"`` (M's weights w_t being unlearned, default) or
             ``"w0"`` (the initial weights; one Lanczos run per visit, reused at every t, but stale
             later in training).
         bn_mode: BatchNorm mode of H̄: ``"train"`` (batch statistics, as SGD trains; default) or
-            ``"eval"`` (running statistics; the wrong operator for the trajectory, ~12× the
-            curvature on the default job).
+            ``"eval"`` (running statistics; not the operator SGD steps with, see notebook 14,
+            section 3).
         clamp: clamp f to [−1, 1] (default True; without it negative or large Ritz values blow
             the powers up).
         every: compute the correction at measurement steps t = 1, multiples of ``every`` and the
@@ -141,6 +139,8 @@ def propagation_factor(x: np.ndarray, lr: float, steps: int, *, clamp: bool = Tr
 
     Raises:
         ValueError: lr ≤ 0, steps not an integer ≥ 0, weight_decay < 0 (or non-finite).
+
+    Source: notebook 14, eq. (2) (f_n; here with weight decay, which adds λ_wd to every eigenvalue).
     """
     lr = check_number("lr", lr, positive=True)
     steps = check_int("steps", steps, 0)
@@ -316,6 +316,8 @@ def propagated_correction(matvec: MatVec, visits: Sequence[Visit], t: int, *, kr
 
     Raises:
         ValueError: a visit after t, repeated visit steps, or as :func:`lanczos_basis`.
+
+    Source: notebook 14, eq. (2).
     """
     if not visits:
         raise ValueError("no visit of the forget set to unlearn")
@@ -382,6 +384,8 @@ def propagated_unlearning(model: nn.Module, loss_fn, hessian_x: torch.Tensor,
         ValueError: lr not > 0, ``steps_after`` empty or holding a non-integer (3.7) or a negative
             count, weight_decay not ≥ 0, krylov not an integer ≥ 1, clamp not a bool, bad
             ``bn_mode``.
+
+    Source: notebook 14, eq. (2), with g_k = ∇L(w_0; x*) for every visit.
     """
     lr = check_number("lr", lr, positive=True)
     if isinstance(steps_after, np.ndarray):
@@ -441,21 +445,50 @@ class PropagatedUndo:
         self.bases: dict[int, KrylovBasis] = {}  # at="w0": one Lanczos run per visit, reused
 
     def due(self, t: int, last: bool) -> bool:
-        """Computed at t = 1, multiples of ``every`` and the last step (of the measurement steps)."""
+        """Whether the correction is computed at this measurement step.
+
+        Args:
+            t: the step (1-based).
+            last: whether it is the run's last step.
+
+        Returns:
+            True at t = 1, at multiples of ``config.every`` and at the last step.
+        """
         return t == 1 or t % self.config.every == 0 or last
 
     def record(self, step: int, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
                fmask: torch.Tensor) -> None:
-        """Record that M's step number ``step`` (1-based) will use batch (xb, yb) with forget points
-        ``fmask`` (N_b,) bool; call before the step (the gradient is taken at M's current weights).
-        A batch of forget points only is marked ``forget_only`` (M′ skips that step)."""
+        """Record a visit of x*: M's step number ``step`` will use a batch holding forget points.
+
+        Call it before the step: the gradient is taken at M's current weights. A batch of forget points
+        only is marked ``forget_only`` (M′ skips that step).
+
+        Args:
+            step: M's step number (1-based).
+            model: M, before the step.
+            xb, yb: (N_b, ...) inputs and (N_b,) labels of the batch.
+            fmask: (N_b,) bool, True for the forget points.
+        """
         g = forget_gradient(model, self.loss_fn, xb, yb, fmask, bn_mode=self.undo_bn_mode,
                             form=self.undo_form)
         self.visits.append(Visit(step, self.lr, flatten(g), forget_only=bool(fmask.all())))
 
     def correction(self, t: int, model: nn.Module, initial: nn.Module) -> tuple[list[torch.Tensor], dict]:
-        """u at step t (w‴_t = w_t + u, ``model.parameters()`` order) and the row fields
-        ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``."""
+        """The propagated correction u at step t (w‴_t = w_t + u).
+
+        Args:
+            t: the step being unlearned.
+            model: M at w_t (H̄ is taken there unless ``config.at == "w0"``).
+            initial: the model at w_0 (used with ``config.at == "w0"``).
+
+        Returns:
+            (u as tensors in ``model.parameters()`` order, the row fields ``propagated_hvps``,
+            ``propagated_error``, ``propagated_seconds``).
+
+        Raises:
+            ValueError: a model with frozen parameters (H̄ and the gradient differ in size), or as
+                :func:`propagated_correction`.
+        """
         start = time.perf_counter()
         cfg = self.config
         ops: list[HessianOperator] = []
@@ -480,9 +513,11 @@ class PropagatedUndo:
                                       "propagated_seconds": time.perf_counter() - start}
 
     def state_dict(self) -> dict:
+        """The recorded visits, for a run's checkpoint."""
         return {"propagated_visits": [(v.step, v.lr, v.gradient, v.forget_only) for v in self.visits]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the visits of :meth:`state_dict` (the cached Lanczos runs are dropped)."""
         # (checkpoints written before ``forget_only`` existed hold 3-tuples: counted as mixed batches)
         self.visits = [Visit(*row) for row in state["propagated_visits"]]
         self.bases = {}

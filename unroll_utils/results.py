@@ -87,7 +87,17 @@ def save_table(table: pd.DataFrame, path: str | os.PathLike, config: dict | None
 
 
 def load_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict, dict]:
-    """Read back what :func:`save_table` wrote: (table, config, summary)."""
+    """Read back what :func:`save_table` wrote.
+
+    Args:
+        path: the table's path, with or without ``.csv``/``.json``.
+
+    Returns:
+        (table, config, summary): the DataFrame and the two dicts of the ``.json``.
+
+    Raises:
+        FileNotFoundError: either file missing.
+    """
     base = Path(path)
     if base.suffix in (".csv", ".json"):
         base = base.with_suffix("")
@@ -96,20 +106,45 @@ def load_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict, dict]:
 
 
 def fingerprint(config: dict) -> str:
-    """A short stable hash of a configuration (to refuse resuming a run with another config)."""
+    """A short stable hash of a configuration (to refuse resuming a run with another config).
+
+    Args:
+        config: a dict; what JSON lacks is converted (0-d arrays and tensors to numbers, non-finite
+            floats to null, other objects to their ``str``).
+
+    Returns:
+        The first 16 hex digits of the SHA-256 of its sorted-key JSON.
+    """
     blob = json.dumps(_jsonable(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` a state dict atomically."""
+    """``torch.save`` a state dict atomically.
+
+    Args:
+        state: any picklable object.
+        path: the file to write (its folder is created).
+
+    Returns:
+        The path written.
+    """
     import torch  # here, so that tables and the sweep runner do not pay for importing torch
 
     return atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`."""
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=False``: load only files
+    you wrote).
+
+    Args:
+        path: the file.
+        map_location: as ``torch.load``'s (default: tensors onto the CPU).
+
+    Returns:
+        The saved object.
+    """
     import torch
 
     return torch.load(path, map_location=map_location, weights_only=False)
@@ -128,6 +163,9 @@ def load_or_run(key: str, fn: Callable[[], Any], cache_dir: str | os.PathLike,
         fn: zero-argument function whose result is picklable (tensors, DataFrames, dicts...).
         cache_dir: folder for the cache files (created).
         overwrite: recompute even if cached.
+
+    Returns:
+        ``fn()``'s result, or the cached one.
 
     Raises:
         ValueError: if ``key`` has characters outside ``[A-Za-z0-9._=-]``.

@@ -10,7 +10,7 @@ softmax outputs (``"mean_softmax"``, their ``--output_type softmax``).
 
 Epochs: by default the single model's E epochs are spread over the R stages as Bourtoule's ``sisa.py``
 does (:func:`stage_epochs`), so each shard sees about E epochs' worth of its data; ``schedule=
-"per_stage"`` gives every stage ``epochs_per_slice`` epochs instead (this package's earlier default).
+"per_stage"`` gives every stage ``epochs_per_slice`` epochs instead.
 
 The paper (Thudi et al. 2022) compares the cost of single gradient unlearning with SISA's; this small
 implementation is the measuring stick (notebook 13). Costs are counted in SGD steps and wall seconds.
@@ -39,8 +39,7 @@ SCHEDULES = ("spread", "per_stage")
 
 
 def stage_epochs(epochs: int, n_slices: int) -> list[int]:
-    """Epochs of each of the R slice stages when the single model's E epochs are spread over them, as
-    Bourtoule et al.'s ``sisa.py`` (cleverhans-lab/machine-unlearning) does:
+    """Epochs of each of the R slice stages when the single model's E epochs are spread over them:
 
         avg = 2R/(R+1) · E/R,    e_r = ⌊(r+1)·avg⌋ − ⌊r·avg⌋   (r = 0..R−1),
 
@@ -48,8 +47,17 @@ def stage_epochs(epochs: int, n_slices: int) -> list[int]:
     Σ_r e_r (r+1)/R ≈ E epochs of its data. A stage may get 0 epochs (then it only checkpoints).
     Example: E = 5, R = 4: avg = 2, e = [2, 2, 2, 2], 8 stage-epochs, 5 shard-epochs of data.
 
+    Args:
+        epochs: E ≥ 1, the single model's epochs.
+        n_slices: R ≥ 1.
+
+    Returns:
+        [e_0, ..., e_{R−1}], integers ≥ 0.
+
     Raises:
         ValueError: ``epochs`` or ``n_slices`` not an integer ≥ 1.
+
+    Source: Bourtoule et al.'s ``sisa.py`` (cleverhans-lab/machine-unlearning).
     """
     for name, v in (("epochs", epochs), ("n_slices", n_slices)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -66,6 +74,12 @@ def expected_retrain_fraction(epochs_per_stage) -> float:
 
     which is (2R+1)/(3R) when every stage has the same epochs (3/4 for R = 4; it tends to 2/3, not
     1/2, as R grows). Work counted in points seen (SGD steps up to the rounding of the last batch).
+
+    Args:
+        epochs_per_stage: e_0, ..., e_{R−1} (e.g. :func:`stage_epochs`).
+
+    Returns:
+        The fraction, in (0, 1].
 
     Raises:
         ValueError: an empty list or no epochs at all.
@@ -104,13 +118,13 @@ class SISA:
             (``schedule="spread"``, Bourtoule et al.'s ``sisa.py``; required there).
         schedule: ``"spread"`` (default, the source's: each shard sees ≈ E epochs of its data) or
             ``"per_stage"``: every stage r (over slices 0..r) trains ``epochs_per_slice`` = k
-            epochs, so a shard sees k·(R+1)/2 epochs of its data (this package's earlier default,
-            k = 1: half of E = 5 at R = 4).
+            epochs, so a shard sees k·(R+1)/2 epochs of its data (k = 1, R = 4: 2.5 epochs).
         epochs_per_slice: epochs of each stage under ``"per_stage"`` (default 1), ≥ 1.
         seed: seeds the partition, every shard's initialisation and every stage's data order.
 
     State after :meth:`fit`: ``slices[s][r]`` (sorted int64 training indices), ``models[s]``,
     ``checkpoints[s][r]`` (state dict after stage r) and ``stage_epochs`` (epochs of each stage).
+
     Source: Bourtoule et al., IEEE S&P 2021, §IV; cleverhans-lab/machine-unlearning ``sisa.py``.
 
     Raises:
@@ -167,8 +181,14 @@ class SISA:
         return steps
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> UnlearnCost:
-        """Partition (N, ...) inputs ``x`` and (N,) labels ``y`` by a seeded permutation and train every
-        shard slice by slice. Returns the cost (all shards; ``retrained`` maps every shard to 0).
+        """Partition the training set by a seeded permutation and train every shard slice by slice.
+
+        Args:
+            x: (N, ...) inputs.
+            y: (N,) int64 labels.
+
+        Returns:
+            :class:`UnlearnCost` of all shards (``retrained`` maps every shard to 0).
 
         Raises:
             ValueError: fewer than S·R points, or mismatched lengths.
@@ -189,9 +209,15 @@ class SISA:
         return UnlearnCost(steps, time.perf_counter() - start, {s: 0 for s in range(self.n_shards)})
 
     def unlearn(self, indices, *, from_scratch: bool = False) -> UnlearnCost:
-        """Remove training points (indices into the ``x`` given to :meth:`fit`) and retrain each affected
-        shard from its last clean slice checkpoint (``from_scratch=True``: from the initialisation,
-        for comparison; the result is the same model).
+        """Remove training points and retrain each affected shard from its last clean slice checkpoint.
+
+        Args:
+            indices: indices into the ``x`` given to :meth:`fit`.
+            from_scratch: retrain affected shards from the initialisation instead (for comparison; the
+                result is the same model).
+
+        Returns:
+            :class:`UnlearnCost`; ``retrained`` maps each affected shard to the first slice retrained.
 
         Raises:
             ValueError: before :meth:`fit`, empty or duplicate indices, or an index that is not (or no
@@ -219,17 +245,33 @@ class SISA:
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of the S shard models' softmax probabilities, (N, C), eval mode."""
+        """Mean of the S shard models' softmax probabilities, in eval mode.
+
+        Args:
+            x: (N, ...) inputs.
+
+        Returns:
+            (N, C) float32.
+        """
         return torch.stack([predict_probs(m, x) for m in self.models]).mean(0)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, aggregation: str = "majority_vote") -> torch.Tensor:
-        """(N,) predicted labels: the vote of the shard models' labels (default, Bourtoule et al.'s:
-        ``np.argmax`` of the summed one-hot outputs, so ties go to the smallest label), or the argmax
-        of the mean softmax (``"mean_softmax"``).
+        """Aggregated labels of the shard models.
+
+        Args:
+            x: (N, ...) inputs.
+            aggregation: ``"majority_vote"`` (default, Bourtoule et al.'s: ``np.argmax`` of the summed
+                one-hot outputs, so ties go to the smallest label) or ``"mean_softmax"`` (the argmax of the
+                mean softmax).
+
+        Returns:
+            (N,) int64 labels.
 
         Raises:
             ValueError: an unknown ``aggregation`` (the allowed names are listed).
+
+        Source: cleverhans-lab/machine-unlearning ``aggregation.py`` (``uniform`` vote).
         """
         if aggregation == "mean_softmax":
             return self.predict_proba(x).argmax(1)
@@ -241,5 +283,14 @@ class SISA:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}; got {aggregation!r}")
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, aggregation: str = "majority_vote") -> float:
-        """Top-1 accuracy in [0, 1] of the aggregated prediction (see :meth:`predict`)."""
+        """Top-1 accuracy in [0, 1] of the aggregated prediction.
+
+        Args:
+            x: (N, ...) inputs.
+            y: (N,) labels.
+            aggregation: as :meth:`predict`.
+
+        Returns:
+            The fraction of correct labels.
+        """
         return float((self.predict(x, aggregation).cpu() == y.cpu()).double().mean())

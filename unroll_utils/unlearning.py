@@ -1,5 +1,5 @@
-"""Single gradient unlearning and its variants (paper §1.3, §1.6), and the correction a lock-step
-run accumulates (:class:`UndoAccumulator`, :func:`with_undo`).
+"""Single gradient unlearning and its variants (notebook 02, eqs. (6)–(7); notebook 03, eq. (1)), and the
+correction a lock-step run accumulates (:class:`UndoAccumulator`, :func:`with_undo`).
 
 Unrolling SGD to first order around w_0, every step that saw the forget set x* moved the weights by
 −η·(1/|B|)·Σ_{x∈x*∩B} ∇ℓ(w_0; x). Single gradient unlearning adds those terms back:
@@ -24,8 +24,8 @@ M's step on B and M′'s step on B∖x*. The two coincide when x* fills whole ba
 protocol); when x* shares a batch with retained points, M′ averages over fewer points and only
 ``"batch_difference"`` is exact at t = 1.
 
-The reference ``checkpoint_version.py`` also resets its checkpoint to w_0 at each epoch start
-(§5 item 8); here checkpoints are M's weights at every multiple of ``checkpoint_freq`` steps.
+The reference ``Unlearning/checkpoint_version.py`` also resets its checkpoint to w_0 at each epoch
+start; here checkpoints are M's weights at every multiple of ``checkpoint_freq`` steps.
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: to
     Raises:
         ValueError: bad ``bn_mode``/``form``, mask of the wrong shape, or a mask with no forget point.
 
-    Source: paper §1.3; §5 item 12 (one ``autograd.grad``, no retained graph, no mutation).
+    Source: notebook 03, eq. (1); reference ``Unlearning/correlation_verification.py`` (the undo
+    gradient of ``M_pretrain`` in train mode). The reference calls ``backward(retain_graph=True)``
+    and then ``autograd.grad(create_graph=True)``, which accumulates into ``M_pretrain``'s
+    ``.grad`` and updates its BatchNorm buffers; here one ``autograd.grad`` on copies does neither.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}")
@@ -108,7 +111,7 @@ def forget_gradient(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: to
 
 def single_gradient_unlearning(weights_t: Sequence[torch.Tensor], forget_grad: Sequence[torch.Tensor],
                                lr: float, times_seen: int | float = 1) -> list[torch.Tensor]:
-    """The canonical update w″ = w_t + m·η·∇L(w_0; x*) (paper §1.3).
+    """The canonical update w″ = w_t + m·η·∇L(w_0; x*).
 
     Args:
         weights_t: M's weights w_t (``model.parameters()`` order).
@@ -121,6 +124,9 @@ def single_gradient_unlearning(weights_t: Sequence[torch.Tensor], forget_grad: S
 
     Raises:
         ValueError: lr ≤ 0, m < 0, or mismatched shapes.
+
+    Source: notebook 03, eq. (1); reference ``Unlearning/correlation_verification.py``
+    (``old_params[name] += (ep+1) * args.lr * grads[i]``).
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr}")

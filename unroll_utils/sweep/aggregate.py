@@ -30,9 +30,15 @@ def _cell(value: Any) -> Any:
 
 
 def collect(grid: Grid) -> pd.DataFrame:
-    """Every complete run's results in one tidy table: ``run``, the run's parameters (every shared and
-    swept one; a parameter whose name is also a results column is called ``param_<NAME>``), then the
-    notebook's results columns, one row per results row, runs in grid order.
+    """Every complete run's results in one tidy table.
+
+    Args:
+        grid: the loaded grid (:func:`unroll_utils.sweep.grid.load_grid`).
+
+    Returns:
+        DataFrame with ``run``, the run's parameters (every shared and swept one; a parameter whose
+        name is also a results column is called ``param_<NAME>``), then the notebook's results
+        columns: one row per results row, runs in grid order.
 
     Raises:
         GridError: if the notebook writes no results table (it has no ``RESULTS_DIR`` parameter).
@@ -102,8 +108,20 @@ def summarize(table: pd.DataFrame, y: str, x: str, hue: str | None = None, facet
 
 def plot_summary(summary: pd.DataFrame, y: str, x: str, hue: str | None = None, title: str | None = None,
                  logx: bool = False, logy: bool = False, save: str | os.PathLike | None = None):
-    """Means (lines, through :func:`unroll_utils.plot.plot_curves`) with their CIs (shaded bands) of a
-    :func:`summarize` table, one curve per ``hue`` value. Returns the matplotlib Figure."""
+    """Means (lines, through :func:`unroll_utils.plot.plot_curves`) with their CIs (shaded bands).
+
+    Args:
+        summary: a :func:`summarize` table (columns ``mean``, ``low``, ``high``, ``n``).
+        y: the summarised column, named in the y label.
+        x: the column on the x axis.
+        hue: a column giving one curve per value (None: one curve).
+        title: the axes title.
+        logx, logy: log scales.
+        save: also write the figure to this path.
+
+    Returns:
+        The matplotlib Figure.
+    """
     from unroll_utils import plot
 
     groups = summary.groupby(hue, sort=True) if hue else [(None, summary)]
@@ -163,6 +181,11 @@ def aggregate(grid: Grid, figures: list[dict] | None = None) -> tuple[pd.DataFra
     as PNGs plus the summary table of each (columns mean, low, high, n: the mean over seeds and its 95%
     interval, Student's t by default, the percentile bootstrap with ``ci: bootstrap``; see
     :func:`summarize` and the module docstring).
+
+    Args:
+        grid: the loaded grid.
+        figures: figure specs, mappings with ``y`` and ``x`` and optionally ``hue``, ``rows``,
+            ``ci``, ``logx``, ``logy``, ``name`` (default: the grid's ``figures``).
 
     Returns:
         (the tidy table, the files written).

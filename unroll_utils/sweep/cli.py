@@ -53,7 +53,14 @@ def _show(frame: pd.DataFrame, max_rows: int = 40) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (2 for a bad grid, 1 if a run failed)."""
+    """The command line ``python -m unroll_utils.sweep``.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, 2 for a bad grid, 1 if a run failed.
+    """
     args = _parser().parse_args(argv)
     try:
         if args.command == "params":

@@ -109,6 +109,7 @@ class Grid:
 
     @property
     def seed_name(self) -> str | None:
+        """The seed parameter's name, or None when the grid has no ``seeds``."""
         return next(iter(self.seeds), None)
 
     def points(self) -> list[dict[str, Any]]:
@@ -210,6 +211,19 @@ def _check_executor(raw: Any) -> ExecutorOptions:
 
 
 def check_figures(raw: Any) -> list[dict]:
+    """Validate the ``figures`` entry of a grid.
+
+    Args:
+        raw: a list of mappings with ``y`` and ``x`` and optionally the other :data:`FIGURE_KEYS`
+            (None or empty: no figure).
+
+    Returns:
+        The specs, copied.
+
+    Raises:
+        GridError: naming the entry (``figures[i]``) and the key: not a list of mappings, ``y`` or
+            ``x`` missing, an unknown key, ``rows`` not auto/last/all, an unknown ``ci`` method.
+    """
     raw = raw or []
     if not isinstance(raw, list):
         raise GridError("figures: must be a list of mappings such as {y: ve, x: t, hue: LR}")
@@ -251,6 +265,9 @@ def load_grid(path: str | os.PathLike, kind: str | None = None, workers: int | N
         path: the YAML grid file; relative ``notebook``/``output`` paths are relative to its folder.
         kind: overrides ``executor.kind`` (the command line's ``--executor``).
         workers: overrides ``executor.workers``.
+
+    Returns:
+        The validated :class:`Grid`.
 
     Raises:
         GridError: naming the file, line and column for malformed YAML or a key given twice in one

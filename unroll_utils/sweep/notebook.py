@@ -38,6 +38,7 @@ class NotebookParameter:
 
     @property
     def type_name(self) -> str:
+        """The type of the literal default (``"any"`` for None or a non-literal default)."""
         return "any" if self.value is _NONLITERAL or self.value is None else type(self.value).__name__
 
 
@@ -47,6 +48,12 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, NotebookParameter]
     Names come from ``papermill.inspect_notebook`` and, for lines its line parser skips (an assignment
     whose value contains ``==``, or a comment with ``=``), from parsing the ``parameters`` cell with
     :mod:`ast`; literal defaults are read with ``ast.literal_eval``.
+
+    Args:
+        path: the ``.ipynb`` file.
+
+    Returns:
+        dict from name to :class:`NotebookParameter`, in the cell's order.
 
     Raises:
         GridError: if the notebook does not exist, is not a notebook, or has no cell tagged ``parameters``.
@@ -183,11 +190,24 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 
 def check_value(key: str, value: Any, param: NotebookParameter, notebook: Path) -> Any:
-    """``value`` for ``param`` (ints become floats for float parameters) or a GridError naming ``key``.
+    """Check a grid value for a notebook parameter.
 
     Two checks: the type of the notebook's literal default, then the notebook's own validation line
-    (``params.integer(...)`` etc. in the cell after ``parameters``, see :func:`_validation_checks`), which
-    also covers parameters whose default is ``None``."""
+    (``params.integer(...)`` etc. in the cell after ``parameters``, see :func:`_validation_checks`),
+    which also covers parameters whose default is ``None``.
+
+    Args:
+        key: where the value stands in the grid file (named in the error).
+        value: the grid's value.
+        param: the notebook's parameter.
+        notebook: the notebook's path (named in the error).
+
+    Returns:
+        ``value`` (ints become floats for float parameters).
+
+    Raises:
+        GridError: naming ``key``, for a value of another type or one the validation line rejects.
+    """
     if not _type_ok(value, param.value):
         raise GridError(f"{key}: parameter {param.name} of {notebook.name} is a {param.type_name} "
                         f"(default {param.source}); got {value!r} ({type(value).__name__})")

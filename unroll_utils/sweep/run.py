@@ -72,16 +72,19 @@ class Run:
 
     @classmethod
     def for_point(cls, grid: Grid, point: dict) -> "Run":
+        """The run of one grid point; its folder is ``<output>/<hash of notebook, point and env>``."""
         key = results.fingerprint({"notebook": grid.notebook.name, "parameters": point, "env": grid.env})
         return cls(str(grid.notebook), str(grid.output / key), point, dict(grid.env),
                    grid.executor.cell_timeout_s, grid.writes_results)
 
     @property
     def path(self) -> Path:
+        """The run folder."""
         return Path(self.folder)
 
     @property
     def name(self) -> str:
+        """The run folder's name (the hash)."""
         return self.path.name
 
     @property
@@ -94,8 +97,17 @@ class Run:
         return "pending"
 
     def execute(self) -> dict:
-        """Execute the notebook into the run folder unless the run is complete; never raises for a failing
-        notebook (it writes ``failed.json`` with the error and returns state ``failed``)."""
+        """Execute the notebook into the run folder unless the run is complete.
+
+        A failing notebook does not raise: its error goes to ``failed.json`` and the returned state is
+        ``failed``.
+
+        Returns:
+            dict with ``run``, ``state`` (``skipped``, ``done`` or ``failed``) and ``wall_s`` or ``error``.
+
+        Raises:
+            RuntimeError: the run folder's ``params.json`` holds other parameters (no resume into it).
+        """
         if self.state == "done":
             return {"run": self.name, "state": "skipped"}
         self.path.mkdir(parents=True, exist_ok=True)
@@ -183,6 +195,13 @@ def submitit_executor(grid: Grid, kind: str | None = None) -> submitit.AutoExecu
     (``debug`` runs have no limit); for ``slurm`` the grid's ``executor.slurm`` keys map to
     ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``, ``mem_gb`` and
     ``slurm_array_parallelism``, and ``extra`` is passed through.
+
+    Args:
+        grid: the loaded grid.
+        kind: ``local``, ``debug`` or ``slurm`` (default: the grid's ``executor.kind``).
+
+    Returns:
+        The configured ``submitit.AutoExecutor``.
     """
     kind = kind or grid.executor.kind
     executor = submitit.AutoExecutor(folder=grid.output / ".submitit" / "%j", cluster=kind)
@@ -211,6 +230,14 @@ def run_at_most(executor, job: Callable[[Run], dict], runs: Sequence[Run], worke
 
     submitit's local executor starts every job it is given at once; this is the "N at a time" of
     ``executor.workers``. Jobs still running when this is interrupted (Ctrl-C) are cancelled.
+
+    Args:
+        executor: a submitit executor (:func:`submitit_executor`).
+        job: the callable submitted for each run (it returns the run's row).
+        runs: the runs to execute.
+        workers: jobs running at once, ≥ 1.
+        report: called with each finished job's row.
+        poll_s: seconds between checks for finished jobs.
 
     Raises:
         ValueError: if ``workers`` < 1.
@@ -293,7 +320,15 @@ def run_grid(grid: Grid, wait: bool = True, echo: Callable[[str], None] = print)
 
 
 def status(grid: Grid) -> pd.DataFrame:
-    """One row per run: run, state (done / failed / started / pending), the swept parameters, wall_s, error."""
+    """The state of every run of a grid.
+
+    Args:
+        grid: the loaded grid.
+
+    Returns:
+        DataFrame with one row per run: ``run``, ``state`` (done / failed / started / pending), the swept
+        parameters, ``wall_s``, ``error``.
+    """
     rows = []
     for run in grid.runs():
         row = {"run": run.name, "state": run.state, **{k: run.parameters[k] for k in grid.swept}}
