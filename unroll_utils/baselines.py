@@ -10,7 +10,7 @@ score, and run time next to naive retraining. This module trains the original mo
 (recording what amnesiac unlearning needs), retrains M′ on the retain set (the reference), applies each
 method in :data:`METHODS` and tabulates the measurements with means and 95% confidence intervals.
 
-Protocol (the paper's M and M′, §1.1, with a shuffled order): M trains from w_0 for ``epochs`` epochs
+Protocol (the paper's M and M′, notebook 01, with a shuffled order): M trains from w_0 for ``epochs`` epochs
 of plain SGD on a seeded per-epoch shuffle of all N points; naive retraining trains from the same w_0
 on the *same* batches with the forget points removed (a batch of forget points only is skipped), so
 VE = ‖w_method − w′‖ measures the method, not SGD's order noise.

@@ -2,7 +2,7 @@
 
 Pretrain briefly to get w_0, fine-tune M and M′ in lock-step with x* as the first batch, unlearn
 with single gradient unlearning, and report t, VE, ‖w_t − w_0‖, σ, e, rolling e and the Pearson
-correlation of e with VE (paper §2.2 on the embedded MNIST subset, on CPU in a few minutes).
+correlation of e with VE (Exp A of the reference's `Unlearning/correlation_verification.py` on the embedded MNIST subset, on CPU in a few minutes).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class MainJobConfig(SGDConfig):
         model: ``"small_cnn"``, ``"resnet18"`` or ``"vgg19"``.
         width: channel width of ``"small_cnn"`` (16 keeps the CPU run to about a minute).
         n_train: training points for the embedded datasets (mnist, digits only).
-        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (§2.1),
+        pretrain_epochs, pretrain_lr, pretrain_batch_size: pretraining that produces w_0 (notebook 06),
             plain SGD with this run's ``loss``, ``lam`` and ``seed`` (:meth:`pretrain_config`);
             checkpointed and resumable (:class:`unroll_utils.training.SGDTraining`).
         undo_at: where single gradient unlearning takes the gradient.

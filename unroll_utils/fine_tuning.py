@@ -1,4 +1,5 @@
-"""The fine-tuning runs of Exp A and Exp B (paper §2.2–§2.3, notebook 07): one cached, resumable run
+"""The fine-tuning runs of Exp A and Exp B (the reference's `Unlearning/correlation_verification.py` and
+`Unlearning/checkpoint_version.py`; notebook 07): one cached, resumable run
 per configuration (:func:`fine_tuning_run`), and Exp B's single gradient unlearning at the last
 checkpoint with the checkpointed unlearning error at every step (:class:`CheckpointedRun`,
 :func:`checkpointed_errors`; reference ``Unlearning/checkpoint_version.py``). The presets and the

@@ -1,5 +1,5 @@
 """The lock-step engine: M, M′ and M″ stepped together from w_0, measured, and checkpointed
-(paper §1.1–§1.4, §2.2–§2.4).
+(notebooks 03–04; the reference's `Unlearning/correlation_verification.py`).
 
 From the same weights w_0, the original model M trains on every batch of a fixed, recorded order,
 and the naively retrained model M′ trains on the *same* batches with the forget points removed
@@ -79,7 +79,7 @@ class LockStepResult:
 
 class LockStep:
     """A lock-step run of M and M′ from the same w_0, with single gradient unlearning (M″) and the
-    paper's measurements, as a small state machine (paper §1.1–§1.4, §2.2–§2.4).
+    paper's measurements, as a small state machine (notebooks 03–04; the reference's `Unlearning/correlation_verification.py`).
 
     ``step()`` trains M and M′ on the next batch of the recorded order; ``measure()`` appends a
     table row for the current step; ``run()`` loops over both with checkpoints and a progress bar;

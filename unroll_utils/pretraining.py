@@ -1,10 +1,10 @@
-"""Pretraining: the weights w_0 that the fine-tuning experiments start from (paper §2.1).
+"""Pretraining: the weights w_0 that the fine-tuning experiments start from (the reference's `Unlearning/pretrain.py`; notebook 06).
 
 The reference ``pretrain.py`` trains with plain SGD (lr 0.1, **no momentum**, weight decay 5e-4),
 a ``CosineAnnealingLR(T_max=200)`` stepped once per epoch (so over 50 epochs the learning rate only
 falls to ≈ 0.085), batch 128, RandomCrop(32, padding 4) + horizontal flip (+ RandomRotation(15) for
 CIFAR-100), and the cross-entropy or SD loss. :class:`PretrainConfig` has these defaults; Exp C and
-Exp D (§2.4, §2.5) pretrain with other recipes (lr 0.01 or 0.1, no weight decay, no augmentation,
+Exp D (`Unlearning/Correlation_unlearning.py`, `Unlearning/master_unlearning.py`) pretrain with other recipes (lr 0.01 or 0.1, no weight decay, no augmentation,
 constant lr), which are the same class with other values.
 
 :func:`pretrain` caches w_0 under a key made of the full configuration, the data and the
@@ -53,7 +53,7 @@ class PretrainConfig(SGDConfig):
         n_train: training points (None: 4,000 for MNIST, 1,400 for digits, all 50,000 for CIFAR;
             for CIFAR a number keeps the first ``n_train`` points). n_test: test points used for
             the accuracy (None: the whole test split; else the first ``n_test``).
-        loss, lam: ``"ce"`` or ``"sd"`` with λ ≥ 0 (paper §1.5).
+        loss, lam: ``"ce"`` or ``"sd"`` with λ ≥ 0 (notebook 05, eq. (1)).
         lr, momentum, weight_decay, batch_size: SGD (reference: 0.1, 0, 5e-4, 128).
         schedule: ``"cosine"`` (``CosineAnnealingLR(T_max=t_max)`` stepped per epoch, the
             reference) or ``"constant"``.

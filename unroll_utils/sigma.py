@@ -1,4 +1,4 @@
-"""σ along a lock-step run (paper §1.4): when it is measured, on which batch, the warm start
+"""σ along a lock-step run (notebook 04, eq. (1)): when it is measured, on which batch, the warm start
 from the previous eigenvector (or the carried eigenvector of ``sigma_track``), and the running
 mean behind the rolling unlearning error.
 
@@ -23,7 +23,7 @@ __all__ = ["SigmaTracker"]
 
 
 class SigmaTracker:
-    """The σ bookkeeping of a lock-step run (paper §1.4): when σ is measured, on which batch, the
+    """The σ bookkeeping of a lock-step run (notebook 04, eq. (1)): when σ is measured, on which batch, the
     warm start from the previous eigenvector, and the running mean behind rolling e.
 
     Args:
@@ -83,7 +83,7 @@ class SigmaTracker:
 
     def errors(self, t: int, delta_w: float) -> dict:
         """σ (latest), its running mean, e and rolling e at step t (e with t − 1 second-order
-        terms, paper §1.4); NaN before the first measurement."""
+        terms, notebook 04); NaN before the first measurement."""
         if not self.sigmas:
             return {"sigma": math.nan, "sigma_mean": math.nan, "unlearning_error": math.nan,
                     "rolling_unlearning_error": math.nan}

@@ -1,4 +1,5 @@
-"""Training primitives shared by every trajectory: data order, augmentation, SGD steps (paper §2.0–§2.1).
+"""Training primitives shared by every trajectory: data order, augmentation, SGD steps (the reference's
+`Unlearning/pretrain.py` and fine-tuning scripts).
 
 The batches of an epoch (:func:`batch_order`), the per-point augmentation draws
 (:func:`augmentation_draws`, :func:`crop_flip`, :func:`rotation_draws`, :func:`rotate`,
@@ -271,7 +272,7 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.0,
 
 def train_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, progress: bool = True,
               **options) -> list[float]:
-    """Plain SGD training in place (e.g. the pretraining that produces w_0, paper §2.1): the
+    """Plain SGD training in place (e.g. the pretraining that produces w_0, notebook 06): the
     one-call form of :class:`SGDTraining`.
 
     Args:

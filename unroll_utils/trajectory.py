@@ -1,4 +1,5 @@
-"""The lock-step training trajectory of M, M′ and M″ (paper §1.1–§1.4, §2.2–§2.4).
+"""The lock-step training trajectory of M, M′ and M″ (notebooks 03–04; the reference's
+`Unlearning/correlation_verification.py`).
 
 From the same weights w_0, the original model M trains on every batch of a fixed, recorded order,
 and the naively retrained model M′ trains on the *same* batches with the forget points removed

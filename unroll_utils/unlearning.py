@@ -149,7 +149,7 @@ def with_undo(model: nn.Module, undo: list[torch.Tensor]) -> nn.Module:
 
 class UndoAccumulator:
     """The single gradient unlearning correction u (w″ = w_t + u) of a lock-step run, for every
-    ``undo_at`` point of :mod:`unroll_utils.unlearning` (paper §1.3).
+    ``undo_at`` point of :mod:`unroll_utils.unlearning` (notebook 03, eq. (1)).
 
     ``"w0"`` adds η·∇L(w_0; x*∩B) (cached per distinct batch) at every step that saw forget points;
     ``"current"`` adds η·∇L(w_t; x*∩B) right after M's step; ``"final"`` and ``"checkpoint"``

@@ -142,7 +142,7 @@ def _check_positive(name: str, value, integer: bool = False):
 def naive_retraining(task: UnlearningTask, epochs: int | None = None) -> nn.Module:
     """The reference: retrain from w_0 on the retain set (M′; the same batches as M minus the forget
     points). Hyper-parameter ``epochs`` (default: M's). Exact unlearning by construction.
-    Source: paper §1.1 (naive retraining); Cao & Yang, IEEE S&P 2015."""
+    Source: naive retraining as the paper's M′ (arXiv 2109.13398; notebook 01); Cao & Yang, IEEE S&P 2015."""
     cfg = task.config if epochs is None else replace(task.config, epochs=_check_positive("epochs", epochs, True))
     model = copy.deepcopy(task.initial)
     train_recorded(model, task.train_x, task.train_y, cfg, exclude=task.forget)
@@ -372,7 +372,7 @@ def _mean_forget_gradient(task: UnlearningTask, at: nn.Module) -> list[torch.Ten
 
 def _sgu(task: UnlearningTask, at: nn.Module, scale: float) -> nn.Module:
     """w″ = w_T + scale·η·E·(m/b)·∇L(w; x*): each forget point was seen once per epoch in a batch of
-    b, i.e. E·m/b batch-equivalents of x* (paper §1.3, the 3P form (η·E/b)·Σ_{x∈x*}∇ℓ(w; x))."""
+    b, i.e. E·m/b batch-equivalents of x* (notebook 03, eq. (1): (η·E/b)·Σ_{x∈x*}∇ℓ(w; x))."""
     _check_positive("scale", scale)
     c = task.config
     grad = _mean_forget_gradient(task, at)
@@ -387,7 +387,7 @@ def _sgu(task: UnlearningTask, at: nn.Module, scale: float) -> nn.Module:
 def sgu_at_w0(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
     """Single gradient unlearning as in the paper: the gradient of the forget set's loss at **w_0**
     (here the initialisation M trained from), added back with the step size of SGD, ``scale`` × the
-    first-order undo (1 = exact to first order). Source: Thudi et al., EuroS&P 2022, §1.3
+    first-order undo (1 = exact to first order). Source: Thudi et al., EuroS&P 2022 (arXiv 2109.13398), notebook 03, eq. (1)
     (correlation_verification.py); :mod:`unroll_utils.unlearning`."""
     return _sgu(task, task.initial, scale)
 
@@ -395,7 +395,7 @@ def sgu_at_w0(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
 def sgu_at_final(task: UnlearningTask, scale: float = 1.0) -> nn.Module:
     """Single gradient unlearning with the gradient at the **final** weights w_T, the variant other
     papers usually run as "Unrolling SGD" baseline (the reference's cumulative_verification.py);
-    ``scale`` as :func:`sgu_at_w0`. Source: paper §1.3, table of variants."""
+    ``scale`` as :func:`sgu_at_w0`. Source: the reference's `Unlearning/cumulative_verification.py` (gradient at the final weights)."""
     return _sgu(task, task.original, scale)
 
 
