@@ -9,6 +9,7 @@ from scipy import optimize
 
 from unroll_utils import membership
 from unroll_utils import privacy as P
+from unroll_utils import risk_score as R
 
 
 def test_modified_entropy_by_hand():
@@ -97,20 +98,20 @@ def test_prs_from_tiny_histograms():
     non, nony = _binary([1.0, 0.5, 0.5, 0.5], 0)
     m1, m1y = _binary([1.0, 0.5], 1)
     n1, n1y = _binary([0.5, 1.0], 1)
-    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=2,
+    h = R.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=2,
                              log_bins=False)
     assert h.p_in[0] == pytest.approx([2 / 3, 1 / 3]) and h.p_out[0] == pytest.approx([1 / 4, 3 / 4])
     tgt, tgty = _binary([0.99, 0.5], 0)  # Mentr 0.0201 (bin 0) and ln 2 (bin 1)
-    prs = P.privacy_risk_score(h, tgt, tgty)
+    prs = R.privacy_risk_score(h, tgt, tgty)
     assert prs == pytest.approx([8 / 11, 4 / 13])
     # class 1: equal histograms -> no evidence, PRS = prior
-    assert P.privacy_risk_score(h, *_binary([0.7], 1)) == pytest.approx([0.5])
+    assert R.privacy_risk_score(h, *_binary([0.7], 1)) == pytest.approx([0.5])
     # another prior: pi*a / (pi*a + (1-pi)*b)
     pi = 0.2
-    assert P.privacy_risk_score(h, tgt[:1], tgty[:1], prior=pi)[0] == pytest.approx(
+    assert R.privacy_risk_score(h, tgt[:1], tgty[:1], prior=pi)[0] == pytest.approx(
         pi * 2 / 3 / (pi * 2 / 3 + (1 - pi) / 4))
     # outside the shadow range: clipped to the edge bins
-    assert P.privacy_risk_score(h, *_binary([0.01], 0)) == pytest.approx([4 / 13])
+    assert R.privacy_risk_score(h, *_binary([0.01], 0)) == pytest.approx([4 / 13])
 
 
 def test_prs_empty_bin_uses_nearest_filled_bin():
@@ -118,31 +119,31 @@ def test_prs_empty_bin_uses_nearest_filled_bin():
     non, nony = _binary([0.5, 1.0, 1.0], 0)
     m1, m1y = _binary([1.0], 1)
     n1, n1y = _binary([0.5], 1)
-    h = P.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=3,
+    h = R.RiskHistograms.fit(np.r_[mem, m1], np.r_[memy, m1y], np.r_[non, n1], np.r_[nony, n1y], bins=3,
                              log_bins=False)
     # p_in = (1/2, 0, 1/2), p_out = (2/3, 0, 1/3); a Mentr in the empty middle third of [0, ln2] is read at
     # the nearest filled bin, the lower one first (Song & Mittal's code): 0.5 / (0.5 + 2/3) = 3/7
     py = optimize.brentq(lambda q: -2 * (1 - q) * math.log(q) - math.log(2) / 2, 0.5, 0.999)
     assert h.bin_of(P.modified_entropy(*_binary([py], 0)), np.array([0]))[0] == 1
-    assert P.privacy_risk_score(h, *_binary([py], 0)) == pytest.approx([3 / 7])
-    assert P.privacy_risk_score(h, *_binary([0.5], 0)) == pytest.approx([0.5 / (0.5 + 1 / 3)])
+    assert R.privacy_risk_score(h, *_binary([py], 0)) == pytest.approx([3 / 7])
+    assert R.privacy_risk_score(h, *_binary([0.5], 0)) == pytest.approx([0.5 / (0.5 + 1 / 3)])
     with pytest.raises(ValueError, match="prior"):
-        P.privacy_risk_score(h, mem, memy, prior=1.0)
+        R.privacy_risk_score(h, mem, memy, prior=1.0)
     with pytest.raises(ValueError, match="bins"):
-        P.RiskHistograms.fit(mem, memy, non, nony, bins=0)
+        R.RiskHistograms.fit(mem, memy, non, nony, bins=0)
 
 
 def test_prs_log_bins_default():
     # members p_y = 1 (Mentr 0, clipped to 1e-10), non-members p_y = 0.5 (Mentr ln 2): 5 log-spaced bins
     mem, memy = _binary([1.0, 1.0], 0)
     non, nony = _binary([0.5, 0.5], 0)
-    h = P.RiskHistograms.fit(np.r_[mem, mem], np.r_[memy, memy + 1], np.r_[non, non], np.r_[nony, nony + 1])
+    h = R.RiskHistograms.fit(np.r_[mem, mem], np.r_[memy, memy + 1], np.r_[non, non], np.r_[nony, nony + 1])
     assert h.log_bins and h.edges.shape == (2, 6)
     assert np.allclose(np.log10(h.edges[0]), np.linspace(-10, math.log10(math.log(2)), 6))
     assert h.p_in[0].tolist() == [1, 0, 0, 0, 0] and h.p_out[0].tolist() == [0, 0, 0, 0, 1]
     # Mentr(0.99) = 0.0201: log10 = -1.70, in the last bin (only non-members) -> 0
     # Mentr(1 - 1e-8) = 3.7e-7: log10 = -6.43, bin 1 (empty) -> nearest filled is bin 0 (members) -> 1
-    prs = P.privacy_risk_score(h, *_binary([0.99, 1 - 1e-8], 0))
+    prs = R.privacy_risk_score(h, *_binary([0.99, 1 - 1e-8], 0))
     assert prs.tolist() == [0.0, 1.0]
 
 
@@ -234,7 +235,7 @@ def test_risk_histograms_outer_edges_are_the_data_extremes():
     assert rounded[0] > lo and rounded[-1] < hi  # np.histogram on these edges drops both points
     members, non = np.array([lo, 0.1, 0.15]), np.array([0.12, 0.2, hi])
     zeros = np.zeros(3, dtype=np.int64)
-    h = P.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1)
+    h = R.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1)
     assert h.edges[0, 0] == lo and h.edges[0, -1] == hi
     assert np.all(np.diff(h.edges[0]) > 0)
     assert h.p_in[0].sum() == pytest.approx(1.0, abs=1e-15)
@@ -242,7 +243,7 @@ def test_risk_histograms_outer_edges_are_the_data_extremes():
     # bin ratio (hi/lo)^(1/5) = 1.222: 0.1 -> bin 0, 0.15 -> bin 2, 0.12 -> bin 1, 0.2 -> bin 4
     assert h.p_in[0] == pytest.approx([2 / 3, 0, 1 / 3, 0, 0])
     assert h.p_out[0] == pytest.approx([0, 1 / 3, 0, 0, 2 / 3])
-    lin = P.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1, log_bins=False)
+    lin = R.RiskHistograms.from_values(members, zeros, non, zeros, n_classes=1, log_bins=False)
     assert lin.edges[0, 0] == lo and lin.edges[0, -1] == hi and lin.p_out[0].sum() == pytest.approx(1.0)
 
 
@@ -258,7 +259,7 @@ def test_risk_histograms_from_shadow_probs_count_every_point():
         e = np.logspace(np.log10(min(a.min(), b.min())), np.log10(max(a.max(), b.max())), 6)
         lost += a.size + b.size - np.histogram(a, e)[0].sum() - np.histogram(b, e)[0].sum()
     assert lost > 0
-    h = P.RiskHistograms.fit(mp, my, npp, ny)
+    h = R.RiskHistograms.fit(mp, my, npp, ny)
     for c in range(4):
         assert h.p_in[c].sum() == pytest.approx(1.0, abs=1e-12)
         assert h.p_out[c].sum() == pytest.approx(1.0, abs=1e-12)
@@ -274,25 +275,25 @@ def test_prs_class_without_shadow_data_is_scored_by_the_rule():
     mp, _ = _random_probs(rng, 10, 2)
     npp, _ = _random_probs(rng, 10, 2)
     zeros = np.zeros(10, dtype=np.int64)
-    h = P.RiskHistograms.fit(mp, zeros, npp, zeros)
+    h = R.RiskHistograms.fit(mp, zeros, npp, zeros)
     assert h.p_in[1].sum() == 0 and h.p_out[1].sum() == 0 and h.p_in[0].sum() == pytest.approx(1.0)
     tp, _ = _random_probs(rng, 6, 2)
     ty = np.array([0, 1, 0, 1, 0, 1])
-    prs = P.privacy_risk_score(h, tp, ty)
+    prs = R.privacy_risk_score(h, tp, ty)
     assert np.all(np.isfinite(prs)) and prs[1::2].tolist() == [0.5] * 3  # no evidence: the prior
-    assert P.privacy_risk_score(h, tp, ty, prior=0.3)[1::2] == pytest.approx([0.3] * 3)
+    assert R.privacy_risk_score(h, tp, ty, prior=0.3)[1::2] == pytest.approx([0.3] * 3)
     # class 0 is scored as with class 0 alone
-    alone = P.RiskHistograms.fit(mp, zeros, npp, zeros)
-    assert prs[0::2] == pytest.approx(P.privacy_risk_score(alone, tp[0::2], ty[0::2]))
+    alone = R.RiskHistograms.fit(mp, zeros, npp, zeros)
+    assert prs[0::2] == pytest.approx(R.privacy_risk_score(alone, tp[0::2], ty[0::2]))
     # members only in class 1 -> 1 (in / (in + 0)), non-members only in class 2 -> 0
     mp3, my3 = _random_probs(rng, 30, 3)
     np3, ny3 = _random_probs(rng, 30, 3)
     my3[my3 == 2], ny3[ny3 == 1] = 0, 0
     my3[:2], ny3[:2] = 1, 2
-    h3 = P.RiskHistograms.fit(mp3, my3, np3, ny3)
+    h3 = R.RiskHistograms.fit(mp3, my3, np3, ny3)
     assert h3.p_out[1].sum() == 0 and h3.p_in[2].sum() == 0
     t3, _ = _random_probs(rng, 4, 3)
-    assert P.privacy_risk_score(h3, t3, np.array([1, 2, 1, 2])).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert R.privacy_risk_score(h3, t3, np.array([1, 2, 1, 2])).tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("bad,what", [
@@ -310,10 +311,10 @@ def test_risk_score_refuses_nan_probabilities_naming_the_argument():
     non, nony = _binary([0.5, 0.9], 0)
     nan = mem.copy()
     nan[0, 0] = np.nan
-    h = P.RiskHistograms.fit(mem, memy, non, nony)
+    h = R.RiskHistograms.fit(mem, memy, non, nony)
     with pytest.raises(ValueError, match=r"^probs must be probabilities.*NaN.*apply softmax"):
-        P.privacy_risk_score(h, nan, memy)
+        R.privacy_risk_score(h, nan, memy)
     with pytest.raises(ValueError, match=r"^member_probs must be probabilities.*NaN"):
-        P.RiskHistograms.fit(nan, memy, non, nony)
+        R.RiskHistograms.fit(nan, memy, non, nony)
     with pytest.raises(ValueError, match=r"^nonmember_probs must be probabilities.*NaN"):
-        P.RiskHistograms.fit(mem, memy, nan, nony)
+        R.RiskHistograms.fit(mem, memy, nan, nony)

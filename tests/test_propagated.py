@@ -11,9 +11,9 @@ from torch import nn
 
 from unroll_utils import distances
 from unroll_utils.hessian import HessianOperator
-from unroll_utils.propagated import (PropagatedConfig, Visit, flatten, lanczos_basis,
-                                     propagated_correction, propagated_unlearning,
-                                     propagation_factor, unflatten)
+from unroll_utils.krylov import flatten, lanczos_basis, unflatten
+from unroll_utils.propagated import (PropagatedConfig, Visit, propagated_correction, propagated_unlearning,
+                                     propagation_factor)
 from unroll_utils.lockstep import LockStep
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
 from unroll_utils.unlearning import forget_gradient

@@ -1,5 +1,6 @@
-"""Tests for unroll_utils.text: pooling, the encoder on a tiny DistilBERT built here, the feature
-cache, the shipped Rotten Tomatoes + MiniLM pipeline, and the errors when something is missing."""
+"""Tests for unroll_utils.text and unroll_utils.text_encoder: pooling, the encoder on a tiny DistilBERT
+built here, the feature cache, the shipped Rotten Tomatoes + MiniLM pipeline, and the errors when something
+is missing."""
 
 import importlib.metadata as metadata
 import math
@@ -9,7 +10,7 @@ import pytest
 import torch
 from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
 
-from unroll_utils import data, models, text
+from unroll_utils import data, models, text, text_encoder
 from unroll_utils.trajectory import LockStepConfig, run_lockstep
 
 WORDS = ["the", "movie", "was", "great", "bad", "film", "a", "plot", "boring", "fun", "actor", "!", ",", "."]
@@ -39,19 +40,19 @@ def test_pool_cls_and_mean_by_hand():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
                            [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    assert torch.equal(text.pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+    assert torch.equal(text_encoder.pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
     # mean over real tokens only: the padded (100, 100) is ignored
-    assert torch.equal(text.pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0], [2.0, 3.0]]))
+    assert torch.equal(text_encoder.pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0], [2.0, 3.0]]))
     with pytest.raises(ValueError, match="pooling"):
-        text.pool(hidden, mask, "max")
+        text_encoder.pool(hidden, mask, "max")
     with pytest.raises(ValueError, match="attention_mask"):
-        text.pool(hidden, mask[:, :2], "mean")
+        text_encoder.pool(hidden, mask[:, :2], "mean")
 
 
 def test_encoder_shapes_and_pooling_choice(tiny):
     model, tok, _ = tiny
-    for pooling in text.POOLINGS:
-        enc = text.TextEncoder(model, tok, name="tiny", pooling=pooling, batch_size=4, device="cpu")
+    for pooling in text_encoder.POOLINGS:
+        enc = text_encoder.TextEncoder(model, tok, name="tiny", pooling=pooling, batch_size=4, device="cpu")
         feats = enc.encode(TEXTS, progress=False)
         assert feats.shape == (len(TEXTS), 16) and feats.dtype == torch.float32
         # each text encoded on its own, without padding, gives the same vector (padding and batch
@@ -62,15 +63,15 @@ def test_encoder_shapes_and_pooling_choice(tiny):
                 h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state[0]
                 want = h[0] if pooling == "cls" else h.mean(dim=0)
                 torch.testing.assert_close(feats[i], want, rtol=1e-5, atol=1e-5)
-    cls_f = text.TextEncoder(model, tok, name="tiny", pooling="cls").encode(TEXTS, progress=False)
-    mean_f = text.TextEncoder(model, tok, name="tiny", pooling="mean").encode(TEXTS, progress=False)
+    cls_f = text_encoder.TextEncoder(model, tok, name="tiny", pooling="cls").encode(TEXTS, progress=False)
+    mean_f = text_encoder.TextEncoder(model, tok, name="tiny", pooling="mean").encode(TEXTS, progress=False)
     assert (cls_f - mean_f).abs().max() > 1e-3
 
 
 def test_encoder_truncates_to_max_length(tiny):
     model, tok, _ = tiny
     long = " ".join(["great"] * 200)
-    enc = text.TextEncoder(model, tok, name="tiny", pooling="mean", max_length=8)
+    enc = text_encoder.TextEncoder(model, tok, name="tiny", pooling="mean", max_length=8)
     f = enc.encode([long], progress=False)
     with torch.inference_mode():
         ids = tok([long], truncation=True, max_length=8, return_tensors="pt")
@@ -78,11 +79,11 @@ def test_encoder_truncates_to_max_length(tiny):
         want = model(**{k: ids[k] for k in ("input_ids", "attention_mask")}).last_hidden_state[0].mean(0)
     torch.testing.assert_close(f[0], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="max_length"):
-        text.TextEncoder(model, tok, name="tiny", max_length=513)  # beyond the 512 positions
+        text_encoder.TextEncoder(model, tok, name="tiny", max_length=513)  # beyond the 512 positions
     with pytest.raises(ValueError, match="batch_size"):
-        text.TextEncoder(model, tok, name="tiny", batch_size=0)
+        text_encoder.TextEncoder(model, tok, name="tiny", batch_size=0)
     with pytest.raises(ValueError, match="name"):
-        text.TextEncoder(model, tok)  # a fresh model has no name_or_path
+        text_encoder.TextEncoder(model, tok)  # a fresh model has no name_or_path
 
 
 def test_from_pretrained_local_folder_is_the_same_code_path(tiny, tmp_path):
@@ -90,16 +91,16 @@ def test_from_pretrained_local_folder_is_the_same_code_path(tiny, tmp_path):
     folder = tmp_path / "tiny-distilbert"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    enc = text.TextEncoder.from_pretrained(folder, pooling="cls")
+    enc = text_encoder.TextEncoder.from_pretrained(folder, pooling="cls")
     assert enc.name == "tiny-distilbert" and enc._model is None  # loaded at the first encode
     got = enc.encode(TEXTS, progress=False)
-    want = text.TextEncoder(model, tok, name="x", pooling="cls").encode(TEXTS, progress=False)
+    want = text_encoder.TextEncoder(model, tok, name="x", pooling="cls").encode(TEXTS, progress=False)
     torch.testing.assert_close(got, want)
 
 
 def test_missing_encoder_folder_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
-        text.TextEncoder.from_pretrained(tmp_path / "nope")
+        text_encoder.TextEncoder.from_pretrained(tmp_path / "nope")
 
 
 def test_missing_hub_model_offline_says_where(monkeypatch):
@@ -109,7 +110,7 @@ def test_missing_hub_model_offline_says_where(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
-    enc = text.TextEncoder.from_pretrained("distilbert-base-uncased")
+    enc = text_encoder.TextEncoder.from_pretrained("distilbert-base-uncased")
     with pytest.raises(FileNotFoundError, match=r"distilbert-base-uncased.*Hugging Face cache.*HF_HOME"):
         enc.encode(["a"], progress=False)
 
@@ -126,19 +127,19 @@ def test_folder_without_vocabulary_is_an_error(tiny, tmp_path):
     from transformers import AutoTokenizer
     t = AutoTokenizer.from_pretrained(str(folder))
     assert set(t.get_vocab().values()) <= set(t.all_special_ids)  # the silent failure being guarded
-    enc = text.TextEncoder.from_pretrained(folder)
+    enc = text_encoder.TextEncoder.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"no vocabulary.*\[UNK\].*vocab\.txt") as e:
         enc.encode(TEXTS, progress=False)
     assert str(folder) in str(e.value)
     with pytest.raises(ValueError, match="no vocabulary"):
-        text.TextEncoder(model, t, name="tiny")
+        text_encoder.TextEncoder(model, t, name="tiny")
 
 
 def test_empty_or_partial_folder_names_the_folder_not_the_cache(tiny, tmp_path):
     empty = tmp_path / "empty-model"
     empty.mkdir()
     with pytest.raises(FileNotFoundError) as e:
-        text.TextEncoder.from_pretrained(empty).encode(["a"], progress=False)
+        text_encoder.TextEncoder.from_pretrained(empty).encode(["a"], progress=False)
     msg = str(e.value)
     assert f"encoder folder {empty} is empty" in msg and "save_pretrained" in msg
     assert "Hugging Face cache" not in msg
@@ -146,13 +147,13 @@ def test_empty_or_partial_folder_names_the_folder_not_the_cache(tiny, tmp_path):
     tok_only = tmp_path / "tokenizer-only"
     tok.save_pretrained(tok_only)
     with pytest.raises(FileNotFoundError, match="has no config.json") as e:
-        text.TextEncoder.from_pretrained(tok_only).encode(["a"], progress=False)
+        text_encoder.TextEncoder.from_pretrained(tok_only).encode(["a"], progress=False)
     assert "tokenizer_config.json" in str(e.value) and "Hugging Face cache" not in str(e.value)
 
 
 def test_encode_a_string_is_an_error_not_one_row_per_character(tiny):
     model, tok, _ = tiny
-    enc = text.TextEncoder(model, tok, name="tiny")
+    enc = text_encoder.TextEncoder(model, tok, name="tiny")
     with pytest.raises(TypeError, match=r"list of strings, got one str.*\[text\]"):
         enc.encode("the movie was great !", progress=False)
     with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
@@ -163,7 +164,7 @@ def test_encode_a_string_is_an_error_not_one_row_per_character(tiny):
 
 
 # --------------------------------------------------------------------------- feature cache
-class CountingEncoder(text.TextEncoder):
+class CountingEncoder(text_encoder.TextEncoder):
     calls = 0
 
     def encode(self, texts, *, progress=True):
@@ -195,7 +196,7 @@ def test_cache_hit_and_key(tiny, tmp_path):
 
 def test_corrupt_cache_names_the_file(tiny, tmp_path):
     model, tok, _ = tiny
-    enc = text.TextEncoder(model, tok, name="tiny")
+    enc = text_encoder.TextEncoder(model, tok, name="tiny")
     text.cached_features(enc, TEXTS, dataset="toy", split="train", cache_dir=tmp_path, progress=False)
     (path,) = (tmp_path / "text-features").glob("*.pt")
     path.write_bytes(path.read_bytes()[:50])  # a truncated file
@@ -244,7 +245,7 @@ def test_imdb_path_through_the_loader(monkeypatch, tiny, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split, cache_dir=None:
                         {"text": rows[split][0], "label": rows[split][1]})
     model, tok, _ = tiny
-    enc = text.TextEncoder(model, tok, name="tiny", pooling="mean")
+    enc = text_encoder.TextEncoder(model, tok, name="tiny", pooling="mean")
     ds = text.load_text_features("imdb", encoder=enc, n_train=10, cache_dir=tmp_path, progress=False)
     assert ds.train_x.shape == (10, 16) and ds.test_x.shape == (6, 16) and ds.num_classes == 2
     assert ds.name == "imdb/tiny/mean"
@@ -295,7 +296,7 @@ def test_shipped_pipeline_end_to_end(tmp_path):
     torch.testing.assert_close(torch.nn.functional.normalize(ds.train_x[:16], dim=1), ref,
                                rtol=1e-4, atol=1e-5)
     # a second call reads the cache: no encoder is loaded
-    lazy = text.TextEncoder.from_pretrained(text.minilm_path(), name=text.MINILM, pooling="mean")
+    lazy = text_encoder.TextEncoder.from_pretrained(text.minilm_path(), name=text.MINILM, pooling="mean")
     again = text.load_text_features(n_train=240, n_test=120, cache_dir=tmp_path, progress=False,
                                     encoder=lazy)
     assert torch.equal(again.train_x, ds.train_x) and lazy._model is None

@@ -26,7 +26,8 @@ from . import data as D
 from .hessian import HessianOperator
 from .losses import make_loss
 from .privacy import predict_probs
-from .propagated import flatten, lanczos_basis, propagation_factor, unflatten
+from .krylov import flatten, lanczos_basis, unflatten
+from .propagated import propagation_factor
 from .training import SGDConfig, batch_order, make_optimizer, sgd_step, sub_seed, train_sgd
 from .unlearning import forget_gradient, single_gradient_unlearning
 
@@ -443,8 +444,8 @@ def sgu_propagated(task: UnlearningTask, krylov: int = 10) -> nn.Module:
 
     One gradient for every visit, not each batch's own forget gradient: every visit then shares
     the Krylov space of g, and since f enters linearly, Σ_k w_k f_k(H̄) g = (Σ_k w_k f_k)(H̄) g is
-    one Lanczos run of ``krylov`` HVPs (:func:`unroll_utils.propagated.lanczos_basis`,
-    :meth:`KrylovBasis.apply`, the sum of :func:`~unroll_utils.propagated.propagated_correction`).
+    one Lanczos run of ``krylov`` HVPs (:func:`unroll_utils.krylov.lanczos_basis`,
+    :meth:`~unroll_utils.krylov.KrylovBasis.apply`, the sum of :func:`~unroll_utils.propagated.propagated_correction`).
     Per-batch gradients would cost ``krylov`` HVPs per visit: a random 10% forget set meets
     almost every batch, ≈ E·N/b visits (91 of 96 steps for the smoke benchmark, N = 1000,
     b = 32, E = 3), and as many times the HVPs.
