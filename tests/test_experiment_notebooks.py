@@ -60,3 +60,14 @@ def test_at_preset_is_true_only_for_the_unchanged_preset():
     assert not protocols.at_preset("cpu", "cpu", sizes, epochs=sizes["epochs"] + 1)
     with pytest.raises(KeyError, match="epoch"):
         protocols.at_preset("cpu", "cpu", sizes, epoch=5)  # a typo does not silently disable the check
+
+
+def test_check_ranges_prints_and_fails_on_a_value_outside(capsys):
+    protocols.check_ranges({"pearson": 0.9, "ve": 0.02}, {"pearson": (0.8, 1.0), "ve": (0.01, 0.02)})
+    assert "pearson = 0.9 (recorded range [0.8, 1])" in capsys.readouterr().out  # bounds are inclusive
+    with pytest.raises(AssertionError, match=r"ve = 0.03 not in \[0.01, 0.02\]"):
+        protocols.check_ranges({"pearson": 0.9, "ve": 0.03}, {"pearson": (0.8, 1.0), "ve": (0.01, 0.02)})
+    with pytest.raises(AssertionError, match="nan"):  # a NaN is outside every range
+        protocols.check_ranges({"ve": float("nan")}, {"ve": (0.0, 1.0)})
+    with pytest.raises(KeyError, match="acc"):
+        protocols.check_ranges({"acc": 0.5}, {"ve": (0.0, 1.0)})
