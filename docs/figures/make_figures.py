@@ -1,0 +1,195 @@
+"""Rebuild the numbers and figures of docs/results.md from the saved tables of the `cpu` runs.
+
+Each notebook run writes ``results.csv``/``results.json`` into its ``RESULTS_DIR``; this script reads them from
+``runs/`` (the folders named in ``RUNS`` below, as the commands of docs/results.md write them), prints every
+number the report quotes as ``mean [low, high]`` (Student-t 95% intervals over seeds,
+:func:`unroll_utils.statistics.seed_summary`) and saves the figures beside the report, in ``docs/figures/``.
+A row whose run is missing is skipped with a message.
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/figures/make_figures.py [RUNS_ROOT]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from unroll_utils import metrics, plot  # noqa: E402
+from unroll_utils.statistics import seed_summary  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1] / "runs"
+RUNS = {"07": "07_cpu", "08": "08_cpu", "09": "09_cpu", "06": ["06_cpu_s0", "06_cpu_s1", "06_cpu_s2"],
+        "11": "11_cpu", "12": ["12_cpu_s0", "12_cpu_s1", "12_cpu_s2"], "13": "13_cpu", "01": "01_full",
+        "14": "14_full"}
+SIZE = (7.0, 3.2)  # inches at 110 dpi: 770 x 352 px, fits a laptop screen
+
+
+def load(key):
+    names = RUNS[key] if isinstance(RUNS[key], list) else [RUNS[key]]
+    frames = []
+    for name in names:
+        path = ROOT / name / "results.csv"
+        if not path.exists():
+            print(f"[{key}] missing {path}: row skipped")
+            return None
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(key, name):
+    return json.loads((ROOT / name / "results.json").read_text())["summary"]
+
+
+def fmt(row):
+    return f"{row['mean']:.3g} [{row['low']:.3g}, {row['high']:.3g}] (n={int(row['n'])})"
+
+
+def show(title, table, by, columns):
+    s = seed_summary(table, by, columns)
+    print(f"--- {title}")
+    for _, r in s.iterrows():
+        keys = ", ".join(f"{b}={r[b]}" for b in ([by] if isinstance(by, str) else by))
+        print(f"  {keys} {r['column']}: {fmt(r)}")
+    return s
+
+
+def save(fig, name):
+    fig.set_size_inches(*SIZE)
+    fig.tight_layout()
+    fig.savefig(HERE / name, dpi=110)
+    plt.close(fig)
+    print(f"  figure docs/figures/{name}")
+
+
+def per_run_corr(table, proxy, keys):
+    rows = []
+    for k, g in table.groupby(keys):
+        c = metrics.correlations(g[proxy], g.ve)
+        rows.append({**dict(zip(keys, k)), "pearson": c["pearson"], "spearman": c["spearman"]})
+    return pd.DataFrame(rows)
+
+
+def exp_ab():
+    t = load("07")
+    if t is None:
+        return
+    a = t[t.experiment == "A"].copy()
+    corr = per_run_corr(a, "unlearning_error", ["optimizer", "seed"])
+    show("claim 1, Exp A: per-run correlation of e with VE", corr, "optimizer", ["pearson", "spearman"])
+    b = t[t.experiment == "B"].copy()
+    corr_b = per_run_corr(b, "checkpointed_error", ["optimizer", "seed"])
+    show("claim 1, Exp B: per-run correlation of the checkpointed error with VE", corr_b, "optimizer",
+         ["pearson", "spearman"])
+    a["ratio"] = a.ve / a.dist_retrained
+    last = a.t.max()
+    at = a[a.t.isin([1, 2, 10, last])]
+    show("claim 2 / momentum gap: VE / ||w_t - w'_t|| at t = 1, 2, 10 and the last step", at,
+         ["optimizer", "t"], ["ratio", "ve", "dist_retrained"])
+    fig, axes = plt.subplots(1, 2)
+    for opt in ("plain", "reference"):
+        g = a[a.optimizer == opt]
+        m = g.groupby("t").ratio.agg(["mean", "min", "max"])
+        axes[0].plot(m.index, m["mean"], label=f"{opt} SGD (mean of 3 seeds)")
+        axes[0].fill_between(m.index, m["min"], m["max"], alpha=0.25)
+    axes[0].axhline(1.0, color="k", lw=1, ls="--")
+    axes[0].set(xlabel="step t", ylabel="VE / ‖w_t − w′_t‖", title="what single gradient unlearning leaves")
+    axes[0].legend(frameon=False, fontsize=8)
+    for opt in ("plain", "reference"):
+        g = a[a.optimizer == opt]
+        axes[1].scatter(g.unlearning_error, g.ve, s=6, label=f"{opt} SGD")
+    axes[1].set(xlabel="unlearning error e", ylabel="VE", title="e against VE, all steps and seeds")
+    axes[1].legend(frameon=False, fontsize=8)
+    save(fig, "claim1_claim2_exp_a.png")
+    r = t[t.experiment == "regime"]
+    if len(r):
+        cross = []
+        for lr, g in r.groupby("lr"):
+            above = g[g.ratio > 1]
+            cross.append((lr, float(g.eta_lambda.iloc[0]), int(above.t.min()) if len(above) else None,
+                          float(g.ratio.iloc[-1])))
+        print("--- regime map (seed 0): lr, eta*lambda_max, first t with VE > ||w_t - w'_t||, ratio at the end")
+        for c in cross:
+            print("  ", c)
+        fig, ax = plt.subplots()
+        for lr, g in r.groupby("lr"):
+            ax.plot(g.t, g.ratio, label=f"η = {lr:g} (ηλ_max = {g.eta_lambda.iloc[0]:.2g})")
+        ax.axhline(1.0, color="k", lw=1, ls="--")
+        ax.set(yscale="log", xlabel="step t", ylabel="VE / ‖w_t − w′_t‖",
+               title="where single gradient unlearning helps (plain SGD, seed 0)")
+        ax.legend(frameon=False, fontsize=8)
+        save(fig, "finding_regime_map.png")
+
+
+def exp_c():
+    t = load("08")
+    if t is None:
+        return
+    rows = []
+    for (lam, seed), g in t.groupby(["lam", "seed"]):
+        last = g.iloc[-1]
+        sched = g[g.scheduled.astype(bool)]
+        c = metrics.correlations(sched.unlearning_error, sched.ve)
+        rows.append({"lam": lam, "seed": seed, "ve": last.ve, "e": last.unlearning_error,
+                     "delta_w": last.delta_w, "test_acc": last.test_acc, "acc_w0": last.acc_w0,
+                     "pearson": c["pearson"]})
+    runs = pd.DataFrame(rows)
+    s = show("claim 3, Exp C: last step per lambda", runs, "lam", ["ve", "e", "delta_w", "test_acc", "pearson"])
+    fig, axes = plt.subplots(1, 2)
+    for col, ax, label in (("ve", axes[0], "VE"), ("e", axes[0], "e"), ("test_acc", axes[1], "test accuracy")):
+        q = s[s.column == col]
+        x = q.lam.to_numpy() + 0.3
+        ax.errorbar(x, q["mean"], yerr=[q["mean"] - q.low, q.high - q["mean"]], marker="o", capsize=3,
+                    label=label)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("λ + 0.3 (log)")
+        ax.legend(frameon=False, fontsize=8)
+    axes[0].set(ylabel="after 5 epochs", title="SD loss: VE and e (95% t-intervals)")
+    axes[1].set(ylabel="test accuracy of M", title="accuracy cost")
+    save(fig, "claim3_sd_loss.png")
+
+
+def exp_d():
+    t = load("09")
+    if t is None:
+        return
+    rows = []
+    for (lam, seed), g in t.groupby(["lam", "seed"]):
+        sched = g[g.scheduled.astype(bool)]
+        c = metrics.correlations(sched.unlearning_error, sched.ve)
+        grow = metrics.correlations(sched.t, sched.unlearning_error)
+        last = g.iloc[-1]
+        rows.append({"lam": lam, "seed": seed, "pearson": c["pearson"], "spearman_e_t": grow["spearman"],
+                     "ve": last.ve, "e": last.unlearning_error, "test_acc": last.test_acc})
+    runs = pd.DataFrame(rows)
+    show("Exp D: from scratch", runs, "lam", ["pearson", "spearman_e_t", "ve", "e", "test_acc"])
+    fig, axes = plt.subplots(1, 2)
+    for lam, g in t[t.scheduled.astype(bool)].groupby("lam"):
+        m = g.groupby("t")[["unlearning_error", "ve"]].mean()
+        axes[0].plot(m.index, m.unlearning_error, label=f"λ = {lam:g}")
+        axes[1].plot(m.index, m.ve, label=f"λ = {lam:g}")
+    axes[0].set(yscale="log", xlabel="step t", ylabel="e (mean of 3 seeds)", title="e from the random init")
+    axes[1].set(xlabel="step t", ylabel="VE (mean of 3 seeds)", title="VE from the random init")
+    for ax in axes:
+        ax.legend(frameon=False, fontsize=8)
+    save(fig, "exp_d_from_scratch.png")
+
+
+def main():
+    plot.setup(svg=False)
+    for part in (exp_ab, exp_c, exp_d):
+        part()
+
+
+if __name__ == "__main__":
+    main()
