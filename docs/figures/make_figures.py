@@ -37,12 +37,13 @@ SIZE = (7.0, 3.2)  # inches at 110 dpi: 770 x 352 px, fits a laptop screen
 def load(key):
     names = RUNS[key] if isinstance(RUNS[key], list) else [RUNS[key]]
     frames = []
-    for name in names:
+    for i, name in enumerate(names):
         path = ROOT / name / "results.csv"
         if not path.exists():
             print(f"[{key}] missing {path}: row skipped")
             return None
-        frames.append(pd.read_csv(path))
+        frame = pd.read_csv(path)
+        frames.append(frame if len(names) == 1 else frame.assign(seed=i))  # one run per seed: 0, 1, 2
     return pd.concat(frames, ignore_index=True)
 
 
@@ -185,9 +186,68 @@ def exp_d():
     save(fig, "exp_d_from_scratch.png")
 
 
+def privacy_rows():
+    t = load("12")
+    if t is None:
+        return
+    rows = []
+    for seed, g in t.groupby("seed"):
+        c = metrics.correlations(g.ve, g.prs_gap)
+        # M and M'' pooled: the PRS gap to M' of a model against that model's weight distance to M'
+        dist = np.concatenate([g.dist_retrained, g.ve])
+        gap = np.concatenate([g.prs_gap_none, g.prs_gap])
+        pooled = metrics.correlations(dist, gap)
+        end = g.groupby("lam").tail(1)
+        rows.append({"seed": seed, "pearson_gap_ve": c["pearson"], "spearman_gap_ve": c["spearman"],
+                     "pearson_pooled": pooled["pearson"], "spearman_pooled": pooled["spearman"],
+                     "ve_end": end.ve.mean(), "dist_end": end.dist_retrained.mean(),
+                     "gap_Mpp_end": end.prs_gap.mean(), "gap_M_end": end.prs_gap_none.mean(),
+                     "flag_M_end": end.flag_M.mean(), "flag_Mp_end": end.flag_Mp.mean(),
+                     "flag_Mpp_end": end.flag_Mpp.mean()})
+    runs = pd.DataFrame(rows).assign(all=0)
+    show("claims 4 and 5, notebook 12: PRS gap of x* against VE", runs, "all",
+         ["pearson_gap_ve", "spearman_gap_ve", "pearson_pooled", "spearman_pooled", "ve_end", "dist_end",
+          "gap_Mpp_end", "gap_M_end", "flag_M_end", "flag_Mp_end", "flag_Mpp_end"])
+    fig, axes = plt.subplots(1, 2)
+    axes[0].scatter(t.dist_retrained, t.prs_gap_none, s=8, label="M (no unlearning): ‖w − w′‖")
+    axes[0].scatter(t.ve, t.prs_gap, s=8, label="M″ (single gradient unlearning): VE")
+    axes[0].set(xlabel="weight distance to the retrained M′", ylabel="|PRS(x*) − PRS_M′(x*)|",
+                title="PRS gap against weight distance")
+    axes[0].legend(frameon=False, fontsize=7)
+    end = t.groupby(["seed", "lam"]).tail(1)
+    for col, label in (("flag_M", "M"), ("flag_Mp", "M′ (retrained)"), ("flag_Mpp", "M″ (unlearned)")):
+        m = end.groupby("lam")[col].mean()
+        axes[1].plot(m.index, m.values, marker="o", label=label)
+    axes[1].set(xlabel="λ", ylabel="share of x* called member",
+                title="membership attack on x* (mean of 3 seeds)")
+    axes[1].legend(frameon=False, fontsize=7)
+    save(fig, "claim4_claim5_privacy.png")
+
+
+def sisa_rows():
+    t = load("13")
+    if t is None:
+        return
+    t = t.assign(method_k=t.method + ", k=" + t.k.astype(str))
+    show("claim 5, notebook 13: cost of one request relative to naive retraining", t, ["k", "method"],
+         ["steps_rel", "time_rel", "acc_before", "acc_after"])
+    show("claim 5, notebook 13: initial training steps", t[t.k == t.k.min()], "method", ["train_steps"])
+    fig, ax = plt.subplots()
+    for k, g in t.groupby("k"):
+        m = g.groupby("method").steps_rel.mean().sort_values()
+        ax.scatter(m.values, [g[g.method == n].acc_after.mean() for n in m.index], label=f"k = {k}")
+        for n, v in m.items():
+            ax.annotate(n.replace("naive_retraining", "retrain"), (v, g[g.method == n].acc_after.mean()),
+                        fontsize=6)
+    ax.set(xscale="log", xlabel="SGD steps to unlearn / naive retraining's (log)", ylabel="test accuracy after",
+           title="one unlearning request: cost and accuracy (mean of 3 seeds)")
+    ax.legend(frameon=False, fontsize=7)
+    save(fig, "claim5_sisa_cost.png")
+
+
 def main():
     plot.setup(svg=False)
-    for part in (exp_ab, exp_c, exp_d):
+    for part in (exp_ab, exp_c, exp_d, privacy_rows, sisa_rows):
         part()
 
 
