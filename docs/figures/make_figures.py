@@ -245,9 +245,26 @@ def sisa_rows():
     save(fig, "claim5_sisa_cost.png")
 
 
+def pretraining_rows():
+    t = load("06")
+    if t is None:
+        return
+    runs = pd.DataFrame([{**{k: summary("06", name)[k] for k in ("test_acc", "determinism_floor",
+                                                                 "wall_seconds")}, "all": 0}
+                         for name in RUNS["06"]])
+    show("notebook 06: w_0 by the reference recipe (40 epochs), 3 seeds", runs, "all",
+         ["test_acc", "determinism_floor", "wall_seconds"])
+    fig, ax = plt.subplots()
+    for seed, g in t.groupby("seed"):
+        ax.plot(g.epoch, g.test_acc, label=f"seed {seed}")
+    ax.set(xlabel="epoch", ylabel="test accuracy of w_0", title="the reference pretraining on the MNIST subset")
+    ax.legend(frameon=False, fontsize=8)
+    save(fig, "pretraining_w0.png")
+
+
 def main():
     plot.setup(svg=False)
-    for part in (exp_ab, exp_c, exp_d, privacy_rows, sisa_rows):
+    for part in (pretraining_rows, exp_ab, exp_c, exp_d, privacy_rows, sisa_rows):
         part()
 
 
