@@ -112,24 +112,59 @@ def exp_ab():
     axes[1].set(xlabel="unlearning error e", ylabel="VE", title="e against VE, all steps and seeds")
     axes[1].legend(frameon=False, fontsize=8)
     save(fig, "claim1_claim2_exp_a.png")
-    r = t[t.experiment == "regime"]
+    regimes = [t[t.experiment == "regime"].assign(seed=0)]
+    for seed in (1, 2):  # notebook 07 with -p SEED s -p N_SEEDS 1 (its own split of the subset)
+        path = ROOT / f"07_cpu_s{seed}" / "results.csv"
+        if path.exists():
+            extra = pd.read_csv(path)
+            regimes.append(extra[extra.experiment == "regime"].assign(seed=seed))
+    r = pd.concat(regimes, ignore_index=True)
     if len(r):
-        cross = []
-        for lr, g in r.groupby("lr"):
+        rows = []
+        for (seed, lr), g in r.groupby(["seed", "lr"]):
             above = g[g.ratio > 1]
-            cross.append((lr, float(g.eta_lambda.iloc[0]), int(above.t.min()) if len(above) else None,
-                          float(g.ratio.iloc[-1])))
-        print("--- regime map (seed 0): lr, eta*lambda_max, first t with VE > ||w_t - w'_t||, ratio at the end")
-        for c in cross:
-            print("  ", c)
+            rows.append({"seed": seed, "lr": lr, "eta_lambda": float(g.eta_lambda.iloc[0]),
+                         "first_t_above": float(above.t.min()) if len(above) else math.nan,
+                         "never_within": int(len(above) == 0), "ratio_end": float(g.ratio.iloc[-1]),
+                         "ratio_t5": float(g[g.t == 5].ratio.iloc[0])})
+        cross = pd.DataFrame(rows)
+        print(f"--- regime map, seeds {sorted(cross.seed.unique())}: first t with VE > ||w_t - w'_t|| "
+              "(NaN: not within the run)")
+        print(cross.to_string(index=False))
+        show("regime map over seeds", cross, "lr", ["eta_lambda", "first_t_above", "never_within", "ratio_t5",
+                                                      "ratio_end"])
         fig, ax = plt.subplots()
-        for lr, g in r.groupby("lr"):
-            ax.plot(g.t, g.ratio, label=f"η = {lr:g} (ηλ_max = {g.eta_lambda.iloc[0]:.2g})")
+        for i, (lr, g) in enumerate(r.groupby("lr")):
+            m = g.groupby("t").ratio.agg(["mean", "min", "max"])
+            ax.plot(m.index, m["mean"], color=plot.PALETTE[i],
+                    label=f"η = {lr:g} (ηλ_max ≈ {g.eta_lambda.mean():.2g})")
+            ax.fill_between(m.index, m["min"], m["max"], color=plot.PALETTE[i], alpha=0.2)
         ax.axhline(1.0, color="k", lw=1, ls="--")
         ax.set(yscale="log", xlabel="step t", ylabel="VE / ‖w_t − w′_t‖",
-               title="where single gradient unlearning helps (plain SGD, seed 0)")
-        ax.legend(frameon=False, fontsize=8)
+               title=f"where single gradient unlearning helps (plain SGD, {r.seed.nunique()} seeds)")
+        ax.legend(frameon=False, fontsize=7)
         save(fig, "finding_regime_map.png")
+
+
+def forget_rows():
+    t = load("11")
+    if t is None:
+        return
+    keep = ["original", "naive_retraining", "sgu_w0", "sgu_final", "sgu_propagated", "amnesiac", "fine_tuning"]
+    t = t[t.method.isin(keep)]
+    cols = [c for c in ("ve", "forget_acc", "test_acc", "time_rel") if c in t.columns]
+    show("findings, notebook 11: forget benchmark", t, ["kind", "method"], cols)
+    fig, ax = plt.subplots()
+    kinds = sorted(t.kind.unique())
+    methods = [m for m in keep if m in set(t.method) and m != "naive_retraining"]
+    for i, m in enumerate(methods):
+        v = [t[(t.kind == k) & (t.method == m)].ve.mean() for k in kinds]
+        ax.bar(np.arange(len(kinds)) + (i - len(methods) / 2 + 0.5) * 0.8 / len(methods), v,
+               width=0.8 / len(methods), label=m.replace("original", "original (no unlearning)"))
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set(yscale="log", ylabel="VE to naive retraining", title="forget benchmark (mean of 3 seeds)")
+    ax.legend(frameon=False, fontsize=6, ncol=2)
+    save(fig, "finding_forget_benchmark.png")
 
 
 def exp_c():
@@ -298,7 +333,8 @@ def noise_floor_rows():
 
 def main():
     plot.setup(svg=False)
-    for part in (noise_floor_rows, pretraining_rows, exp_ab, exp_c, exp_d, privacy_rows, sisa_rows):
+    for part in (noise_floor_rows, pretraining_rows, exp_ab, exp_c, exp_d, privacy_rows, sisa_rows,
+                 forget_rows):
         part()
 
 
