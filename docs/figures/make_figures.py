@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1] / "runs"
 NB01 = ["01_full_s0.ipynb", "01_full_s1.ipynb", "01_full_s2.ipynb"]  # notebook 01 saves no table: its output
 RUNS = {"07": "07_cpu", "08": "08_cpu", "09": "09_cpu", "06": ["06_cpu_s0", "06_cpu_s1", "06_cpu_s2"],
-        "11": "11_cpu", "12": ["12_cpu_s0", "12_cpu_s1", "12_cpu_s2"], "13": "13_cpu", "01": "01_full",
+        "11": "11_cpu", "12": ["12_cpu_s0", "12_cpu_s1", "12_cpu_s2"], "13": "13_cpu", "01": "01_full", "10": "10_full",
         "14": "14_full"}
 SIZE = (7.0, 3.2)  # inches at 110 dpi: 770 x 352 px, fits a laptop screen
 
@@ -331,10 +331,34 @@ def noise_floor_rows():
     save(fig, "finding_noise_floor.png")
 
 
+def text_rows():
+    t = load("10")
+    if t is None:
+        return
+    rows = []
+    for (lam, seed), g in t.groupby(["lam", "seed"]):
+        c = metrics.correlations(g.unlearning_error, g.ve)
+        rows.append({"lam": lam, "seed": seed, "pearson": c["pearson"], "spearman": c["spearman"]})
+    runs = pd.DataFrame(rows)
+    per_seed = runs.groupby("seed")[["pearson", "spearman"]].mean().reset_index().assign(all=0)
+    show("claim 1 on text, notebook 10 (small preset): mean over lambda of the per-run correlation, per seed",
+         per_seed, "all", ["pearson", "spearman"])
+    show("claim 1 on text, per lambda", runs, "lam", ["pearson"])
+    fig, ax = plt.subplots()
+    for lam in (0.0, 1.0, 10.0, 50.0):
+        g = t[(t.lam == lam) & (t.seed == 0)]
+        if len(g):
+            ax.plot(g.unlearning_error, g.ve, marker="o", markersize=3, label=f"λ = {lam:g}")
+    ax.set(xscale="log", yscale="log", xlabel="unlearning error e", ylabel="VE",
+           title="text (Rotten Tomatoes, MiniLM features, linear head), seed 0")
+    ax.legend(frameon=False, fontsize=7)
+    save(fig, "claim1_text.png")
+
+
 def main():
     plot.setup(svg=False)
     for part in (noise_floor_rows, pretraining_rows, exp_ab, exp_c, exp_d, privacy_rows, sisa_rows,
-                 forget_rows):
+                 forget_rows, text_rows):
         part()
 
 
