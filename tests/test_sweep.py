@@ -173,7 +173,7 @@ def test_malformed_yaml_names_file_line_and_column(tmp_path, text, line, column)
     ({"N_SEEDS": 0}, r"parameters.N_SEEDS: parameter N_SEEDS must be an integer >= 1, got 0"),
     ({"LAMS": [0.0, -1.0]}, r"parameters.LAMS: parameter LAMS\[1\] must be a finite number >= 0"),
     ({"MODEL": "resnet50"}, r"parameters.MODEL: parameter MODEL must be one of \['small_cnn', 'resnet18'"),
-    ({"PRESET": "tiny"}, r"parameters.PRESET: parameter PRESET must be one of \['smoke', 'small', 'paper'\]"),
+    ({"PRESET": "tiny"}, r"parameters.PRESET: parameter PRESET must be one of \['smoke', 'cpu', 'small', 'paper'\]"),
 ])
 def test_none_default_parameters_are_checked_by_the_notebooks_validation_line(tmp_path, parameters, message):
     # notebook 08 declares these as None ("the preset's"): only its validation cell knows their type

@@ -7,7 +7,9 @@ Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraini
 :func:`unroll_utils.trajectory.run_lockstep`:
 
 * :data:`PRESETS`: per experiment, the sizes of the ``smoke`` (CPU, CI: the embedded MNIST subset
-  and ``small_cnn``), ``small`` (CIFAR-10 ResNet-18 on one GPU in minutes) and ``paper`` (the
+  and ``small_cnn``), ``cpu`` (the paper's protocol with thinned grids and 3 seeds on the embedded
+  MNIST subset, minutes on one CPU core: what ``PRESET=None`` picks without a GPU, see
+  :func:`default_preset`), ``small`` (CIFAR-10 ResNet-18 on one GPU in minutes) and ``paper`` (the
   reference grids of §2.2–§2.5) presets.
 * :func:`regime_map`: where single gradient unlearning (and, optionally, its Hessian-propagated
   variant) helps at all: VE / ‖w_t − w′_t‖ against η·λ_max and t.
@@ -42,10 +44,12 @@ from .lockstep import LockStep, LockStepResult
 from .training import make_optimizer, sgd_step
 from .trajectory import LockStepConfig, run_lockstep
 
-PRESET_NAMES = ("smoke", "small", "paper")
+PRESET_NAMES = ("smoke", "cpu", "small", "paper")
 
 _SMOKE_DATA = {"dataset": "mnist", "model": "small_cnn", "width": 8, "n_train": 1000, "n_test": 500,
                "sigma_tol": 1e-2}
+_CPU_DATA = {"dataset": "mnist", "model": "small_cnn", "width": 8, "n_train": 2000, "n_test": 1000,
+             "sigma_tol": 1e-3}
 _SMALL_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": 10000, "n_test": 2000,
                "sigma_tol": 1e-3}
 _PAPER_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train": None, "n_test": None,
@@ -56,21 +60,28 @@ PRESETS: dict[str, dict[str, dict]] = {
     # §2.1: the reference recipe (lr 0.1, no momentum, wd 5e-4, cosine T_max=200, crop+flip, b=128)
     "pretraining": {
         "smoke": {**_SMOKE_DATA, "n_train": 2000, "epochs": 2, "determinism_steps": 10},
+        # 40 epochs of 16 steps: w_0 reaches about 0.77 test accuracy on the MNIST subset (10: about 0.3)
+        "cpu": {**_CPU_DATA, "epochs": 40, "determinism_steps": 20},
         "small": {**_SMALL_DATA, "n_train": None, "n_test": None, "epochs": 5, "determinism_steps": 20},
         "paper": {**_PAPER_DATA, "epochs": 50, "determinism_steps": 20},
     },
     # §2.2/§2.3: x* = batch 114 first, 1 epoch at b=32, σ on the first 512 points, undo at w_0
     "fine_tuning": {
         "smoke": {**_SMOKE_DATA, "forget_batch": 20, "pretrain_epochs": 2, "lr": 0.01, "eval_every": 4,
-                  "sigma_every": 32, "sigma_points": 32, "n_seeds": 2,
+                  "sigma_every": 32, "sigma_points": 32, "sigma_track": False, "n_seeds": 2,
                   "regime_lrs": [0.003, 0.01, 0.03, 0.1], "regime_steps": 30},
+        # w_0 of the pretraining cpu preset; one epoch of 63 steps, VE at every step, σ (on the first
+        # 512 points, tracked) at every second step
+        "cpu": {**_CPU_DATA, "forget_batch": 20, "pretrain_epochs": 40, "lr": 0.01, "eval_every": 1,
+                "sigma_every": 2, "sigma_points": 512, "sigma_track": True, "n_seeds": 3,
+                "regime_lrs": [0.003, 0.01, 0.03, 0.1], "regime_steps": 40},
         "small": {**_SMALL_DATA, "forget_batch": 114, "pretrain_epochs": 5, "lr": 0.1, "eval_every": 1,
-                  "sigma_every": 50,
-                  "sigma_points": 512, "n_seeds": 2, "regime_lrs": [0.001, 0.01, 0.03, 0.1],
+                  "sigma_every": 50, "sigma_points": 512, "sigma_track": False, "n_seeds": 2,
+                  "regime_lrs": [0.001, 0.01, 0.03, 0.1],
                   "regime_steps": 50},
         "paper": {**_PAPER_DATA, "forget_batch": 114, "pretrain_epochs": 50, "lr": 0.1, "eval_every": 1,
-                  "sigma_every": 1,
-                  "sigma_points": 512, "n_seeds": 3, "regime_lrs": [0.001, 0.003, 0.01, 0.03, 0.1],
+                  "sigma_every": 1, "sigma_points": 512, "sigma_track": False, "n_seeds": 3,
+                  "regime_lrs": [0.001, 0.003, 0.01, 0.03, 0.1],
                   "regime_steps": 200},
     },
     # §2.4: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no augmentation), 5 epochs of
@@ -80,6 +91,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     "sd_loss_sweep": {
         "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1, "epochs": 1, "eval_every": 8,
                   "lams": [0.0, 20.0], "n_seeds": 2, "schedule": "epoch_positions"},
+        # 5 fine-tuning epochs of 63 steps, σ at in-epoch positions 0, 21, 42 (not every 200th step);
+        # 5 of the 13 λ. Pretraining: the reference's 20 epochs at lr 0.01 are 320 steps here and leave
+        # w_0 at about 0.27 test accuracy, so 40 epochs at lr 0.1 (as the pretraining recipe)
+        "cpu": {**_CPU_DATA, "pretrain_epochs": 40, "pretrain_lr": 0.1, "epochs": 5, "eval_every": 21,
+                "lams": [0.0, 1.0, 5.0, 20.0, 100.0], "n_seeds": 3, "schedule": "epoch_positions"},
         "small": {**_SMALL_DATA, "pretrain_epochs": 5, "pretrain_lr": 0.01, "epochs": 2,
                   "eval_every": 100, "lams": [0.0, 1.0, 10.0, 100.0], "n_seeds": 2,
                   "schedule": "epoch_positions"},
@@ -94,6 +110,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     "from_scratch": {
         "smoke": {**_SMOKE_DATA, "n_train": 768, "epochs": 2, "lams": [0.0, 5.0], "n_seeds": 2,
                   "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 2},
+        # 16 steps per epoch: σ at in-epoch positions 1 and 9 (twice per epoch) over 10 epochs
+        "cpu": {**_CPU_DATA, "epochs": 10, "lams": [0.0, 5.0], "n_seeds": 3,
+                "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 8},
         "small": {**_SMALL_DATA, "epochs": 5, "lams": [0.0, 5.0], "n_seeds": 2,
                   "order": "forget_first_shuffle", "schedule": "epoch_positions", "eval_every": 400},
         "paper": {**_PAPER_DATA, "epochs": 50, "lams": [0.0, 5.0], "n_seeds": 2,
@@ -103,6 +122,66 @@ PRESETS: dict[str, dict[str, dict]] = {
 #: In-epoch position of Exp D's first measurement: 1, the first batch after x* (the reference,
 #: which has no x*, measures its position 0, a random full batch; here position 0 is x*).
 FROM_SCRATCH_OFFSET = 1
+
+
+def default_preset(smoke: bool, cuda: bool | None = None) -> str:
+    """The preset a notebook uses when its ``PRESET`` parameter is None: ``"smoke"`` when
+    ``smoke`` is true (``UNROLL_SMOKE=1``, CI), else ``"small"`` where CUDA is available and
+    ``"cpu"`` where it is not (``cuda=None`` asks ``torch.cuda.is_available()``)."""
+    if smoke:
+        return "smoke"
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return "small" if cuda else "cpu"
+
+
+def at_preset(name: str, expected: str, sizes: dict, **values) -> bool:
+    """Whether a notebook runs preset ``expected`` unchanged: ``name`` (the resolved ``PRESET``) is
+    ``expected`` and every keyword value equals ``sizes[key]`` (the preset's value; a list compares
+    element-wise). Notebooks assert their recorded ranges only then, so that a run with another
+    size prints its numbers without failing on ranges measured for the preset.
+
+    Raises:
+        KeyError: a keyword that ``sizes`` does not have (a typo would otherwise disable the check).
+    """
+    missing = [k for k in values if k not in sizes]
+    if missing:
+        raise KeyError(f"the preset has no size {missing[0]!r} (sizes: {sorted(sizes)})")
+    return name == expected and all(_same(values[k], sizes[k]) for k in values)
+
+
+def check_ranges(values: dict, ranges: dict, *, width: int = 110) -> None:
+    """Print each measured value beside its recorded range and fail if any falls outside.
+
+    The notebooks' ``cpu`` preset records its outcome as ranges (derived from the 95% intervals over
+    seeds, widened to hold across thread counts), asserted only when :func:`at_preset` is true, so
+    that a change that moves a result fails loudly.
+
+    Args:
+        values: name → measured value (a float).
+        ranges: name → (low, high), inclusive; every name of ``values`` must have one.
+
+    Raises:
+        KeyError: a value without a range. AssertionError: values outside their range, all named.
+    """
+    missing = [k for k in values if k not in ranges]
+    if missing:
+        raise KeyError(f"no recorded range for {missing[0]!r}")
+    outside = []
+    for name, v in values.items():
+        low, high = ranges[name]
+        ok = low <= v <= high
+        print(f"{name} = {v:.4g} (recorded range [{low:g}, {high:g}]){'' if ok else ': OUTSIDE'}"[:width])
+        if not ok:
+            outside.append(f"{name} = {v:.4g} not in [{low:g}, {high:g}]")
+    assert not outside, "; ".join(outside)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b)))
+    return a == b
 
 
 def preset(experiment: str, name: str) -> dict:
