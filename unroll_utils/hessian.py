@@ -288,6 +288,20 @@ class HessianOperator:
 
     __call__ = matvec
 
+    def matmat(self, v: torch.Tensor) -> torch.Tensor:
+        """Return H V (+ wd·V) for a (k, P) block, row by row, through one batched double backward
+        (``is_grads_batched``); counts k HVPs. Dtypes as :meth:`matvec`. Raises ValueError for a
+        shape other than (k, P)."""
+        if v.dim() != 2 or v.shape[1] != self.numel:
+            raise ValueError(f"v must have shape (k, {self.numel}); got {tuple(v.shape)}")
+        vv = v.to(device=self.device, dtype=self.dtype)
+        hv = torch.cat([h.reshape(v.shape[0], -1) for h in self._second_backward(vv, batched=True)], 1)
+        if self.weight_decay:
+            hv = hv.add(vv, alpha=self.weight_decay)
+        self.n_hvp += v.shape[0]
+        out = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float64
+        return hv.to(device=v.device, dtype=out)
+
     def dense(self) -> torch.Tensor:
         """The full (P, P) float64 Hessian (+ wd·I), P HVPs batched through ``is_grads_batched``.
         Tiny models only."""
@@ -574,163 +588,6 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
                  generator=generator, device=op.device, **kwargs)
     return TopEigen(res.eigenvalue, res.eigenvector, res.residual, res.n_hvp, res.converged,
                     res.method, res.which, bn_mode, res.error_bound, res.stop, res.gap)
-
-
-class TopEigenTracker:
-    """The top (algebraically largest) Hessian eigenvalue along a trajectory, ≈ 1 HVP per step.
-
-    σ at every step of a training run (paper §2.2, Exp A) needs λ_max of a Hessian that changes a
-    little from one step to the next. The tracker carries a unit vector v from step to step and,
-    at each new operator H, spends **one** HVP: θ = vᵀHv (the Rayleigh quotient), r = Hv − θv,
-    ρ = ‖r‖. It reports θ with the a-posteriori error estimate
-
-        ε = min(ρ, ρ²/δ),   δ = θ·g·s
-
-    (g: the relative gap of the last full solve, s = ``gap_safety``); its quadratic term is the
-    **Kato–Temple** bound for the top eigenvalue: for a symmetric H, a unit v with Rayleigh
-    quotient θ and residual ρ, and any α with λ₂ ≤ α < θ, θ ≤ λ_max ≤ θ + ρ²/(θ − α) (Kato 1949;
-    Parlett, *The Symmetric Eigenvalue Problem*, Thm 10.8.1; the lower half, θ ≤ λ_max, holds
-    for every unit v). It is used with α = θ − δ, so it is a *bound* exactly when
-    λ₂ ≤ θ·(1 − g·s), e.g. (since θ ≤ λ_max) when the relative gap (λ_max − λ₂)/λ_max at this
-    step is at least s times the one measured at the last Lanczos solve (g = δ_L/θ_L, where δ_L = θ_L − θ'_L − ρ'_L is the solve's own
-    Kato–Temple gap, the second Ritz value plus its residual; only solves that built a Krylov space
-    of ≥ 4 vectors update g, so θ'_L has had the chance to approach λ₂). Under that assumption the
-    reported eigenvalue is one-sided: θ ≤ λ_max ≤ θ + ε. The assumption is not checked (that
-    would need λ₂, i.e. more HVPs); it is the estimate's only heuristic part, and it can fail:
-    on ResNet-18 at its initialisation (16 synthetic points, lr 0.01), where the top eigenvector
-    turned over every step, one step's θ was 4% below λ_max while ε stayed ≤ 0.025·θ (benchmark
-    row 6). Where most steps fall back, a warm-started solve every step is as cheap and safer.
-
-    When ε ≤ tol·θ the step is accepted (``method="track"``, ``n_hvp=1``) and the vector for the
-    next step is Hv/‖Hv‖ (a free power step towards this step's top eigenvector). Otherwise the
-    step **falls back** to :func:`lanczos_top_eigen`, warm-started from v, whose first HVP is the
-    one already spent (so a fallback costs the Lanczos iterations and nothing more). The fallback
-    stops on this same estimate: with ``stop="eigenvalue"`` when min(ρ, ρ²/δ) ≤ tol·θ for its Ritz
-    pair (a residual rule at max(tol, sqrt(tol·g·s))), with ``stop="residual"`` when ρ ≤ tol·θ;
-    not on the Lanczos solve's own gap, which from a 2–3-vector warm-started Krylov space can be
-    far too optimistic (its second Ritz value sits well below λ₂). The Ritz vector is carried on
-    and the reported ``error_bound`` is min(ρ, ρ²/δ) for the Ritz pair; a fallback whose own
-    Krylov space measured a smaller gap updates g first, so its estimate can end slightly above
-    tol·θ (seen: 0.021·θ at tol 0.02 on ResNet-18). The first call (nothing
-    to carry yet) is a cold Lanczos solve to the residual rule at min(tol, 1e-3), which also
-    resolves the second Ritz value for g.
-
-    Args:
-        tol: relative tolerance in (0, 1): a step is accepted when ε ≤ tol·θ, and fallbacks stop
-            at tol. σ = sqrt(λ) then has a relative error ≤ ≈ tol/2 (e_t's too, since e_t ∝ σ).
-        max_iter: HVP budget of a fallback solve, ≥ 1.
-        stop: the fallback's stopping rule, ``"eigenvalue"`` (default: the tracker's own error
-            estimate ≤ tol) or ``"residual"`` (ρ ≤ tol·θ, more HVPs).
-        generator: torch.Generator for the first (cold) solve's start vector (default seeded 0).
-        gap_safety: s in (0, 1]: the fraction of the last measured relative gap assumed to hold
-            at the following steps (default 0.5: the gap may halve between two full solves; with
-            s = 1 a tiny network's trajectory at lr 0.05 broke the bound by 0.4% of ε).
-
-    Raises:
-        ValueError: ``tol`` outside (0, 1), ``max_iter`` < 1, an unknown ``stop`` or
-            ``gap_safety`` outside (0, 1].
-
-    Source: paper §1.4 and §2.2 (σ every step in Exp A); Kato–Temple bound as cited above.
-    """
-
-    MIN_GAP_KRYLOV = 4  # Krylov dimension a solve needs before its gap updates g
-
-    def __init__(self, *, tol: float = 1e-2, max_iter: int = 100, stop: str = "eigenvalue",
-                 generator: torch.Generator | None = None, gap_safety: float = 0.5) -> None:
-        _check_solver_args("LA", tol, max_iter, stop)
-        if not 0.0 < gap_safety <= 1.0:
-            raise ValueError(f"gap_safety must be in (0, 1]; got {gap_safety}")
-        self.tol, self.max_iter, self.stop = float(tol), int(max_iter), stop
-        self.gap_safety = float(gap_safety)
-        self.generator = generator
-        self.eigenvector: torch.Tensor | None = None
-        self.gap_ratio = math.nan  # g = δ/θ of the last full solve with a Krylov space of ≥ 4
-        self.n_tracked = 0
-        self.n_fallback = 0
-
-    def update(self, matvec: MatVec, n: int, *, device=None) -> TopEigen:
-        """The top eigenpair of the operator at this step (see the class docstring).
-
-        Args:
-            matvec: v (P,) float64 → H v (P,), H symmetric (e.g. :meth:`HessianOperator.matvec`).
-            n: P.
-            device: where vectors live (default CPU).
-
-        Returns:
-            :class:`TopEigen`: ``method="track"`` (1 HVP, ``error_bound`` = ε, ``gap`` = δ) for an
-            accepted step, else the fallback's ``"lanczos"`` result (its ``n_hvp`` includes the
-            tracking HVP it reused).
-        """
-        device = device if device is not None else "cpu"
-        if self.eigenvector is None:
-            return self._solve(matvec, n, device, None, None, "residual", min(self.tol, 1e-3))
-        v = self.eigenvector.to(device=device, dtype=torch.float64)
-        v = v / v.norm()
-        hv = matvec(v).to(device=device, dtype=torch.float64)
-        theta = float(torch.dot(v, hv))
-        rho = float((hv - theta * v).norm())
-        gap = self._gap(theta)
-        bound = self._estimate(rho, gap)
-        if bound <= self.tol * abs(theta):
-            self.n_tracked += 1
-            norm = float(hv.norm())
-            self.eigenvector = hv / norm if math.isfinite(norm) and norm > 0 else v
-            return TopEigen(theta, v, rho, 1, True, TRACK_METHOD, "LA", error_bound=bound,
-                            stop=self.stop, gap=gap)
-        return self._solve(matvec, n, device, v, hv, "residual", self._fallback_tol(gap, theta))
-
-    def _solve(self, matvec: MatVec, n: int, device, init, first_hv, stop: str,
-               tol: float) -> TopEigen:
-        """Lanczos (warm-started from ``init``, reusing ``first_hv`` = H·init); updates the state."""
-        pending = [first_hv]
-
-        def reuse_first(q: torch.Tensor) -> torch.Tensor:
-            if pending[0] is not None:
-                hv, pending[0] = pending[0], None
-                return hv
-            return matvec(q)
-
-        res = lanczos_top_eigen(reuse_first, n, which="LA", tol=tol, max_iter=self.max_iter,
-                                init=init, generator=self.generator, device=device, stop=stop)
-        self.eigenvector = res.eigenvector
-        if res.n_hvp >= self.MIN_GAP_KRYLOV and res.eigenvalue > 0 and res.gap > 0:
-            self.gap_ratio = res.gap / res.eigenvalue
-        if init is None:
-            return res
-        self.n_fallback += 1
-        # report the tracker's estimate (Kato–Temple with the assumed gap θ·g), not the one from
-        # a short warm-started Krylov space, whose second Ritz value can sit far below λ₂
-        gap = self._gap(res.eigenvalue)
-        return dataclasses.replace(res, error_bound=float(self._estimate(res.residual, gap)),
-                                   gap=float(gap))
-
-    @staticmethod
-    def _estimate(rho: float, gap: float) -> float:
-        """The error estimate ε = min(ρ, ρ²/δ) of a Rayleigh quotient with residual ρ and assumed
-        gap δ (∞ while no gap has been measured)."""
-        return min(rho, rho * rho / gap) if gap > 0 else math.inf
-
-    def _fallback_tol(self, gap: float, theta: float) -> float:
-        """The residual tolerance of a fallback solve. ``stop="eigenvalue"``: the largest relative
-        residual whose estimate min(ρ, ρ²/δ) (δ the assumed gap θ·g·s) is ≤ tol·θ, i.e.
-        max(tol, sqrt(tol·g·s)); ``"residual"`` (or no gap measured yet): tol."""
-        if self.stop == "eigenvalue" and gap > 0 and theta > 0:
-            return min(max(self.tol, math.sqrt(self.tol * gap / theta)), 0.5)
-        return self.tol
-
-    def _gap(self, theta: float) -> float:
-        """The assumed gap δ = θ·g·s below θ (NaN when θ ≤ 0 or no g has been measured)."""
-        if theta > 0 and math.isfinite(self.gap_ratio):
-            return theta * self.gap_ratio * self.gap_safety
-        return math.nan
-
-    def state_dict(self) -> dict:
-        return {"eigenvector": self.eigenvector, "gap_ratio": self.gap_ratio,
-                "n_tracked": self.n_tracked, "n_fallback": self.n_fallback}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.eigenvector, self.gap_ratio = state["eigenvector"], float(state["gap_ratio"])
-        self.n_tracked, self.n_fallback = int(state["n_tracked"]), int(state["n_fallback"])
 
 
 def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> float:

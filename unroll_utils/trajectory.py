@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import hessian, results
+from . import eigen_tracking, hessian, results
 from .losses import make_loss
 from .distances import lockstep_distances, model_weights, snapshot, weight_distance
 from .metrics import accuracy, unlearning_error
@@ -123,7 +123,7 @@ class LockStepConfig(SGDConfig):
             Hessian-propagated single gradient (gradients where M saw x*, propagated by
             f(H̄) = clamp((1 − ηH̄)^{n_k}, −1, 1)); adds the columns ``ve_propagated``,
             ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
-        sigma_track: measure λ_max with :class:`unroll_utils.hessian.TopEigenTracker` (about one
+        sigma_track: measure λ_max with :class:`unroll_utils.eigen_tracking.TopEigenTracker` (about one
             HVP per measurement: the carried eigenvector's Rayleigh quotient with a Kato–Temple
             error estimate, a warm-started Lanczos solve only when the estimate exceeds
             ``sigma_tol``·λ; with ``sigma_stop="eigenvalue"`` the fallback stops as soon as that
@@ -134,7 +134,11 @@ class LockStepConfig(SGDConfig):
             ``sigma_tol`` of 2e-2 (σ, e_t within ≈ 1%) or 1e-2 (≈ 0.5%). Needs
             ``sigma_method="lanczos"`` and
             ``sigma_convention="sqrt_eig"``; adds the column ``eig_tracked`` (True where the step
-            was accepted without a fallback). False (default): a solve per measurement.
+            was accepted without a fallback). ``"block"``: the same with
+            :class:`unroll_utils.eigen_tracking.BlockEigenTracker` (a carried block of 2 vectors,
+            2 HVPs per accepted step, a bound that assumes only the gap to the spectrum outside
+            the block, so it survives the top two eigenvalues crossing; needs
+            ``sigma_max_iter`` ≥ 4). False (default): a solve per measurement.
     """
 
     order: str = "forget_first"  # the SGD fields are SGDConfig's; only the default order differs
@@ -159,7 +163,7 @@ class LockStepConfig(SGDConfig):
     accuracy_every: int = 0
     include_buffers: bool = False
     propagated: PropagatedConfig | None = None
-    sigma_track: bool = False
+    sigma_track: bool | str = False
 
     def validate(self) -> "LockStepConfig":
         """Raise ValueError naming the first bad field and its allowed range; return self."""
@@ -190,11 +194,12 @@ class LockStepConfig(SGDConfig):
                                                 and not isinstance(self.sigma_micro_batch, bool)
                                                 and self.sigma_micro_batch >= 1),
              "sigma_micro_batch", "None (one forward pass) or an integer >= 1")
-        need(isinstance(self.sigma_track, bool)
+        need((isinstance(self.sigma_track, bool) or self.sigma_track == "block")
              and (not self.sigma_track or (self.sigma_method == "lanczos"
-                                           and self.sigma_convention == "sqrt_eig")),
-             "sigma_track", "True or False; True needs sigma_method='lanczos' and "
-             "sigma_convention='sqrt_eig'")
+                                           and self.sigma_convention == "sqrt_eig"))
+             and (self.sigma_track != "block" or self.sigma_max_iter >= 4),
+             "sigma_track", "True, False or 'block'; True and 'block' need sigma_method='lanczos' "
+             "and sigma_convention='sqrt_eig', 'block' also sigma_max_iter >= 4")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
         need(self.propagated is None or isinstance(self.propagated, PropagatedConfig), "propagated",
              "None or a PropagatedConfig")
@@ -259,7 +264,7 @@ class SigmaTracker:
         self.fixed_x, self.fixed_y = fixed_x, fixed_y
         self.sigmas: list[float] = []
         self.eigvec: torch.Tensor | None = None
-        self.tracker: hessian.TopEigenTracker | None = None  # with sigma_track, made on first use
+        self.tracker = None  # with sigma_track, an eigen_tracking tracker made on first use
 
     def due(self, t: int, last: bool) -> bool:
         """σ is measured at t = 1, every ``sigma_every`` steps and at the last step (never if 0)."""
@@ -287,7 +292,7 @@ class SigmaTracker:
                 "eig_error_bound": eig.error_bound, "eig_hvps": eig.n_hvp}
 
     def _track(self, model: nn.Module, xh: torch.Tensor, yh: torch.Tensor) -> dict:
-        """``sigma_track``: one :meth:`hessian.TopEigenTracker.update` on this step's Hessian."""
+        """``sigma_track``: one tracker update (:mod:`unroll_utils.eigen_tracking`) on this step's Hessian."""
         cfg = self.config
         if self.tracker is None:
             self.tracker = self._new_tracker()
@@ -325,10 +330,12 @@ class SigmaTracker:
             self.tracker = self._new_tracker()
             self.tracker.load_state_dict(state["sigma_tracker"])
 
-    def _new_tracker(self) -> hessian.TopEigenTracker:
+    def _new_tracker(self):
         cfg = self.config
-        return hessian.TopEigenTracker(tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                                       generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
+        kind = (eigen_tracking.BlockEigenTracker if cfg.sigma_track == "block"
+                else eigen_tracking.TopEigenTracker)
+        return kind(tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+                    generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
 
 
 class UndoAccumulator:
