@@ -48,8 +48,9 @@ class TopEigenTracker:
     Parlett, *The Symmetric Eigenvalue Problem*, Thm 10.8.1; the lower half, θ ≤ λ_max, holds
     for every unit v). It is used with α = θ − δ, so it is a *bound* exactly when
     λ₂ ≤ θ·(1 − g·s), e.g. (since θ ≤ λ_max) when the relative gap (λ_max − λ₂)/λ_max at this
-    step is at least s times the one measured at the last Lanczos solve (g = δ_L/θ_L, where δ_L = θ_L − θ'_L − ρ'_L is the solve's own
-    Kato–Temple gap, the second Ritz value plus its residual; only solves that built a Krylov space
+    step is at least s times the one measured at the last Lanczos solve (g = δ_L/θ_L, where
+    δ_L = θ_L − θ'_L − ρ'_L is the solve's own Kato–Temple gap, the second Ritz value plus its
+    residual; only solves that built a Krylov space
     of ≥ 4 vectors update g, so θ'_L has had the chance to approach λ₂). Under that assumption the
     reported eigenvalue is one-sided: θ ≤ λ_max ≤ θ + ε. The assumption is not checked (that
     would need λ₂, i.e. more HVPs); it is the estimate's only heuristic part, and it can fail:
