@@ -271,8 +271,11 @@ class BlockEigenTracker:
     while that is ≤ 0, so later steps solve until it is positive). Only when the warm solve
     exhausts ``max_iter`` without meeting the bound (the block lost the top eigenvalue) does a
     **cold** solve start from a random vector. The first call is a cold solve to
-    min(tol, 1e-3) with at least k + 2 basis vectors (Lanczos' Krylov space: from one vector,
-    the residual direction is the next Lanczos vector).
+    min(tol, 1e-3) with at least k + 2 basis vectors: Lanczos with full reorthogonalisation, whose
+    Ritz residuals β·s_{m,i}·q_{m+1} give ‖R‖₂ = |β|·‖(s_{m,1}, …, s_{m,k})‖ from the tridiagonal
+    matrix. An accepted step's ‖R‖₂ comes from the k×k matrices VᵀHV and (HV)ᵀHV, and the carried
+    block is orthonormalised by Cholesky-QR, so a step costs its k HVPs and a few passes over the
+    block.
 
     Memory: the carried block (k·P float64) and, during a solve, the basis and its images
     (2·m·P float64 for m basis vectors).
@@ -341,12 +344,14 @@ class BlockEigenTracker:
 
         if self.basis is None:
             return self._cold(matvec, n, device)
-        v = _orthonormal_rows(self.basis.to(device=device, dtype=torch.float64))
+        v = self.basis.to(device=device, dtype=torch.float64)  # orthonormal rows (see _finish)
         hv = images(v)
-        ritz = _ritz(v, hv, self.block)
-        bound = self._bound(ritz, krylov=False)
-        if self._accepts(ritz, bound):
+        small = _small_ritz(v, hv, self.block)
+        bound = self._bound(small, krylov=False)
+        if self._accepts(small, bound):
             self.n_tracked += 1
+            # the next block spans HV = H·V (one free subspace-iteration step)
+            ritz = {**small, "y": small["s"] @ v, "carry": _cholesky_qr(hv)}
             return self._finish(ritz, bound, v.shape[0], TRACK_METHOD, True)
         res = self._solve(matvec, v, hv, self.max_iter, cold=False)
         if res.converged:
@@ -358,13 +363,51 @@ class BlockEigenTracker:
     # -- internals ---------------------------------------------------------------------------
 
     def _cold(self, matvec: MatVec, n: int, device) -> TopEigen:
+        """Lanczos (full reorthogonalisation) from a random vector: the Krylov space the residual
+        expansion would build from one vector, with every Ritz residual β·s_{m,i}·q_{m+1} known
+        from the tridiagonal matrix, so ‖R‖₂ = |β|·‖s_{m,1..k}‖ needs no model-sized work."""
         g = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
-        q = torch.randn(n, generator=g, dtype=torch.float64).to(device)
-        q = (q / q.norm())[None]
-        hq = matvec(q[0]).to(device=device, dtype=torch.float64)[None]
         self.n_cold += 1
-        res = self._solve(matvec, q, hq, self.max_iter - 1, cold=True)
-        return dataclasses.replace(res, n_hvp=res.n_hvp + 1)
+        tol = min(self.tol, 1e-3)
+        cap = min(self.max_iter, n)
+        basis = torch.empty(min(cap, 16), n, dtype=torch.float64, device=device)
+        q0 = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+        basis[0] = q0 / q0.norm()
+        w = torch.empty(n, dtype=torch.float64, device=device)
+        alphas, betas = [], []
+        for m in range(1, cap + 1):
+            q = basis[m - 1]
+            w.copy_(matvec(q))
+            alphas.append(float(torch.dot(q, w)))
+            kry = basis[:m]
+            w.addmv_(kry.T, kry @ w, alpha=-1.0)
+            w.addmv_(kry.T, kry @ w, alpha=-1.0)
+            beta = float(w.norm())
+            t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            evals, evecs = np.linalg.eigh(t)
+            evals, evecs = evals[::-1], evecs[:, ::-1]
+            k = min(self.block, m)
+            last = np.abs(beta * evecs[-1])
+            rnorm = abs(beta) * float(np.linalg.norm(evecs[-1, :k]))
+            rest = float(evals[k] + last[k]) + rnorm if m > k else -math.inf
+            small = {"theta": evals[:k], "rnorm": rnorm, "rho": float(last[0]), "rest": rest}
+            bound = self._bound(small, krylov=True)
+            invariant = beta <= 1e-12 * max(abs(float(evals[0])), 1e-300)
+            converged = invariant or (m >= self.block + 2 and self._accepts(small, bound, tol))
+            if converged or m == cap:
+                break
+            betas.append(beta)
+            if m == basis.shape[0]:
+                basis = torch.cat([basis, torch.empty(min(m, cap - m), n, dtype=torch.float64,
+                                                      device=device)])
+            torch.div(w, beta, out=basis[m])
+        if m >= self.block + 2 and math.isfinite(rest):
+            gr = 1.0 - rest / abs(float(evals[0])) if evals[0] != 0 else -1.0
+            self.gap_ratio = gr if gr > 0 else math.nan
+        s = torch.as_tensor(evecs[:, :k].T.copy(), dtype=torch.float64, device=device)
+        y = s @ basis[:m]
+        ritz = {**small, "y": y, "carry": _orthonormal_rows(y)}
+        return self._finish(ritz, bound, m, BLOCK_SOLVE_METHOD, converged)
 
     def _solve(self, matvec: MatVec, q: torch.Tensor, hq: torch.Tensor, budget: int,
                cold: bool) -> TopEigen:
@@ -397,6 +440,7 @@ class BlockEigenTracker:
             qb[m] = z
             hb[m] = matvec(z).to(device=q.device, dtype=torch.float64)
             m, spent = m + 1, spent + 1
+        ritz["carry"] = _cholesky_qr(ritz["hy"])
         if m >= self.block + 2 and math.isfinite(ritz["rest"]):
             # g for the following steps; this step's bound keeps the α it was tested with
             g = 1.0 - ritz["rest"] / abs(ritz["theta"][0]) if ritz["theta"][0] != 0 else -1.0
@@ -421,9 +465,9 @@ class BlockEigenTracker:
         return ok and (self.stop == "eigenvalue" or ritz["rho"] <= tol * scale)
 
     def _finish(self, ritz: dict, bound: float, n_hvp: int, method: str, converged: bool) -> TopEigen:
-        """Carry orth(HY) (one subspace-iteration step) and report the top Ritz pair."""
-        carried = _orthonormal_rows(ritz["hy"])
-        self.basis = carried if carried.shape[0] == ritz["y"].shape[0] else ritz["y"].clone()
+        """Carry ``ritz["carry"]`` (orthonormal rows) and report the top Ritz pair."""
+        carried = ritz["carry"]
+        self.basis = carried if carried.shape[0] == ritz["y"].shape[0] else _orthonormal_rows(ritz["y"])
         self.eigenvector = ritz["y"][0].clone()
         theta = float(ritz["theta"][0])
         gap = self.gap_safety * self.gap_ratio * abs(theta)  # θ₁ − α of assumption (A)
@@ -435,7 +479,7 @@ class BlockEigenTracker:
                 "n_tracked": self.n_tracked, "n_fallback": self.n_fallback, "n_cold": self.n_cold}
 
     def load_state_dict(self, state: dict) -> None:
-        self.basis, self.eigenvector = state["basis"], state["eigenvector"]
+        self.basis, self.eigenvector = state["basis"], state["eigenvector"]  # saved orthonormal
         self.gap_ratio = float(state["gap_ratio"])
         self.n_tracked, self.n_fallback = int(state["n_tracked"]), int(state["n_fallback"])
         self.n_cold = int(state["n_cold"])
@@ -464,6 +508,37 @@ def _ritz(q: torch.Tensor, hq: torch.Tensor, block: int) -> dict:
         rest = float(evals[k]) + float(r1.norm()) + rnorm
     return {"theta": evals[:k], "y": y, "hy": hy, "r": r, "rnorm": rnorm,
             "rho": float(r[0].norm()), "rest": rest}
+
+
+def _small_ritz(v: torch.Tensor, hv: torch.Tensor, block: int) -> dict:
+    """Rayleigh–Ritz on span(v) (k orthonormal rows, hv = H v) from the k×k matrices T = v·hvᵀ and
+    G = hv·hvᵀ alone: R Rᵀ = SᵀGS − Θ² (S the Ritz coefficients), so ‖R‖₂ and the top pair's
+    residual need no model-sized temporaries. The cancellation costs ~1e-16·θ² in ‖R‖², far below
+    the HVPs' own float32 rounding. Keys as :func:`_ritz` (``s``: the top Ritz coefficients, k×P
+    rows of ``y`` are ``s @ v``); ``rest`` is −inf (the block has no further Ritz pair)."""
+    t, g = (v @ hv.T).cpu().numpy(), (hv @ hv.T).cpu().numpy()
+    k0 = v.shape[0]
+    evals, evecs = np.linalg.eigh(0.5 * (t + t.T))
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    k = min(block, k0)
+    sm = evecs[:, :k]
+    rr = sm.T @ (0.5 * (g + g.T)) @ sm - np.diag(evals[:k] ** 2)
+    rnorm = math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (rr + rr.T))[-1]), 0.0))
+    return {"theta": evals[:k].copy(), "s": torch.as_tensor(sm.T.copy(), dtype=v.dtype, device=v.device),
+            "rnorm": rnorm, "rho": math.sqrt(max(float(rr[0, 0]), 0.0)), "rest": -math.inf}
+
+
+def _cholesky_qr(rows: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning ``rows`` (k, P): Cholesky-QR twice (two passes over the rows per
+    round, no P-sized factorisation), Householder QR when the Gram matrix is not positive definite."""
+    out = rows
+    try:
+        for _ in range(2):
+            chol = torch.linalg.cholesky(out @ out.T)
+            out = torch.linalg.solve_triangular(chol, out, upper=False)
+    except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
+        return _orthonormal_rows(rows)
+    return out
 
 
 def _expansion(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor | None:
