@@ -498,7 +498,8 @@ def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18")
             if case in err_of:
                 note += f"; agrees to {err_of[case]:.1e}"
             report.detail(row=1, setting=setting, case=case, n=tm.n, seconds=tm.median,
-                          spread=tm.spread, hvps=block if case.startswith(str(block)) else 1,
+                          spread=tm.spread, hvps={BLOCK_PROBE: 2, BLOCK_PROBE_BATCHED: 2}.get(
+                              case, block if case.startswith(str(block)) else 1),
                           peak_mem_mb=mb(tm.peak_mem_max), notes=note)
         best = min(res, key=lambda c: res[c].median / (block if c.startswith(str(block)) else 1))
         report.notes.append(
