@@ -1,20 +1,14 @@
 """λ_max along a trajectory for about one block of HVPs per step (paper §1.4, §2.2 Exp A).
 
-σ at every step of a run (the reference code's Exp A/B schedule, ``correlation_verification.py``)
-needs the top eigenvalue of a Hessian that moves a little from one step to the next. Two trackers
-carry what the previous step found and spend a full solve only when their error estimate fails:
+σ at every step (the reference's Exp A/B schedule, ``correlation_verification.py``) needs λ_max of
+a Hessian that moves a little per step. Both trackers carry what the last step found, take any
+symmetric operator as ``matvec`` (e.g. :meth:`unroll_utils.hessian.HessianOperator.matvec`) and
+return :class:`unroll_utils.hessian.TopEigen`, solving only when their error estimate fails:
 
-* :class:`TopEigenTracker` carries one vector: one HVP per step, the Rayleigh quotient θ with the
-  Kato–Temple estimate ρ²/δ, where δ assumes the gap λ_max − λ₂ measured at the last full solve.
-  When two eigenvalues approach or cross, that gap collapses and the estimate can be violated.
-* :class:`BlockEigenTracker` carries a block of k orthonormal vectors (k HVPs per step, batched
-  through one backward pass when the operator offers ``matmat``): Rayleigh–Ritz in the block and
-  a Lehmann/Kato–Temple-type bound that only needs the gap between the block's top Ritz value and
-  the part of the spectrum *outside* the block, so a crossing inside the block (the top two
-  eigenvalues swapping) leaves the bound intact.
-
-Both take any symmetric operator as ``matvec`` (e.g. :meth:`unroll_utils.hessian.HessianOperator.matvec`)
-and return :class:`unroll_utils.hessian.TopEigen`.
+* :class:`TopEigenTracker`: one vector, one HVP per step, Kato–Temple with the gap λ_max − λ₂ of
+  the last full solve, which two eigenvalues approaching or crossing can break.
+* :class:`BlockEigenTracker`: k vectors, k HVPs per step, a Lehmann/Kato–Temple-type bound that
+  needs only the gap to the spectrum *outside* the block, so the top two may cross.
 """
 
 from __future__ import annotations
@@ -35,53 +29,34 @@ BLOCK_SOLVE_METHOD = "block_lanczos"
 class TopEigenTracker:
     """The top (algebraically largest) Hessian eigenvalue along a trajectory, ≈ 1 HVP per step.
 
-    σ at every step of a training run (paper §2.2, Exp A) needs λ_max of a Hessian that changes a
-    little from one step to the next. The tracker carries a unit vector v from step to step and,
-    at each new operator H, spends **one** HVP: θ = vᵀHv (the Rayleigh quotient), r = Hv − θv,
-    ρ = ‖r‖. It reports θ with the a-posteriori error estimate
+    A unit vector v is carried from step to step; at each new operator H one HVP gives θ = vᵀHv,
+    ρ = ‖Hv − θv‖ and the estimate ε = min(ρ, ρ²/δ), δ = θ·g·s (g: the relative gap of the last
+    full solve, s = ``gap_safety``). Its quadratic term is the **Kato–Temple** bound: for any α
+    with λ₂ ≤ α < θ, θ ≤ λ_max ≤ θ + ρ²/(θ − α) (Kato 1949; Parlett, *The Symmetric Eigenvalue
+    Problem*, Thm 10.8.1; θ ≤ λ_max holds for every unit v). With α = θ − δ it is a bound exactly
+    when λ₂ ≤ θ·(1 − g·s), i.e. when the relative gap (λ_max − λ₂)/λ_max is still at least s times
+    the one measured at the last Lanczos solve (g = δ_L/θ_L, δ_L = θ_L − θ'_L − ρ'_L that solve's
+    Kato–Temple gap; only solves with a Krylov space of ≥ 4 vectors update g). That assumption is
+    not checked, and two eigenvalues that approach or cross between full solves break it (then θ
+    can sit below λ_max by more than ε); :class:`BlockEigenTracker` does not depend on λ₂.
 
-        ε = min(ρ, ρ²/δ),   δ = θ·g·s
-
-    (g: the relative gap of the last full solve, s = ``gap_safety``); its quadratic term is the
-    **Kato–Temple** bound for the top eigenvalue: for a symmetric H, a unit v with Rayleigh
-    quotient θ and residual ρ, and any α with λ₂ ≤ α < θ, θ ≤ λ_max ≤ θ + ρ²/(θ − α) (Kato 1949;
-    Parlett, *The Symmetric Eigenvalue Problem*, Thm 10.8.1; the lower half, θ ≤ λ_max, holds
-    for every unit v). It is used with α = θ − δ, so it is a *bound* exactly when
-    λ₂ ≤ θ·(1 − g·s), e.g. (since θ ≤ λ_max) when the relative gap (λ_max − λ₂)/λ_max at this
-    step is at least s times the one measured at the last Lanczos solve (g = δ_L/θ_L, where
-    δ_L = θ_L − θ'_L − ρ'_L is the solve's own Kato–Temple gap, the second Ritz value plus its
-    residual; only solves that built a Krylov space
-    of ≥ 4 vectors update g, so θ'_L has had the chance to approach λ₂). Under that assumption the
-    reported eigenvalue is one-sided: θ ≤ λ_max ≤ θ + ε. The assumption is not checked (that
-    would need λ₂, i.e. more HVPs); it is the estimate's only heuristic part, and it can fail:
-    on ResNet-18 at its initialisation (16 synthetic points, lr 0.01), where the top eigenvector
-    turned over every step, one step's θ was 4% below λ_max while ε stayed ≤ 0.025·θ (benchmark
-    row 6). Where most steps fall back, a warm-started solve every step is as cheap and safer.
-
-    When ε ≤ tol·θ the step is accepted (``method="track"``, ``n_hvp=1``) and the vector for the
-    next step is Hv/‖Hv‖ (a free power step towards this step's top eigenvector). Otherwise the
-    step **falls back** to :func:`lanczos_top_eigen`, warm-started from v, whose first HVP is the
-    one already spent (so a fallback costs the Lanczos iterations and nothing more). The fallback
-    stops on this same estimate: with ``stop="eigenvalue"`` when min(ρ, ρ²/δ) ≤ tol·θ for its Ritz
-    pair (a residual rule at max(tol, sqrt(tol·g·s))), with ``stop="residual"`` when ρ ≤ tol·θ;
-    not on the Lanczos solve's own gap, which from a 2–3-vector warm-started Krylov space can be
-    far too optimistic (its second Ritz value sits well below λ₂). The Ritz vector is carried on
-    and the reported ``error_bound`` is min(ρ, ρ²/δ) for the Ritz pair; a fallback whose own
-    Krylov space measured a smaller gap updates g first, so its estimate can end slightly above
-    tol·θ (seen: 0.021·θ at tol 0.02 on ResNet-18). The first call (nothing
-    to carry yet) is a cold Lanczos solve to the residual rule at min(tol, 1e-3), which also
-    resolves the second Ritz value for g.
+    When ε ≤ tol·θ the step is accepted (``method="track"``, ``n_hvp=1``) and Hv/‖Hv‖ is carried
+    on (a free power step). Otherwise it **falls back** to :func:`lanczos_top_eigen` warm-started
+    from v, reusing the HVP already spent, and stopping on the same estimate (``stop="eigenvalue"``:
+    a residual rule at max(tol, sqrt(tol·g·s)); ``"residual"``: ρ ≤ tol·θ), not on the short warm
+    Krylov space's own gap, whose second Ritz value can sit far below λ₂; the reported
+    ``error_bound`` is min(ρ, ρ²/δ) of the Ritz pair (after a fallback that re-measured g it can
+    end slightly above tol·θ). The first call is a cold Lanczos solve to the residual rule at
+    min(tol, 1e-3), which also resolves the second Ritz value for g.
 
     Args:
-        tol: relative tolerance in (0, 1): a step is accepted when ε ≤ tol·θ, and fallbacks stop
-            at tol. σ = sqrt(λ) then has a relative error ≤ ≈ tol/2 (e_t's too, since e_t ∝ σ).
+        tol: relative tolerance in (0, 1) of acceptance and fallbacks (σ = sqrt(λ), and e_t ∝ σ,
+            then within about tol/2).
         max_iter: HVP budget of a fallback solve, ≥ 1.
-        stop: the fallback's stopping rule, ``"eigenvalue"`` (default: the tracker's own error
-            estimate ≤ tol) or ``"residual"`` (ρ ≤ tol·θ, more HVPs).
+        stop: the fallback's rule, ``"eigenvalue"`` (default) or ``"residual"`` (more HVPs).
         generator: torch.Generator for the first (cold) solve's start vector (default seeded 0).
-        gap_safety: s in (0, 1]: the fraction of the last measured relative gap assumed to hold
-            at the following steps (default 0.5: the gap may halve between two full solves; with
-            s = 1 a tiny network's trajectory at lr 0.05 broke the bound by 0.4% of ε).
+        gap_safety: s in (0, 1], the fraction of the last measured relative gap assumed to hold
+            (default 0.5: the gap may halve between two full solves).
 
     Raises:
         ValueError: ``tol`` outside (0, 1), ``max_iter`` < 1, an unknown ``stop`` or
@@ -194,28 +169,21 @@ class TopEigenTracker:
 def block_top_bound(theta: float, rest: float, residual_norm: float) -> float:
     """Upper bound on λ_max(H) from a block's Rayleigh–Ritz and the top of the rest of the spectrum.
 
-    For a symmetric H (P×P), an orthonormal block V (P×k) with projection M = VᵀHV (top
-    eigenvalue θ) and residual R = HV − VM, write H = [[M, Eᵀ], [E, N]] in the basis (V, V⊥):
-    ‖E‖₂ = ‖R‖₂ and N is H compressed to V⊥. If λ_max(N) ≤ α, then
+    For a symmetric H, an orthonormal block V (P×k) with M = VᵀHV (top eigenvalue θ) and residual
+    R = HV − VM, write H = [[M, Eᵀ], [E, N]] in the basis (V, V⊥): ‖E‖₂ = ‖R‖₂. If λ_max(N) ≤ α,
 
-        θ ≤ λ_max(H) ≤ (θ + α)/2 + sqrt(((θ − α)/2)² + ‖R‖₂²)  = θ + 2‖R‖²/(η + sqrt(η² + 4‖R‖²)),
+        θ ≤ λ_max(H) ≤ (θ + α)/2 + sqrt(((θ − α)/2)² + ‖R‖₂²) = θ + 2‖R‖²/(η + sqrt(η² + 4‖R‖²)),
 
-    η = θ − α (proof: if λ = λ_max(H) > α it is an eigenvalue of the Schur complement
-    M + Eᵀ(λ − N)⁻¹E ⪯ M + ‖E‖²/(λ − α)·I, so (λ − θ)(λ − α) ≤ ‖E‖²; otherwise λ ≤ α, which the
-    bound exceeds). For k = 1 and α = λ₂ this is the Kato–Temple bound θ + ρ²/(θ − λ₂) in its
-    sharpened form; for η > 0 it is ≤ θ + min(‖R‖, ‖R‖²/η).
+    η = θ − α (if λ = λ_max(H) > α it is an eigenvalue of M + Eᵀ(λ − N)⁻¹E ⪯ M + ‖E‖²/(λ − α),
+    so (λ − θ)(λ − α) ≤ ‖E‖²; else λ ≤ α, below the bound). k = 1, α = λ₂ is Kato–Temple's bound
+    sharpened; for η > 0 it is ≤ θ + min(‖R‖, ‖R‖²/η).
 
-    Args:
-        theta: θ, the block's top Ritz value.
-        rest: α, an upper bound on λ_max(N) (any real; α ≥ θ gives a bound ≥ α).
-        residual_norm: ‖R‖₂ ≥ 0, the spectral norm of the block residual.
-
-    Returns:
-        The upper bound (same units as θ); ``inf`` when ``rest`` is not finite.
+    Args: ``theta`` θ; ``rest`` α (any real); ``residual_norm`` ‖R‖₂ ≥ 0. Returns the bound
+    (``inf`` for a non-finite α).
 
     Source: C.-K. Li and R.-C. Li, "A note on eigenvalues of perturbed Hermitian matrices",
-    Linear Algebra Appl. 395 (2005) 183–190 (the 2‖E‖²/(η + sqrt(η² + 4‖E‖²)) bound);
-    B. N. Parlett, *The Symmetric Eigenvalue Problem*, §10.8 (Kato–Temple, Lehmann).
+    Linear Algebra Appl. 395 (2005) 183–190; B. N. Parlett, *The Symmetric Eigenvalue Problem*,
+    §10.8 (Kato–Temple, Lehmann).
     """
     if not math.isfinite(rest):
         return math.inf
@@ -239,57 +207,39 @@ def _spectral_norm(rows: torch.Tensor) -> float:
 class BlockEigenTracker:
     """The top Hessian eigenvalue along a trajectory from a carried block of k vectors.
 
-    At each new operator H the tracker spends k HVPs on its orthonormal block V (P×k), one
-    ``matmat`` call when the operator has one: Rayleigh–Ritz gives Ritz values θ₁ ≥ … ≥ θ_k, Ritz
-    vectors Y and the block residual R = HY − YΘ. It reports θ₁ with the error bound
+    At each new operator H, k HVPs on the orthonormal block V (P×k) give, by Rayleigh–Ritz, Ritz
+    values θ₁ ≥ … ≥ θ_k and the block residual R; θ₁ is reported with ε = B(θ₁, α, ‖R‖₂) − θ₁,
+    α = θ₁ − s·g·|θ₁| (B: :func:`block_top_bound`; s = ``gap_safety``; g the relative gap between
+    θ₁ and the spectrum outside the block at the last full solve). θ₁ ≤ λ_max ≤ θ₁ + ε holds
+    whenever
 
-        ε = B(θ₁, α, ‖R‖₂) − θ₁,   α = θ₁ − s·g·|θ₁|
+        (A) λ_max of H compressed to the block's complement is ≤ θ₁ − s·g·|θ₁| at this step.
 
-    (B: :func:`block_top_bound`, a Lehmann/Kato–Temple-type bound; s = ``gap_safety``; g the
-    relative gap between θ₁ and the spectrum outside the block, measured at the last full solve).
-    Then θ₁ ≤ λ_max ≤ θ₁ + ε **exactly when** the assumption holds:
+    Unlike the one-vector tracker's assumption (on λ_max − λ₂), (A) does not involve the
+    eigenvalues inside the block: when the top two swap or nearly meet, the block holds both and
+    the bound stands (with k = 2, (A) is about λ₃). No Krylov method can exclude an eigenvector
+    it has not seen, so (A) is not checked; it fails only if an eigenvalue from outside the block
+    climbs to within s·g of the top between two full solves.
 
-        (A) λ_max of H compressed to the block's complement is ≤ θ₁ − s·g·|θ₁| at this step,
-
-    i.e. the part of the spectrum the block does not hold stays at least s times the measured
-    relative gap below the top. Unlike the one-vector tracker's assumption (on λ_max − λ₂), (A)
-    does not involve the eigenvalues inside the block: when the top two swap or nearly meet, the
-    block holds both and the bound stands (with k = 2 it assumes the gap λ_max − λ₃). (A) cannot
-    be checked from k HVPs (no Krylov method can exclude an eigenvector it has not seen); it is
-    the bound's only unverified part and fails only if an eigenvalue from outside the block climbs
-    from below θ₁(1 − g) to within s·g of the top between two full solves.
-
-    **Accepted step** (ε ≤ tol·|θ₁|; with ``stop="residual"`` also ‖Hy₁ − θ₁y₁‖ ≤ tol·|θ₁|):
-    ``method="track"``, ``n_hvp`` = k; the next step's block is orth(HY), one free step of
-    subspace iteration. **Fallback**: a warm-started block Krylov solve (Rayleigh–Ritz on a basis
-    that starts as the block and grows by the block residual's largest column, orthogonalised
-    twice; one HVP per new vector, the block's k HVPs reused) until ε ≤ tol·|θ₁|, where α is now
-    the larger of (A)'s value and the Krylov space's own estimate ϑ_{k+1} + ρ_{k+1} + ‖R‖₂ (the
-    (k+1)-th Ritz value, its residual and the block's coupling to the rest: Weyl's bound on
-    λ_max of the compression, given λ_{k+1} ≤ ϑ_{k+1} + ρ_{k+1}). A solve whose basis reached
-    k + 2 vectors re-measures g = 1 − (ϑ_{k+1} + ρ_{k+1} + ‖R‖₂)/|ϑ₁| (no certification, g NaN,
-    while that is ≤ 0, so later steps solve until it is positive). Only when the warm solve
-    exhausts ``max_iter`` without meeting the bound (the block lost the top eigenvalue) does a
-    **cold** solve start from a random vector. The first call is a cold solve to
-    min(tol, 1e-3) with at least k + 2 basis vectors: Lanczos with full reorthogonalisation, whose
-    Ritz residuals β·s_{m,i}·q_{m+1} give ‖R‖₂ = |β|·‖(s_{m,1}, …, s_{m,k})‖ from the tridiagonal
-    matrix. An accepted step's ‖R‖₂ comes from the k×k matrices VᵀHV and (HV)ᵀHV, and the carried
-    block is orthonormalised by Cholesky-QR, so a step costs its k HVPs and a few passes over the
-    block.
-
-    Memory: the carried block (k·P float64) and, during a solve, the basis and its images
-    (2·m·P float64 for m basis vectors).
+    **Accepted step** (ε ≤ tol·|θ₁|; ``stop="residual"``: also the top pair's residual ≤
+    tol·|θ₁|): ``method="track"``, ``n_hvp`` = k, ‖R‖₂ from the k×k matrices VᵀHV and (HV)ᵀHV,
+    and the next block is orth(HV) by Cholesky-QR (a free subspace-iteration step). **Fallback**:
+    Rayleigh–Ritz on a basis that starts as the block (its k HVPs reused) and grows by the block
+    residual's largest column (orthogonalised twice, one HVP each) until ε ≤ tol·|θ₁|, with α the
+    larger of (A)'s and the basis's own ϑ_{k+1} + ρ_{k+1} + ‖R‖₂ (the next Ritz value, its
+    residual, and Weyl's bound on the block's coupling to the rest). A solve with ≥ k + 2 basis
+    vectors re-measures g = 1 − (ϑ_{k+1} + ρ_{k+1} + ‖R‖₂)/|ϑ₁| (NaN, so no acceptance, while
+    ≤ 0). Only when the warm solve exhausts ``max_iter`` (the block lost the top eigenvalue) does
+    a **cold** solve run: Lanczos with full reorthogonalisation from a random vector, to
+    min(tol, 1e-3) with ≥ k + 2 vectors, ‖R‖₂ = |β|·‖(s_{m,1}, …, s_{m,k})‖ from the tridiagonal
+    matrix. The first call is a cold solve. Memory: the block (k·P float64) and, in a solve,
+    2·m·P float64.
 
     Args:
-        tol: relative tolerance in (0, 1) of the bound: ε ≤ tol·|θ₁| (σ = sqrt(λ) then within
-            about tol/2, and e_t with it).
-        block: k, the carried vectors, 1–8 (default 2; k = 1 is the one-vector tracker with the
-            bound above and the gap to λ₂).
-        max_iter: HVP budget of one solve (warm or cold), ≥ block + 2.
-        stop: ``"eigenvalue"`` (default: the bound alone) or ``"residual"`` (also the top Ritz
-            pair's residual ≤ tol·|θ₁|).
-        gap_safety: s in (0, 1] (default 0.5: the measured gap to the rest may halve between two
-            full solves).
+        tol: relative tolerance of ε, in (0, 1) (σ = sqrt(λ) and e_t then within about tol/2).
+        block: k, 1–8 (default 2). max_iter: HVP budget of one solve, ≥ block + 2.
+        stop: ``"eigenvalue"`` (default: the bound alone) or ``"residual"`` (see above).
+        gap_safety: s in (0, 1] (default 0.5: the gap to the rest may halve between full solves).
         generator: torch.Generator for cold start vectors (default seeded 0).
 
     Raises:
@@ -297,8 +247,8 @@ class BlockEigenTracker:
             unknown ``stop`` or ``gap_safety`` outside (0, 1].
 
     Source: paper §1.4 and §2.2 (σ every step in Exp A); the bound of :func:`block_top_bound`;
-    block Rayleigh–Ritz with residual expansion is the Davidson/block-Lanczos family (Parlett,
-    *The Symmetric Eigenvalue Problem*, ch. 11, 13).
+    block Rayleigh–Ritz with residual expansion (Davidson/block Lanczos: Parlett, *The Symmetric
+    Eigenvalue Problem*, ch. 11, 13).
     """
 
     MAX_BLOCK = 8
@@ -322,20 +272,12 @@ class BlockEigenTracker:
         self.n_tracked = self.n_fallback = self.n_cold = 0
 
     def update(self, matvec: MatVec, n: int, *, device=None, matmat: MatMat | None = None) -> TopEigen:
-        """The top eigenpair of the operator at this step (see the class docstring).
-
-        Args:
-            matvec: v (P,) → H v (P,), H symmetric.
-            n: P.
-            device: where vectors live (default CPU).
-            matmat: optional V (m, P) → H V row by row (m, P), e.g.
-                :meth:`unroll_utils.hessian.HessianOperator.matmat`; default: ``matvec`` per row.
-
-        Returns:
-            :class:`unroll_utils.hessian.TopEigen`: ``method="track"`` for an accepted step,
-            ``"block_lanczos"`` for a solve; ``error_bound`` = ε, ``gap`` = θ₁ − α,
-            ``residual`` = the top Ritz pair's residual, ``n_hvp`` all HVPs of the step.
-        """
+        """The top eigenpair at this step (class docstring). ``matvec``: v (P,) → H v, H symmetric;
+        ``n``: P; ``device``: where vectors live (default CPU); ``matmat``: optional V (m, P) → H V
+        row by row (e.g. :meth:`unroll_utils.hessian.HessianOperator.matmat`; default ``matvec``
+        per row). Returns :class:`unroll_utils.hessian.TopEigen`: ``method="track"`` (accepted) or
+        ``"block_lanczos"`` (a solve), ``error_bound`` ε, ``gap`` θ₁ − α, ``residual`` the top
+        Ritz pair's, ``n_hvp`` every HVP of the step."""
         device = device if device is not None else "cpu"
         mm = matmat if matmat is not None else (lambda v: torch.stack([matvec(r) for r in v]))
 
