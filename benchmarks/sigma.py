@@ -409,6 +409,11 @@ def run_trajectory(ctx: Context, report: Report, models=("small_cnn", "resnet18"
                              "included)")
 
 
+PROBE = "probe: create-graph gradient built + 1 HVP (a tracked step, library)"
+BLOCK_PROBE = "probe: create-graph gradient built + 2 HVPs (a block-tracked step, library)"
+BLOCK_PROBE_BATCHED = "probe: create-graph gradient built + 2 HVPs batched (is_grads_batched)"
+
+
 def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18"),
                   block: int = 4) -> None:
     """Cost of one HVP in the forms a σ solver could use, timed side by side (eval mode).
@@ -420,6 +425,9 @@ def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18")
     * ``block`` HVPs at once: ``autograd.grad(..., is_grads_batched=True)`` on the kept graph,
       and ``vmap`` of the ``torch.func`` form — what a block solver (LOBPCG, block Lanczos) would
       use. The ratio per HVP says whether batching helps on this device.
+    * whole probes of a tracked step, the graph built each time (:data:`PROBE`, the block
+      tracker's 2-vector :data:`BLOCK_PROBE`, batched or not), against which the ``jvp`` of
+      ``grad`` (which recomputes forward and backward anyway) is the alternative probe.
     All forms are checked against the library's to 1e-4 (relative).
     """
     from torch.func import functional_call, grad, jvp, vmap
@@ -475,6 +483,10 @@ def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18")
                 Case(lambda i: func_hvp(unflat(vecs[0]))),
             f"{block} HVPs batched: is_grads_batched on the kept graph": Case(lambda i: batched_graph()),
             f"{block} HVPs vmapped: torch.func": Case(lambda i: vmap(func_hvp)(unflat(vecs))),
+            PROBE: Case(lambda i: HessianOperator(model, loss_fn, xh, yh).matvec(vecs[0])),
+            BLOCK_PROBE: Case(lambda i: [o.matvec(v) for o in [HessianOperator(model, loss_fn, xh, yh)]
+                                         for v in vecs[:2]]),
+            BLOCK_PROBE_BATCHED: Case(lambda i: HessianOperator(model, loss_fn, xh, yh).matmat(vecs[:2])),
         }
         budget = s.resnet_budget_s if name == "resnet18" else None
         res = timed_interleaved(cases, dev, repeats=s.repeats, warmup=1, budget_s=budget)
@@ -486,7 +498,8 @@ def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18")
             if case in err_of:
                 note += f"; agrees to {err_of[case]:.1e}"
             report.detail(row=1, setting=setting, case=case, n=tm.n, seconds=tm.median,
-                          spread=tm.spread, hvps=block if case.startswith(str(block)) else 1,
+                          spread=tm.spread, hvps={BLOCK_PROBE: 2, BLOCK_PROBE_BATCHED: 2}.get(
+                              case, block if case.startswith(str(block)) else 1),
                           peak_mem_mb=mb(tm.peak_mem_max), notes=note)
         best = min(res, key=lambda c: res[c].median / (block if c.startswith(str(block)) else 1))
         report.notes.append(
@@ -495,6 +508,12 @@ def run_hvp_forms(ctx: Context, report: Report, models=("small_cnn", "resnet18")
             + ", ".join(f"'{c}' {res[c].median / (block if c.startswith(str(block)) else 1) / base:.2f}×"
                         for c in list(res)[1:])
             + ". A block solver would also need more HVPs in all than Lanczos' 2–9 here.")
+        fwd = res["HVP: torch.func jvp(grad) (recomputes forward and backward)"].median
+        report.notes.append(
+            f"Tracked-step probes, {setting}: forward-over-reverse (jvp of grad) "
+            f"{fwd / res[PROBE].median:.2f}× the library's create-graph gradient + 1 HVP; "
+            f"a 2-vector block probe {res[BLOCK_PROBE].median / res[PROBE].median:.2f}× it "
+            f"(batched through is_grads_batched: {res[BLOCK_PROBE_BATCHED].median / res[PROBE].median:.2f}×)")
         if max(errs.values()) > 1e-4:
             report.notes.append(f"HVP forms, {setting}: forms disagree by up to "
                                 f"{max(errs.values()):.1e} (relative)")

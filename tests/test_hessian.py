@@ -470,3 +470,19 @@ def test_bad_micro_batch_names_the_parameter_and_n(micro_batch):
     net, x, y = tiny_setup()
     with pytest.raises(ValueError, match=r"micro_batch must be None, an integer >= 1 or .*N=10"):
         hessian.HessianOperator(net, make_loss("ce"), x, y, micro_batch=micro_batch)
+
+
+def test_matmat_is_the_stacked_matvec_and_counts_each_row():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (12,), generator=g)
+    for wd in (0.0, 0.1):
+        op = hessian.HessianOperator(net, nn.functional.cross_entropy, x, y, weight_decay=wd)
+        v = torch.randn(3, op.numel, generator=g, dtype=torch.float64)
+        rows = torch.stack([op.matvec(r) for r in v])
+        assert torch.allclose(op.matmat(v), rows, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(op.matmat(v), v @ op.dense(), rtol=1e-10, atol=1e-12)
+        assert op.n_hvp == 3 + 3 + 3 + op.numel
+    with pytest.raises(ValueError, match="shape"):
+        op.matmat(torch.zeros(op.numel))

@@ -1,40 +1,25 @@
 """The top Hessian eigenvalue and σ, from Hessian-vector products (paper §1.4, §2.9, §5 items 6, 13).
 
-σ enters the unlearning error e = (η²/2)·t·‖w_t − w_0‖·σ. The reference code takes
-σ = sqrt(λ_top) from PyHessian's power iteration (100 HVPs, model in eval mode, unseeded start,
-largest-*magnitude* eigenvalue, NaN when it is negative). Here:
+σ enters the unlearning error e = (η²/2)·t·‖w_t − w_0‖·σ. The reference code takes σ = sqrt(λ_top)
+from PyHessian's power iteration (100 HVPs, eval mode, unseeded start, largest-*magnitude*
+eigenvalue, NaN when it is negative). Here:
 
-* :class:`HessianOperator` wraps H = ∇²_w L(w; X, Y) as a matrix-free operator on flat parameter
-  vectors (float64 in and out). It never touches the model: parameters are detached copies, BatchNorm
-  buffers are cloned, ``.grad`` is not written, and each module's train/eval flag is restored. With
-  ``micro_batch`` it accumulates the HVP over micro-batches (as PyHessian does over a data loader), so
-  a Hessian batch larger than one forward pass fits in memory.
-* :func:`lanczos_top_eigen` (full reorthogonalisation) and :func:`power_top_eigen` find the
-  algebraically largest (``which="LA"``) or largest-magnitude (``which="LM"``) eigenvalue of any
-  symmetric operator. The default stopping rule is the residual ‖Hv − λv‖₂ ≤ tol·|λ|, which
-  puts *an* eigenvalue within tol·|λ| of the estimate (for a gap like the ones measured on CNNs it
-  over-solves: the eigenvalue error is then ≈ ‖r‖²/gap ≪ tol·|λ|). Lanczos also offers
-  ``stop="eigenvalue"``: stop once the a-posteriori eigenvalue error estimate
-  min(‖r‖, ‖r‖²/δ) ≤ tol·|λ| (Kato–Temple, δ = the gap to the next Ritz value, less that Ritz
-  value's own residual), which reaches a relative eigenvalue accuracy of about tol in fewer HVPs.
-* :class:`TopEigenTracker` follows λ_max along a trajectory for about one HVP per step: the
-  carried vector's Rayleigh quotient with a Kato–Temple error estimate, and a warm-started Lanczos
-  solve only when that estimate exceeds the tolerance.
-* :func:`estimate_sigma` maps the eigenvalue to σ under a named convention: ``"sqrt_eig"``
-  (the reference code, σ = sqrt(λ_max), reported as 0 — never NaN — when λ_max ≤ 0) or
-  ``"abs_eig"`` (the largest singular value of the symmetric Hessian, max|λ|).
-* Weight decay: by default σ is taken from the data loss L alone, as in the reference code, even
-  when SGD ran with weight decay wd. ``weight_decay=wd`` takes it from the objective SGD then
-  descends, L + ½·wd·‖w‖², whose Hessian is ∇²L + wd·I (every eigenvalue moves up by wd).
-* Parameters the loss does not reach have a zero Hessian block; everything works inside
-  ``torch.no_grad()`` (not ``torch.inference_mode()``, which forbids a gradient graph: a clear
-  RuntimeError at once).
+* :class:`HessianOperator`: H = ∇²_w L(w; X, Y) as a matrix-free operator on flat vectors that never
+  touches the model; ``micro_batch`` accumulates each HVP over micro-batches (PyHessian's loader).
+* :func:`lanczos_top_eigen` (full reorthogonalisation) and :func:`power_top_eigen`: the
+  algebraically largest (``which="LA"``) or largest-magnitude (``"LM"``) eigenvalue of any
+  symmetric operator, stopping on the residual ‖Hv − λv‖ ≤ tol·|λ| or (Lanczos) on the
+  Kato–Temple eigenvalue error estimate (``stop="eigenvalue"``).
+* :func:`estimate_sigma` maps λ to σ under a named convention: ``"sqrt_eig"`` (the reference,
+  σ = sqrt(λ_max), 0 — never NaN — when λ_max ≤ 0) or ``"abs_eig"`` (max|λ|).
+* σ comes from the data loss L alone by default (the reference code); ``weight_decay=wd`` takes it
+  from L + ½·wd·‖w‖² (Hessian ∇²L + wd·I). Works inside ``torch.no_grad()`` (not inference_mode).
+  λ_max along a trajectory (σ at every step): :mod:`unroll_utils.eigen_tracking`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import operator
 from dataclasses import dataclass
@@ -60,24 +45,14 @@ class TopEigen:
     """Result of a top-eigenvalue solve.
 
     Attributes:
-        eigenvalue: the eigenvalue found (algebraically largest for ``which="LA"``, largest
-            magnitude for ``"LM"``); may be negative.
+        eigenvalue: algebraically largest (``which="LA"``) or largest-magnitude (``"LM"``); may be < 0.
         eigenvector: (P,) float64 unit vector, flat in ``model.parameters()`` order.
-        residual: ‖Hv − λv‖₂ for the returned pair (Lanczos: the Ritz residual |β_k·s_k|, equal to
-            the true residual in exact arithmetic; power iteration: computed directly).
-        n_hvp: Hessian-vector products spent.
-        converged: whether the stopping rule (``stop``) was met within ``max_iter``.
-        method: ``"lanczos"`` or ``"power"``.
-        which: ``"LA"`` or ``"LM"``.
-        bn_mode: BatchNorm mode the Hessian was taken in (``"eval"``: running statistics, the
-            reference code's choice; ``"train"``: batch statistics, buffers left untouched), or
-            ``""`` for an operator not built from a model.
-        error_bound: a-posteriori estimate of |λ − eigenvalue| in eigenvalue units:
-            min(residual, residual²/δ) for Lanczos (δ: Ritz gap, see :func:`lanczos_top_eigen`),
-            the residual for power iteration.
-        stop: the stopping rule used, ``"residual"`` or ``"eigenvalue"``.
-        gap: Lanczos: the gap estimate δ behind ``error_bound`` (|θ − θ'| − ρ', NaN when no
-            positive estimate exists yet); the tracker (``method="track"``): the assumed gap.
+        residual: ‖Hv − λv‖₂ of the pair (Lanczos: the Ritz residual |β_k·s_k|). n_hvp: HVPs spent.
+        converged: ``stop`` was met within ``max_iter``. which: ``"LA"`` or ``"LM"``.
+        method: ``"lanczos"``, ``"power"``, or a tracker's (:mod:`unroll_utils.eigen_tracking`).
+        bn_mode: ``"eval"``/``"train"`` (``""``: not from a model). stop: the stopping rule.
+        error_bound: estimate of |λ − eigenvalue|: min(ρ, ρ²/δ) (Lanczos), ρ (power), a tracker's.
+        gap: δ behind ``error_bound`` (Lanczos: |θ − θ'| − ρ', NaN if not > 0; trackers: assumed).
     """
 
     eigenvalue: float
@@ -108,59 +83,35 @@ def preserved_modes(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 class HessianOperator:
     """H = ∇²_w L(w; X, Y) (+ wd·I) of a model at its current weights, as a matrix-free operator.
 
-    The forward pass and the gradient graph (``create_graph=True``) are built once, all of it under
-    ``torch.enable_grad()`` (so building it inside a ``torch.no_grad()`` block works); each
-    :meth:`matvec` is one double-backward pass (one HVP). The model is left exactly as found:
-    parameters are read through detached copies, buffers are cloned (so ``bn_mode="train"`` does
-    not update running statistics), ``.grad`` is never written, train/eval flags are restored.
+    The forward pass and create-graph gradient are built once (under ``torch.enable_grad()``);
+    each :meth:`matvec` is one double backward (one HVP). The model is left as found (detached
+    parameters, cloned buffers, no ``.grad``, flags restored). Parameters the loss does not reach
+    keep their coordinates with a zero Hessian block: P counts every trainable entry, in
+    ``model.named_parameters()`` order.
 
-    Trainable parameters that the loss does not reach (an unused head, a branch the forward pass
-    skips) have a zero gradient and a zero Hessian block (their rows and columns of H are 0, plus
-    wd on the diagonal); they keep their coordinates, so P is always the number of trainable
-    entries in ``model.named_parameters()`` order.
-
-    **Micro-batches.** ``micro_batch`` splits the N points into consecutive micro-batches of sizes
-    n_1, ..., n_J (Σ n_j = N) and accumulates H v = Σ_j (n_j/N)·H_j v, where H_j is the Hessian of
-    ``loss_fn`` (a batch mean) on micro-batch j; :attr:`loss` and :attr:`gradient` are weighted the
-    same way. Each HVP then runs one forward and a double backward per micro-batch (nothing is
-    kept between HVPs but the inputs), so memory is that of one micro-batch and an HVP costs about
-    J forward passes more than the one-batch operator, which builds its graph once. This is
-    PyHessian's data-loader HVP (``dataloader_hv_product``: per-batch HVPs weighted by batch size).
-    What it computes depends on BatchNorm:
-
-    * ``bn_mode="eval"`` (the default): BN uses its running statistics, each example's loss depends
-      on that example alone, and the sum is **exactly the full-batch mean-loss HVP** (up to
-      floating-point summation order: float32 rounding, ≈ 1e-6 relative).
-    * ``bn_mode="train"``: BN normalises each micro-batch with that micro-batch's own statistics, so
-      the result is the size-weighted mean of the micro-batches' Hessians, **not** the full-batch
-      Hessian (whose statistics couple all N points); it depends on the split. Dropout (put in
-      train mode too) draws its masks from a generator seeded per micro-batch, so every HVP of one
-      operator sees the same masks and the operator stays one fixed symmetric matrix.
-
-    Any other loss that is a mean of per-example terms (cross-entropy, the SD loss) decomposes
-    this way; a loss with cross-example terms would not.
+    **Micro-batches** (PyHessian's ``dataloader_hv_product``): ``micro_batch`` splits the N points
+    into consecutive sizes n_1..n_J and accumulates H v = Σ_j (n_j/N)·H_j v (:attr:`loss` and
+    :attr:`gradient` likewise); each HVP reruns a forward and a double backward per micro-batch,
+    so memory is one micro-batch's. With ``bn_mode="eval"`` this is exactly the full-batch
+    mean-loss HVP (float32 summation order aside, ≈ 1e-6); with ``"train"`` each micro-batch uses
+    its own BatchNorm statistics, so it is the size-weighted mean of the micro-batches' Hessians,
+    not the full-batch one (dropout masks are seeded per micro-batch: one fixed symmetric matrix).
+    Any per-example mean loss (cross-entropy, the SD loss) decomposes this way.
 
     Args:
         model: the network; its trainable parameters define the P coordinates.
         loss_fn: ``loss(logits, targets) -> scalar`` (batch mean), e.g. the training objective.
-        inputs: (N, ...) batch on the model's device.
-        targets: (N,) labels.
+        inputs: (N, ...) batch on the model's device. targets: (N,) labels.
         bn_mode: ``"eval"`` (default, as PyHessian/the reference code) or ``"train"``.
-        weight_decay: wd ≥ 0. The operator is the Hessian of L(w) + ½·wd·‖w‖², the objective SGD
-            with ``weight_decay=wd`` descends: every HVP gets + wd·v, so every eigenvalue moves up
-            by exactly wd; :attr:`loss` and :attr:`gradient` include the term too. Default 0: the
-            data loss alone, as the reference code's σ.
-        micro_batch: ``None`` (default: one forward pass over the N points), an int m ≥ 1
-            (consecutive micro-batches of m points, the last one smaller when m does not divide N;
-            m ≥ N is one batch), or a sequence of positive ints summing to N (the micro-batch
-            sizes, in order). :attr:`micro_sizes` holds the sizes used.
+        weight_decay: wd ≥ 0: the Hessian of L + ½·wd·‖w‖² (every eigenvalue + wd; :attr:`loss`
+            and :attr:`gradient` too). Default 0: the data loss alone, as the reference code's σ.
+        micro_batch: None (default, one pass), an int m ≥ 1 (micro-batches of m, the last one
+            smaller) or positive ints summing to N; :attr:`micro_sizes` holds the sizes used.
 
     Raises:
-        ValueError: unknown ``bn_mode``, negative or non-finite ``weight_decay``, empty batch, a
-            model without trainable parameters, or a ``micro_batch`` that is not None, an int
-            ≥ 1 or positive sizes summing to N (the message names ``micro_batch`` and N).
-        RuntimeError: called inside ``torch.inference_mode()``, where no gradient graph can be
-            built (``torch.no_grad()`` is fine).
+        ValueError: unknown ``bn_mode``, negative or non-finite ``weight_decay``, empty batch, no
+            trainable parameters, a bad ``micro_batch`` (named, with N). RuntimeError: inside
+            ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
 
     Source: paper §1.4 (σ from the top Hessian eigenvalue), §5 item 13 (side effects to avoid).
     """
@@ -179,10 +130,8 @@ class HessianOperator:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no trainable parameters")
-        self.names = [n for n, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.bn_mode = bn_mode
-        self.weight_decay = float(weight_decay)
+        self.names, self.shapes = [n for n, _ in named], [p.shape for _, p in named]
+        self.bn_mode, self.weight_decay = bn_mode, float(weight_decay)
         # clones are ordinary tensors even when the originals were made under inference_mode
         inputs, targets = _usable(inputs), _usable(targets)
         self.micro_sizes = micro_batch_sizes(micro_batch, int(inputs.shape[0]))
@@ -208,16 +157,12 @@ class HessianOperator:
                 grad = g if grad is None else grad + g
             self._flat_grad = grad
         self.loss = data_loss + 0.5 * self.weight_decay * float(self._flat_params.double().square().sum())
-        self.numel = self._flat_grad.numel()
-        self.device = self._flat_grad.device
-        self.dtype = self._flat_grad.dtype
-        self.n_hvp = 0
+        self.numel, self.n_hvp = self._flat_grad.numel(), 0
+        self.device, self.dtype = self._flat_grad.device, self._flat_grad.dtype
 
     def _graph(self, x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, flat gradient with its graph) of ``loss_fn`` on (x, y) at the operator's weights.
-
-        In train mode with several micro-batches, the forward pass draws its random numbers (dropout)
-        from a generator seeded with the micro-batch's index, so every HVP sees the same masks."""
+        """(loss, flat gradient with its graph) on (x, y); in train mode with several micro-batches
+        the forward pass's random numbers (dropout) are seeded with the micro-batch's index."""
         training = self.bn_mode == "train"
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
@@ -240,8 +185,7 @@ class HessianOperator:
         return g + self.weight_decay * self._flat_params.double() if self.weight_decay else g
 
     def _second_backward(self, grad_outputs: torch.Tensor, batched: bool) -> list[torch.Tensor]:
-        """∂(gradient · grad_outputs)/∂w per parameter (zeros where nothing depends on w); with
-        micro-batches, the size-weighted sum over them (each one's graph rebuilt and freed)."""
+        """∂(gradient · grad_outputs)/∂w per parameter (zeros if unreached), summed over micro-batches."""
         if not self._chunks:
             return self._rows(self._flat_grad, grad_outputs, batched, retain=True)
         total = None
@@ -264,47 +208,42 @@ class HessianOperator:
                 for r, p in zip(rows, self._params)]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """Return H v (+ wd·v).
-
-        Args:
-            v: (P,) vector (any float dtype, any device).
-
-        Returns:
-            (P,) tensor on ``v``'s device, in ``v``'s dtype if that is float32 or float64, else
-            float64.
-
-        Raises:
-            ValueError: if ``v`` has the wrong length.
-        """
+        """H v (+ wd·v) for a (P,) vector (any float dtype and device): a (P,) tensor on ``v``'s
+        device, in ``v``'s dtype if float32/float64, else float64. ValueError for a wrong shape."""
         if v.shape != (self.numel,):
             raise ValueError(f"v must have shape ({self.numel},); got {tuple(v.shape)}")
-        vv = v.to(device=self.device, dtype=self.dtype)
-        hv = torch.cat([h.reshape(-1) for h in self._second_backward(vv, batched=False)])
-        if self.weight_decay:
-            hv = hv.add(vv, alpha=self.weight_decay)
-        self.n_hvp += 1
-        out = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float64
-        return hv.to(device=v.device, dtype=out)
+        return self._apply(v, batched=False)
 
     __call__ = matvec
 
+    def matmat(self, v: torch.Tensor) -> torch.Tensor:
+        """H V (+ wd·V) row by row for a (k, P) block, through one batched double backward
+        (``is_grads_batched``; k HVPs). Dtypes as :meth:`matvec`; ValueError for a wrong shape."""
+        if v.dim() != 2 or v.shape[1] != self.numel:
+            raise ValueError(f"v must have shape (k, {self.numel}); got {tuple(v.shape)}")
+        return self._apply(v, batched=True)
+
+    def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
+        vv = v.to(device=self.device, dtype=self.dtype)
+        lead = v.shape[:1] if batched else ()
+        hv = torch.cat([h.reshape(*lead, -1) for h in self._second_backward(vv, batched)], dim=-1)
+        if self.weight_decay:
+            hv = hv.add(vv, alpha=self.weight_decay)
+        self.n_hvp += v.shape[0] if batched else 1
+        out = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float64
+        return hv.to(device=v.device, dtype=out)
+
     def dense(self) -> torch.Tensor:
-        """The full (P, P) float64 Hessian (+ wd·I), P HVPs batched through ``is_grads_batched``.
-        Tiny models only."""
-        eye = torch.eye(self.numel, device=self.device, dtype=self.dtype)
-        rows = self._second_backward(eye, batched=True)
+        """The full (P, P) float64 Hessian (+ wd·I) from P batched HVPs. Tiny models only."""
+        rows = self._second_backward(torch.eye(self.numel, device=self.device, dtype=self.dtype), True)
         self.n_hvp += self.numel
         h = torch.cat([r.reshape(self.numel, -1) for r in rows], dim=1).double()
-        if self.weight_decay:
-            h.diagonal().add_(self.weight_decay)
-        return h
+        return h + self.weight_decay * torch.eye(self.numel, dtype=h.dtype, device=h.device)
 
 
 def micro_batch_sizes(micro_batch: int | Sequence[int] | None, n: int) -> list[int]:
-    """The micro-batch sizes for ``micro_batch`` (see :class:`HessianOperator`) over n points.
-
-    ``None`` → [n]; an int m ≥ 1 → [m, ..., m, n mod m] (one batch when m ≥ n); a sequence of
-    positive ints summing to n → that list. Raises ValueError naming ``micro_batch`` otherwise."""
+    """Sizes for ``micro_batch`` over n points (:class:`HessianOperator`): None → [n], an int m ≥ 1 →
+    [m, ..., m, n mod m], positive ints summing to n → those; else ValueError naming it."""
     if micro_batch is None:
         return [n]
     if isinstance(micro_batch, (int, np.integer)) and not isinstance(micro_batch, bool):
@@ -364,55 +303,34 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
                       stop: str = "residual") -> TopEigen:
     """Top eigenpair of a symmetric operator by Lanczos with full reorthogonalisation.
 
-    Each iteration spends one ``matvec``; the Ritz pair (θ, y) is refreshed from the tridiagonal
-    matrix, with residual ρ = ‖Hy − θy‖ = |β_k·s_k|. Stopping rules:
-
-    * ``stop="residual"`` (default): ρ ≤ tol·|θ|. For a symmetric matrix an eigenvalue lies within
-      ρ of θ, so this certifies θ to tol (for *some* eigenvalue) and usually over-solves the
-      eigenvalue itself by orders of magnitude.
-    * ``stop="eigenvalue"``: min(ρ, ρ²/δ) ≤ tol·|θ|, the Kato–Temple error of θ with the unknown
-      spectral gap estimated from the Ritz values, δ = |θ − θ'| − ρ' (θ' the nearest other Ritz
-      value, ρ' its residual; the quadratic term is used only while δ > 0). It targets a relative
-      *eigenvalue* accuracy of tol with fewer HVPs. The gap estimate is a heuristic: when an
-      eigenvalue close to the top one has not yet entered the Krylov space, the rule can stop on
-      the wrong eigenvalue — more readily than the residual rule, which runs longer (seen on
-      synthetic spectra with λ₂/λ₁ ≥ 0.9; with the gaps measured on CNN Hessians, λ₂/λ₁ ≈ 0.6,
-      its errors stayed below tol).
-
-    The Krylov basis is kept in float64 (inner products over millions of float32 entries lose
-    ~1e-4 of relative accuracy, enough to push θ above λ_max) and grows by doubling (memory ≈
-    iterations × P × 8 bytes).
+    One ``matvec`` per iteration; the Ritz pair (θ, y) comes from the tridiagonal matrix, with
+    residual ρ = ‖Hy − θy‖ = |β_k·s_k|. ``stop="residual"`` (default): ρ ≤ tol·|θ|, which puts
+    *an* eigenvalue within tol·|θ| (and usually over-solves λ by orders of magnitude).
+    ``stop="eigenvalue"``: min(ρ, ρ²/δ) ≤ tol·|θ|, the Kato–Temple error with the gap estimated
+    from the Ritz values, δ = |θ − θ'| − ρ' (θ' the nearest other Ritz value, ρ' its residual;
+    quadratic term only while δ > 0): fewer HVPs, but a heuristic — while an eigenvalue close to
+    the top has not entered the Krylov space it can stop on the wrong one (seen on synthetic
+    spectra with λ₂/λ₁ ≥ 0.9; on CNN Hessians, λ₂/λ₁ ≈ 0.6, its errors stayed below tol).
+    The basis is float64 (float32 inner products over millions of entries push θ above λ_max).
 
     Args:
-        matvec: v (P,) float64 → H v (P,), H symmetric, any float dtype (it is copied into the
-            work vector, never modified).
-        n: P, the dimension.
-        which: ``"LA"`` algebraically largest (default) or ``"LM"`` largest magnitude.
-        tol: relative tolerance of the stopping rule, in (0, 1).
+        matvec: v (P,) float64 → H v (P,), H symmetric, any float dtype (never modified).
+        n: P. which: ``"LA"`` (default) or ``"LM"``. tol: in (0, 1).
         max_iter: at most this many matvecs (the Krylov dimension), ≥ 1.
-        init: optional (P,) start vector, e.g. the previous step's eigenvector (warm start).
-        generator: torch.Generator for a random start vector when ``init`` is None
-            (default: a fresh generator seeded 0, so the global RNG is never consumed).
-        device: where vectors live (default CPU).
-        stop: ``"residual"`` (default) or ``"eigenvalue"`` (see above).
+        init: optional (P,) start vector (warm start); else a random one from ``generator``
+            (default: a fresh generator seeded 0; the global RNG is never consumed).
+        device: where vectors live (default CPU). stop: ``"residual"`` or ``"eigenvalue"``.
 
-    Returns:
-        :class:`TopEigen` with ``method="lanczos"`` and ``error_bound`` = min(ρ, ρ²/δ) (ρ alone
-        before a gap estimate exists).
-
-    Raises:
-        ValueError: bad ``which``, ``tol``, ``max_iter``, ``stop`` or ``init``.
+    Returns :class:`TopEigen`, ``method="lanczos"``, ``error_bound`` = min(ρ, ρ²/δ) (ρ before a
+    gap). Raises ValueError for a bad ``which``, ``tol``, ``max_iter``, ``stop`` or ``init``.
     """
     _check_solver_args(which, tol, max_iter, stop)
     device = device if device is not None else (init.device if init is not None else "cpu")
-    rows = min(max_iter, n)
-    # the basis starts at 16 rows (enough for most solves) and grows by doubling, so memory
-    # follows the iterations used, not max_iter
+    rows = min(max_iter, n)  # the basis starts at 16 rows and grows by doubling (memory ∝ iterations)
     basis = torch.empty(min(rows, 16), n, dtype=torch.float64, device=device)
     basis[0] = _start_vector(n, init, generator, device)
     w = torch.empty(n, dtype=torch.float64, device=device)  # the one work vector, reused
-    alphas: list[float] = []
-    betas: list[float] = []
+    alphas, betas = [], []
     theta, s, resid, bound, converged = 0.0, np.ones(1), float("inf"), float("inf"), False
     gap_used = math.nan
     for k in range(rows):
@@ -448,13 +366,12 @@ def lanczos_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float =
         if k + 1 == rows:
             break
         if k + 1 == basis.shape[0]:
-            grown = torch.empty(min(2 * (k + 1), rows), n, dtype=torch.float64, device=device)
-            grown[: k + 1] = basis
-            basis = grown
+            basis = torch.cat([basis, torch.empty(min(k + 1, rows - k - 1), n, dtype=torch.float64,
+                                                  device=device)])
         torch.div(w, beta, out=basis[k + 1])
     m = len(alphas)
     vec = basis[:m].T @ torch.as_tensor(s, dtype=torch.float64, device=device)
-    vec = vec / vec.norm()
+    vec /= vec.norm()
     return TopEigen(theta, vec, float(resid), m, bool(converged), "lanczos", which,
                     error_bound=float(bound), stop=stop, gap=float(gap_used))
 
@@ -472,15 +389,10 @@ def power_top_eigen(matvec: MatVec, n: int, *, which: str = "LA", tol: float = 1
                     generator: torch.Generator | None = None, device=None) -> TopEigen:
     """Top eigenpair of a symmetric operator by power iteration with a residual stopping rule.
 
-    Power iteration converges to the largest-*magnitude* eigenvalue μ. For ``which="LA"`` and
-    μ < 0 it is rerun on the shifted operator H − μI (whose spectrum is ≥ 0) and shifted back,
-    so the algebraically largest eigenvalue is returned, never a NaN-producing negative stand-in.
-
-    Args and Returns: as :func:`lanczos_top_eigen` (``method="power"``); ``n_hvp`` counts both runs.
-
-    Raises:
-        ValueError: bad ``which``, ``tol``, ``max_iter`` or ``init``.
-    """
+    Power iteration finds the largest-*magnitude* eigenvalue μ; for ``which="LA"`` and μ < 0 it
+    reruns on H − μI (spectrum ≥ 0) and shifts back, so the algebraically largest is returned.
+    Args, Returns and Raises as :func:`lanczos_top_eigen` (``method="power"``, no ``stop``);
+    ``n_hvp`` counts both runs."""
     _check_solver_args(which, tol, max_iter)
     device = device if device is not None else (init.device if init is not None else "cpu")
     v0 = _start_vector(n, init, generator, device)
@@ -504,11 +416,8 @@ def _power(matvec: MatVec, v: torch.Tensor, tol: float, max_iter: int,
         theta = float(torch.dot(v, hv))
         lam = theta + shift
         resid = float((hv - theta * v).norm())  # = ‖Hv − λv‖
-        if resid <= tol * abs(lam):
-            converged = True
-            break
         norm = hv.norm()
-        if float(norm) == 0.0:  # v is an exact eigenvector with θ = 0
+        if resid <= tol * abs(lam) or float(norm) == 0.0:  # (norm 0: an exact eigenvector, θ = 0)
             converged = True
             break
         v = hv / norm
@@ -518,44 +427,28 @@ def _power(matvec: MatVec, v: torch.Tensor, tol: float, max_iter: int,
 def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
                            *, method: str = "lanczos", which: str = "LA", tol: float = 1e-3,
                            max_iter: int = 100, init: torch.Tensor | None = None,
-                           generator: torch.Generator | None = None,
-                           bn_mode: str = "eval", stop: str = "residual",
-                           weight_decay: float = 0.0,
+                           generator: torch.Generator | None = None, bn_mode: str = "eval",
+                           stop: str = "residual", weight_decay: float = 0.0,
                            micro_batch: int | Sequence[int] | None = None) -> TopEigen:
     """Top eigenvalue of the loss Hessian ∇²_w L(w; X, Y) (+ wd·I) at the model's current weights.
 
-    Parameters the loss does not reach count with a zero Hessian block (see
-    :class:`HessianOperator`), so an unused layer leaves a positive λ_max unchanged. Works inside
-    ``torch.no_grad()``.
+    Works inside ``torch.no_grad()``; the model is left exactly as found.
 
     Args:
-        model: the network (left exactly as found: mode flags, ``.grad``, buffers, weights).
-        loss_fn: batch-mean ``loss(logits, targets)``; use the training objective (paper §5 item 14).
-        inputs: (N, ...) batch, e.g. a fixed 512-point batch or the current training batch.
-        targets: (N,) labels.
-        method: ``"lanczos"`` (default) or ``"power"``.
-        which: ``"LA"`` (algebraically largest, default) or ``"LM"`` (largest magnitude, PyHessian).
-        tol: relative tolerance of the stopping rule (``stop``).
-        max_iter: HVP budget.
-        init: warm-start vector (P,), e.g. the previous call's ``eigenvector``.
-        generator: torch.Generator for the random start (default seeded 0).
-        bn_mode: ``"eval"`` (running statistics; the reference code's choice) or ``"train"``.
-        stop: ``"residual"`` (‖Hv − λv‖ ≤ tol·|λ|, default) or ``"eigenvalue"`` (Lanczos only:
-            estimated eigenvalue error ≤ tol·|λ|, fewer HVPs; see :func:`lanczos_top_eigen`).
-        weight_decay: wd ≥ 0; the solve is on the Hessian of L + ½·wd·‖w‖² (the objective of SGD
-            with that weight decay), whose eigenvalues are those of ∇²L plus wd. Default 0: the
-            data loss alone, as the reference code.
-        micro_batch: accumulate each HVP over micro-batches (an int size or a list of sizes; see
-            :class:`HessianOperator`): the same eigenvalue in eval mode for a fraction of the
-            memory, at about one forward pass per micro-batch per HVP. Default None: one pass.
+        model, inputs (N, ...), targets (N,): the network and the Hessian batch (e.g. 512 fixed
+            points or the current batch). loss_fn: batch-mean training objective (paper §5 item 14).
+        method: ``"lanczos"`` (default) or ``"power"``. which: ``"LA"`` (default) or ``"LM"``
+            (PyHessian's). tol, max_iter, init, generator, stop: as :func:`lanczos_top_eigen`
+            (``stop="eigenvalue"`` is Lanczos only).
+        bn_mode, weight_decay, micro_batch: as :class:`HessianOperator` (micro-batches: the same
+            eigenvalue in eval mode for a fraction of the memory).
 
-    Returns:
-        :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
+    Returns :class:`TopEigen` (eigenvalue in loss units per parameter², i.e. the curvature).
 
     Raises:
         ValueError: unknown ``method``/``which``/``bn_mode``/``stop`` (``"eigenvalue"`` with
             ``method="power"``), bad ``tol``/``max_iter``/``init``/``weight_decay``/``micro_batch``.
-        RuntimeError: inside ``torch.inference_mode()`` (see :class:`HessianOperator`).
+        RuntimeError: inside ``torch.inference_mode()``.
 
     Source: paper §1.4 (σ from the top Hessian eigenvalue), §2.9 (PyHessian semantics).
     """
@@ -576,177 +469,11 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
                     res.method, res.which, bn_mode, res.error_bound, res.stop, res.gap)
 
 
-class TopEigenTracker:
-    """The top (algebraically largest) Hessian eigenvalue along a trajectory, ≈ 1 HVP per step.
-
-    σ at every step of a training run (paper §2.2, Exp A) needs λ_max of a Hessian that changes a
-    little from one step to the next. The tracker carries a unit vector v from step to step and,
-    at each new operator H, spends **one** HVP: θ = vᵀHv (the Rayleigh quotient), r = Hv − θv,
-    ρ = ‖r‖. It reports θ with the a-posteriori error estimate
-
-        ε = min(ρ, ρ²/δ),   δ = θ·g·s
-
-    (g: the relative gap of the last full solve, s = ``gap_safety``); its quadratic term is the
-    **Kato–Temple** bound for the top eigenvalue: for a symmetric H, a unit v with Rayleigh
-    quotient θ and residual ρ, and any α with λ₂ ≤ α < θ, θ ≤ λ_max ≤ θ + ρ²/(θ − α) (Kato 1949;
-    Parlett, *The Symmetric Eigenvalue Problem*, Thm 10.8.1; the lower half, θ ≤ λ_max, holds
-    for every unit v). It is used with α = θ − δ, so it is a *bound* exactly when
-    λ₂ ≤ θ·(1 − g·s), e.g. (since θ ≤ λ_max) when the relative gap (λ_max − λ₂)/λ_max at this
-    step is at least s times the one measured at the last Lanczos solve (g = δ_L/θ_L, where δ_L = θ_L − θ'_L − ρ'_L is the solve's own
-    Kato–Temple gap, the second Ritz value plus its residual; only solves that built a Krylov space
-    of ≥ 4 vectors update g, so θ'_L has had the chance to approach λ₂). Under that assumption the
-    reported eigenvalue is one-sided: θ ≤ λ_max ≤ θ + ε. The assumption is not checked (that
-    would need λ₂, i.e. more HVPs); it is the estimate's only heuristic part, and it can fail:
-    on ResNet-18 at its initialisation (16 synthetic points, lr 0.01), where the top eigenvector
-    turned over every step, one step's θ was 4% below λ_max while ε stayed ≤ 0.025·θ (benchmark
-    row 6). Where most steps fall back, a warm-started solve every step is as cheap and safer.
-
-    When ε ≤ tol·θ the step is accepted (``method="track"``, ``n_hvp=1``) and the vector for the
-    next step is Hv/‖Hv‖ (a free power step towards this step's top eigenvector). Otherwise the
-    step **falls back** to :func:`lanczos_top_eigen`, warm-started from v, whose first HVP is the
-    one already spent (so a fallback costs the Lanczos iterations and nothing more). The fallback
-    stops on this same estimate: with ``stop="eigenvalue"`` when min(ρ, ρ²/δ) ≤ tol·θ for its Ritz
-    pair (a residual rule at max(tol, sqrt(tol·g·s))), with ``stop="residual"`` when ρ ≤ tol·θ;
-    not on the Lanczos solve's own gap, which from a 2–3-vector warm-started Krylov space can be
-    far too optimistic (its second Ritz value sits well below λ₂). The Ritz vector is carried on
-    and the reported ``error_bound`` is min(ρ, ρ²/δ) for the Ritz pair; a fallback whose own
-    Krylov space measured a smaller gap updates g first, so its estimate can end slightly above
-    tol·θ (seen: 0.021·θ at tol 0.02 on ResNet-18). The first call (nothing
-    to carry yet) is a cold Lanczos solve to the residual rule at min(tol, 1e-3), which also
-    resolves the second Ritz value for g.
-
-    Args:
-        tol: relative tolerance in (0, 1): a step is accepted when ε ≤ tol·θ, and fallbacks stop
-            at tol. σ = sqrt(λ) then has a relative error ≤ ≈ tol/2 (e_t's too, since e_t ∝ σ).
-        max_iter: HVP budget of a fallback solve, ≥ 1.
-        stop: the fallback's stopping rule, ``"eigenvalue"`` (default: the tracker's own error
-            estimate ≤ tol) or ``"residual"`` (ρ ≤ tol·θ, more HVPs).
-        generator: torch.Generator for the first (cold) solve's start vector (default seeded 0).
-        gap_safety: s in (0, 1]: the fraction of the last measured relative gap assumed to hold
-            at the following steps (default 0.5: the gap may halve between two full solves; with
-            s = 1 a tiny network's trajectory at lr 0.05 broke the bound by 0.4% of ε).
-
-    Raises:
-        ValueError: ``tol`` outside (0, 1), ``max_iter`` < 1, an unknown ``stop`` or
-            ``gap_safety`` outside (0, 1].
-
-    Source: paper §1.4 and §2.2 (σ every step in Exp A); Kato–Temple bound as cited above.
-    """
-
-    MIN_GAP_KRYLOV = 4  # Krylov dimension a solve needs before its gap updates g
-
-    def __init__(self, *, tol: float = 1e-2, max_iter: int = 100, stop: str = "eigenvalue",
-                 generator: torch.Generator | None = None, gap_safety: float = 0.5) -> None:
-        _check_solver_args("LA", tol, max_iter, stop)
-        if not 0.0 < gap_safety <= 1.0:
-            raise ValueError(f"gap_safety must be in (0, 1]; got {gap_safety}")
-        self.tol, self.max_iter, self.stop = float(tol), int(max_iter), stop
-        self.gap_safety = float(gap_safety)
-        self.generator = generator
-        self.eigenvector: torch.Tensor | None = None
-        self.gap_ratio = math.nan  # g = δ/θ of the last full solve with a Krylov space of ≥ 4
-        self.n_tracked = 0
-        self.n_fallback = 0
-
-    def update(self, matvec: MatVec, n: int, *, device=None) -> TopEigen:
-        """The top eigenpair of the operator at this step (see the class docstring).
-
-        Args:
-            matvec: v (P,) float64 → H v (P,), H symmetric (e.g. :meth:`HessianOperator.matvec`).
-            n: P.
-            device: where vectors live (default CPU).
-
-        Returns:
-            :class:`TopEigen`: ``method="track"`` (1 HVP, ``error_bound`` = ε, ``gap`` = δ) for an
-            accepted step, else the fallback's ``"lanczos"`` result (its ``n_hvp`` includes the
-            tracking HVP it reused).
-        """
-        device = device if device is not None else "cpu"
-        if self.eigenvector is None:
-            return self._solve(matvec, n, device, None, None, "residual", min(self.tol, 1e-3))
-        v = self.eigenvector.to(device=device, dtype=torch.float64)
-        v = v / v.norm()
-        hv = matvec(v).to(device=device, dtype=torch.float64)
-        theta = float(torch.dot(v, hv))
-        rho = float((hv - theta * v).norm())
-        gap = self._gap(theta)
-        bound = self._estimate(rho, gap)
-        if bound <= self.tol * abs(theta):
-            self.n_tracked += 1
-            norm = float(hv.norm())
-            self.eigenvector = hv / norm if math.isfinite(norm) and norm > 0 else v
-            return TopEigen(theta, v, rho, 1, True, TRACK_METHOD, "LA", error_bound=bound,
-                            stop=self.stop, gap=gap)
-        return self._solve(matvec, n, device, v, hv, "residual", self._fallback_tol(gap, theta))
-
-    def _solve(self, matvec: MatVec, n: int, device, init, first_hv, stop: str,
-               tol: float) -> TopEigen:
-        """Lanczos (warm-started from ``init``, reusing ``first_hv`` = H·init); updates the state."""
-        pending = [first_hv]
-
-        def reuse_first(q: torch.Tensor) -> torch.Tensor:
-            if pending[0] is not None:
-                hv, pending[0] = pending[0], None
-                return hv
-            return matvec(q)
-
-        res = lanczos_top_eigen(reuse_first, n, which="LA", tol=tol, max_iter=self.max_iter,
-                                init=init, generator=self.generator, device=device, stop=stop)
-        self.eigenvector = res.eigenvector
-        if res.n_hvp >= self.MIN_GAP_KRYLOV and res.eigenvalue > 0 and res.gap > 0:
-            self.gap_ratio = res.gap / res.eigenvalue
-        if init is None:
-            return res
-        self.n_fallback += 1
-        # report the tracker's estimate (Kato–Temple with the assumed gap θ·g), not the one from
-        # a short warm-started Krylov space, whose second Ritz value can sit far below λ₂
-        gap = self._gap(res.eigenvalue)
-        return dataclasses.replace(res, error_bound=float(self._estimate(res.residual, gap)),
-                                   gap=float(gap))
-
-    @staticmethod
-    def _estimate(rho: float, gap: float) -> float:
-        """The error estimate ε = min(ρ, ρ²/δ) of a Rayleigh quotient with residual ρ and assumed
-        gap δ (∞ while no gap has been measured)."""
-        return min(rho, rho * rho / gap) if gap > 0 else math.inf
-
-    def _fallback_tol(self, gap: float, theta: float) -> float:
-        """The residual tolerance of a fallback solve. ``stop="eigenvalue"``: the largest relative
-        residual whose estimate min(ρ, ρ²/δ) (δ the assumed gap θ·g·s) is ≤ tol·θ, i.e.
-        max(tol, sqrt(tol·g·s)); ``"residual"`` (or no gap measured yet): tol."""
-        if self.stop == "eigenvalue" and gap > 0 and theta > 0:
-            return min(max(self.tol, math.sqrt(self.tol * gap / theta)), 0.5)
-        return self.tol
-
-    def _gap(self, theta: float) -> float:
-        """The assumed gap δ = θ·g·s below θ (NaN when θ ≤ 0 or no g has been measured)."""
-        if theta > 0 and math.isfinite(self.gap_ratio):
-            return theta * self.gap_ratio * self.gap_safety
-        return math.nan
-
-    def state_dict(self) -> dict:
-        return {"eigenvector": self.eigenvector, "gap_ratio": self.gap_ratio,
-                "n_tracked": self.n_tracked, "n_fallback": self.n_fallback}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.eigenvector, self.gap_ratio = state["eigenvector"], float(state["gap_ratio"])
-        self.n_tracked, self.n_fallback = int(state["n_tracked"]), int(state["n_fallback"])
-
-
 def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> float:
-    """σ from a top eigenvalue under a named convention.
-
-    Args:
-        eigenvalue: λ_max (``"sqrt_eig"``) or the largest-magnitude eigenvalue (``"abs_eig"``).
-        convention: ``"sqrt_eig"``: σ = sqrt(λ_max) as in the reference code; a λ_max ≤ 0 gives
-            σ = 0 (no positive curvature), never NaN — log λ itself to see the sign.
-            ``"abs_eig"``: σ = |λ|, the largest singular value of the symmetric Hessian.
-
-    Raises:
-        ValueError: unknown ``convention`` or a non-finite eigenvalue.
-
-    Source: paper §1.4 and §5 item 6.
-    """
+    """σ from a top eigenvalue: ``"sqrt_eig"`` σ = sqrt(λ_max) as in the reference code (0, never
+    NaN, when λ_max ≤ 0; log λ to see the sign) or ``"abs_eig"`` σ = |λ| (the largest singular
+    value of the symmetric Hessian, from the largest-magnitude eigenvalue). ValueError for an
+    unknown ``convention`` or a non-finite eigenvalue. Source: paper §1.4 and §5 item 6."""
     if convention not in SIGMA_CONVENTIONS:
         raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
     if not math.isfinite(eigenvalue):
@@ -759,20 +486,11 @@ def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> fl
 def estimate_sigma(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *,
                    convention: str = "sqrt_eig", weight_decay: float = 0.0,
                    **kwargs) -> tuple[float, TopEigen]:
-    """σ for the unlearning error, with the eigen-solve that produced it.
-
-    ``"sqrt_eig"`` solves for the algebraically largest eigenvalue, ``"abs_eig"`` for the
-    largest-magnitude one. ``weight_decay`` (wd ≥ 0, default 0) takes σ from the Hessian of
-    L + ½·wd·‖w‖², the objective of SGD with that weight decay (λ_max + wd); the default is the
-    data loss alone, as the reference code, even for a run trained with weight decay. Other keyword
-    arguments go to :func:`top_hessian_eigenvalue`.
-
-    Returns:
-        (σ, :class:`TopEigen`).
-
-    Raises:
-        ValueError: as :func:`sigma_from_eigenvalue` and :func:`top_hessian_eigenvalue`.
-    """
+    """(σ, :class:`TopEigen`) for the unlearning error: ``"sqrt_eig"`` solves for the algebraically
+    largest eigenvalue, ``"abs_eig"`` for the largest-magnitude one; ``weight_decay`` (wd ≥ 0,
+    default 0: the data loss alone, as the reference code) takes σ from L + ½·wd·‖w‖² (λ_max + wd).
+    Other keyword arguments go to :func:`top_hessian_eigenvalue`, whose errors it raises (and
+    :func:`sigma_from_eigenvalue`'s)."""
     if convention not in SIGMA_CONVENTIONS:
         raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
     which = "LA" if convention == "sqrt_eig" else "LM"

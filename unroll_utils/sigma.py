@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import hessian
+from . import eigen_tracking, hessian
 from .metrics import unlearning_error
 from .training import SGDConfig, sub_seed
 
@@ -39,7 +39,7 @@ class SigmaTracker:
         self.fixed_x, self.fixed_y = fixed_x, fixed_y
         self.sigmas: list[float] = []
         self.eigvec: torch.Tensor | None = None
-        self.tracker: hessian.TopEigenTracker | None = None  # with sigma_track, made on first use
+        self.tracker = None  # with sigma_track, an eigen_tracking tracker made on first use
 
     def due(self, t: int, last: bool) -> bool:
         """σ is measured at t = 1, every ``sigma_every`` steps and at the last step (never if 0)."""
@@ -67,7 +67,7 @@ class SigmaTracker:
                 "eig_error_bound": eig.error_bound, "eig_hvps": eig.n_hvp}
 
     def _track(self, model: nn.Module, xh: torch.Tensor, yh: torch.Tensor) -> dict:
-        """``sigma_track``: one :meth:`hessian.TopEigenTracker.update` on this step's Hessian."""
+        """``sigma_track``: one tracker update (:mod:`unroll_utils.eigen_tracking`) on this step's Hessian."""
         cfg = self.config
         if self.tracker is None:
             self.tracker = self._new_tracker()
@@ -105,7 +105,10 @@ class SigmaTracker:
             self.tracker = self._new_tracker()
             self.tracker.load_state_dict(state["sigma_tracker"])
 
-    def _new_tracker(self) -> hessian.TopEigenTracker:
+    def _new_tracker(self):
+        """The tracker of ``sigma_track``: True, the carried vector; ``"block"``, the carried block."""
         cfg = self.config
-        return hessian.TopEigenTracker(tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
-                                       generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))
+        kind = (eigen_tracking.BlockEigenTracker if cfg.sigma_track == "block"
+                else eigen_tracking.TopEigenTracker)
+        return kind(tol=cfg.sigma_tol, max_iter=cfg.sigma_max_iter, stop=cfg.sigma_stop,
+                    generator=torch.Generator().manual_seed(sub_seed(cfg.seed, 2)))

@@ -105,7 +105,7 @@ class LockStepConfig(SGDConfig):
             Hessian-propagated single gradient (gradients where M saw x*, propagated by
             f(H̄) = clamp((1 − ηH̄)^{n_k}, −1, 1)); adds the columns ``ve_propagated``,
             ``propagated_hvps``, ``propagated_error``, ``propagated_seconds``. None (default): off.
-        sigma_track: measure λ_max with :class:`unroll_utils.hessian.TopEigenTracker` (about one
+        sigma_track: measure λ_max with :class:`unroll_utils.eigen_tracking.TopEigenTracker` (about one
             HVP per measurement: the carried eigenvector's Rayleigh quotient with a Kato–Temple
             error estimate, a warm-started Lanczos solve only when the estimate exceeds
             ``sigma_tol``·λ; with ``sigma_stop="eigenvalue"`` the fallback stops as soon as that
@@ -116,7 +116,11 @@ class LockStepConfig(SGDConfig):
             ``sigma_tol`` of 2e-2 (σ, e_t within ≈ 1%) or 1e-2 (≈ 0.5%). Needs
             ``sigma_method="lanczos"`` and
             ``sigma_convention="sqrt_eig"``; adds the column ``eig_tracked`` (True where the step
-            was accepted without a fallback). False (default): a solve per measurement.
+            was accepted without a fallback). ``"block"``: the same with
+            :class:`unroll_utils.eigen_tracking.BlockEigenTracker` (a carried block of 2 vectors,
+            2 HVPs per accepted step, a bound that assumes only the gap to the spectrum outside
+            the block, so it survives the top two eigenvalues crossing; needs
+            ``sigma_max_iter`` ≥ 4). False (default): a solve per measurement.
     """
 
     order: str = "forget_first"  # the SGD fields are SGDConfig's; only the default order differs
@@ -141,7 +145,7 @@ class LockStepConfig(SGDConfig):
     accuracy_every: int = 0
     include_buffers: bool = False
     propagated: PropagatedConfig | None = None
-    sigma_track: bool = False
+    sigma_track: bool | str = False
 
     def validate(self) -> "LockStepConfig":
         """Raise ValueError naming the first bad field and its allowed range; return self."""
@@ -172,11 +176,12 @@ class LockStepConfig(SGDConfig):
                                                 and not isinstance(self.sigma_micro_batch, bool)
                                                 and self.sigma_micro_batch >= 1),
              "sigma_micro_batch", "None (one forward pass) or an integer >= 1")
-        need(isinstance(self.sigma_track, bool)
+        need((isinstance(self.sigma_track, bool) or self.sigma_track == "block")
              and (not self.sigma_track or (self.sigma_method == "lanczos"
-                                           and self.sigma_convention == "sqrt_eig")),
-             "sigma_track", "True or False; True needs sigma_method='lanczos' and "
-             "sigma_convention='sqrt_eig'")
+                                           and self.sigma_convention == "sqrt_eig"))
+             and (self.sigma_track != "block" or self.sigma_max_iter >= 4),
+             "sigma_track", "True, False or 'block'; True and 'block' need sigma_method='lanczos' "
+             "and sigma_convention='sqrt_eig', 'block' also sigma_max_iter >= 4")
         need(self.accuracy_every >= 0, "accuracy_every", ">= 0")
         need(self.propagated is None or isinstance(self.propagated, PropagatedConfig), "propagated",
              "None or a PropagatedConfig")
