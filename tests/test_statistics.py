@@ -114,7 +114,8 @@ def test_wide_one_row_per_group_with_two_keys_by_hand():
     table = pd.DataFrame({"kind": ["class"] * 3 + ["random1"] * 2, "method": ["m"] * 5,
                           "ve": [1.0, 2.0, 3.0, 5.0, float("nan")], "acc": [0.5, 0.5, 0.5, 0.9, 0.7]})
     out = statistics.wide(statistics.seed_summary(table, ["kind", "method"], ["ve", "acc"]))
-    assert list(out.columns) == ["kind", "method", "n", "ve", "ve_low", "ve_high", "acc", "acc_low", "acc_high"]
+    assert list(out.columns) == ["kind", "method", "n", "ve", "ve_low", "ve_high",
+                                 "acc", "acc_low", "acc_high"]
     c = out.set_index("kind").loc["class"]
     assert (c.n, c.ve, c.acc, c.acc_low, c.acc_high) == (3, 2.0, 0.5, 0.5, 0.5)
     assert math.isclose(c.ve_low, 2 - T_975_2 / math.sqrt(3), rel_tol=1e-12)
