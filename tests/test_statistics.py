@@ -107,3 +107,25 @@ def test_seed_summary_keeps_a_group_whose_key_is_missing():
     out = statistics.seed_summary(table, "lam", "ve")
     assert len(out) == 2 and out.n.tolist() == [2, 2]
     assert sorted(out["mean"].tolist()) == [2.0, 3.0]
+
+
+def test_wide_one_row_per_group_with_two_keys_by_hand():
+    # the per-(kind, method) table of notebook 11 and the per-optimiser table of notebook 07
+    table = pd.DataFrame({"kind": ["class"] * 3 + ["random1"] * 2, "method": ["m"] * 5,
+                          "ve": [1.0, 2.0, 3.0, 5.0, float("nan")], "acc": [0.5, 0.5, 0.5, 0.9, 0.7]})
+    out = statistics.wide(statistics.seed_summary(table, ["kind", "method"], ["ve", "acc"]))
+    assert list(out.columns) == ["kind", "method", "n", "ve", "ve_low", "ve_high",
+                                 "acc", "acc_low", "acc_high"]
+    c = out.set_index("kind").loc["class"]
+    assert (c.n, c.ve, c.acc, c.acc_low, c.acc_high) == (3, 2.0, 0.5, 0.5, 0.5)
+    assert math.isclose(c.ve_low, 2 - T_975_2 / math.sqrt(3), rel_tol=1e-12)
+    assert math.isclose(c.ve_high, 2 + T_975_2 / math.sqrt(3), rel_tol=1e-12)
+    r = out.set_index("kind").loc["random1"]  # ve: one finite value, NaN bounds; n counts the seeds of acc
+    assert r.n == 2 and r.ve == 5.0 and math.isnan(r.ve_low) and math.isnan(r.ve_high)
+    assert math.isclose(r.acc_high - r.acc, 12.706204736174698 * 0.1, rel_tol=1e-12)  # s = 0.1·√2
+    flat = statistics.wide(statistics.seed_summary(table, [], "acc"))
+    assert list(flat.columns) == ["n", "acc", "acc_low", "acc_high"] and flat.n[0] == 5
+    missing = statistics.wide(statistics.seed_summary(table.assign(kind=None), "kind", "acc"))
+    assert len(missing) == 1 and missing.n[0] == 5
+    with pytest.raises(ValueError, match="no column 'low'"):
+        statistics.wide(pd.DataFrame({"column": ["ve"], "mean": [1.0]}))

@@ -8,7 +8,8 @@ Most users run "Unrolling SGD" as a baseline in someone else's benchmark: forget
 training set or a whole class, then report forget / retain / test accuracy, a membership-inference
 score, and run time next to naive retraining. This module trains the original model M once per seed
 (recording what amnesiac unlearning needs), retrains M′ on the retain set (the reference), applies each
-method in :data:`METHODS` and tabulates the measurements with means and 95% confidence intervals.
+method in :data:`METHODS` and tabulates the measurements, one row per seed, kind and method (their means
+and 95% intervals over seeds: :func:`unroll_utils.statistics.seed_summary`).
 
 Protocol (the paper's M and M′, notebook 01, with a shuffled order): M trains from w_0 for ``epochs`` epochs
 of plain SGD on a seeded per-epoch shuffle of all N points; naive retraining trains from the same w_0
@@ -29,7 +30,6 @@ import copy
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -39,14 +39,13 @@ from . import data as D
 from .membership import mia_cv_accuracy, svc_mia_efficacy
 from .metrics import verification_error
 from .privacy import loss_attack_auc, per_example_loss, predict_probs
-from .statistics import t_interval
 from .training import SGDConfig, sub_seed
 from .unlearning_methods import (UnlearningTask, amnesiac, fine_tuning, gradient_ascent, naive_retraining,
                                  neggrad_plus, random_labels_graves, random_labels_salun, sgu_at_final,
                                  sgu_at_w0, sgu_propagated, train_recorded)
 
 __all__ = ["TrainingConfig", "METHODS", "SOURCES", "BUDGET_OPTIONS", "FORGET_KINDS", "MIA_METRICS",
-           "budget", "make_forget_sets", "run_forget_benchmark", "summarize"]
+           "budget", "make_forget_sets", "run_forget_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -269,25 +268,3 @@ def run_forget_benchmark(dataset: D.TensorData, build, *, kinds=FORGET_KINDS, me
             for r in _run_kind(task, methods, hyper or {}, options, tx, ty):
                 rows.append({"seed": int(seed), "kind": kind, "n_forget": len(forget), **r})
     return pd.DataFrame(rows)
-
-
-def summarize(table: pd.DataFrame,
-              metrics=("forget_acc", "retain_acc", "test_acc") + MIA_METRICS + ("ve", "time_rel"),
-              confidence: float = 0.95) -> pd.DataFrame:
-    """Mean and two-sided Student-t confidence interval over seeds for each (kind, method, metric).
-
-    The interval is mean ± t_{(1+c)/2, n−1}·s/√n with s the sample standard deviation over the n seeds
-    (t-interval: few seeds, roughly normal means); NaN bounds when n = 1.
-
-    Returns:
-        Tidy table with columns kind, method, metric, mean, ci_low, ci_high, n.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    out = []
-    for (kind, method), g in table.groupby(["kind", "method"], sort=False):
-        for m in metrics:
-            mean, low, high = t_interval(g[m].to_numpy(dtype=np.float64), confidence)
-            out.append({"kind": kind, "method": method, "metric": m, "mean": mean,
-                        "ci_low": low, "ci_high": high, "n": len(g)})
-    return pd.DataFrame(out)

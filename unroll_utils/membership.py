@@ -3,7 +3,8 @@ the NeurIPS 2023 unlearning challenge kit's cross-validated logistic regression 
 (:func:`mia_cv_accuracy`) and SalUn's SVC "MIA-Efficacy" (:func:`svc_mia_efficacy`).
 
 They work on softmax probabilities / per-example losses from :mod:`unroll_utils.privacy`
-(eval mode), which holds the attacks of the paper's §2.7 (Song & Mittal's metric-based attacks, the
+(eval mode), which holds the attacks of the paper's privacy experiment (reference code
+cleverhans-lab/unrolling-sgd ``Privacy_risk_score/``: Song & Mittal's metric-based attacks, the
 loss-attack AUC; their privacy risk score is :mod:`unroll_utils.risk_score`). Shapes: ``probs``
 (N, C) float, rows summing to 1; ``labels`` (N,) int64 in [0, C−1].
 """

@@ -1,6 +1,8 @@
-"""The paper's CIFAR experiments as protocols: presets, the regime map, per-run correlations with
-bootstrap intervals over seeds, the measurement schedule of Exp C/D, and a run-time estimate
-(paper §2.1–§2.5).
+"""The paper's CIFAR experiments as protocols: presets, the regime map, per-run correlations, the
+measurement schedule of Exp C/D, and a run-time estimate (reference code
+cleverhans-lab/unrolling-sgd, ``Unlearning/pretrain.py``, ``correlation_verification.py``,
+``checkpoint_version.py``, ``Correlation_unlearning.py`` and ``master_unlearning.py``; what each
+default reproduces is listed in ``docs/fidelity.md``).
 
 Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraining`,
 :mod:`unroll_utils.fine_tuning` (the runs of Exp A and Exp B, with Exp B's checkpointed error) and
@@ -10,11 +12,11 @@ Notebooks 06–09 are thin layers over this module, :mod:`unroll_utils.pretraini
   and ``small_cnn``), ``cpu`` (the paper's protocol with thinned grids and 3 seeds on the embedded
   MNIST subset, minutes on one CPU core: what ``PRESET=None`` picks without a GPU, see
   :func:`default_preset`), ``small`` (CIFAR-10 ResNet-18 on one GPU in minutes) and ``paper`` (the
-  reference grids of §2.2–§2.5) presets.
+  reference grids of the scripts above, see ``docs/fidelity.md``) presets.
 * :func:`regime_map`: where single gradient unlearning (and, optionally, its Hessian-propagated
   variant) helps at all: VE / ‖w_t − w′_t‖ against η·λ_max and t.
-* :func:`run_correlations`, :func:`seed_intervals`: Pearson and Spearman of e with VE per run,
-  and bootstrap 95% intervals over seeds.
+* :func:`run_correlations`: Pearson and Spearman of e with VE per run (their interval over seeds:
+  :func:`unroll_utils.statistics.seed_summary`).
 * :func:`estimate_seconds`: a measured estimate of a run's wall time, printed before long runs.
 * :func:`epoch_positions`, :func:`scheduled_steps`, :func:`run_scheduled`: the reference's
   measurement schedule of Exp C, Exp D and the IMDB experiment (``if i % eval_every == 0`` on
@@ -39,7 +41,6 @@ from . import hessian, results
 from .losses import make_loss
 from .metrics import correlations
 from .propagated import PropagatedConfig
-from .statistics import bootstrap_ci
 from .lockstep import LockStep, LockStepResult
 from .training import make_optimizer, sgd_step
 from .trajectory import LockStepConfig, run_lockstep
@@ -57,7 +58,8 @@ _PAPER_DATA = {"dataset": "cifar10", "model": "resnet18", "width": 16, "n_train"
 
 #: Sizes per experiment and preset; notebook parameters left at None take these values.
 PRESETS: dict[str, dict[str, dict]] = {
-    # §2.1: the reference recipe (lr 0.1, no momentum, wd 5e-4, cosine T_max=200, crop+flip, b=128)
+    # Unlearning/pretrain.py: the reference recipe (lr 0.1, no momentum, wd 5e-4, cosine T_max=200,
+    # crop+flip, b=128)
     "pretraining": {
         "smoke": {**_SMOKE_DATA, "n_train": 2000, "epochs": 2, "determinism_steps": 10},
         # 40 epochs of 16 steps: w_0 reaches about 0.77 test accuracy on the MNIST subset (10: about 0.3)
@@ -65,7 +67,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "small": {**_SMALL_DATA, "n_train": None, "n_test": None, "epochs": 5, "determinism_steps": 20},
         "paper": {**_PAPER_DATA, "epochs": 50, "determinism_steps": 20},
     },
-    # §2.2/§2.3: x* = batch 114 first, 1 epoch at b=32, σ on the first 512 points, undo at w_0
+    # Unlearning/correlation_verification.py and checkpoint_version.py: x* = batch 114 first, 1 epoch
+    # at b=32, σ on the first 512 points, undo at w_0
     "fine_tuning": {
         "smoke": {**_SMOKE_DATA, "forget_batch": 20, "pretrain_epochs": 2, "lr": 0.01, "eval_every": 4,
                   "sigma_every": 32, "sigma_points": 32, "sigma_track": False, "n_seeds": 2,
@@ -84,10 +87,10 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "regime_lrs": [0.001, 0.003, 0.01, 0.03, 0.1],
                   "regime_steps": 200},
     },
-    # §2.4: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no augmentation), 5 epochs of
-    # fine-tuning at b=32 in a fixed order (x* first), undo at the current weights, σ on the
-    # current batch at in-epoch positions 0, 200, 400, ... of every epoch
-    # (Unlearning/Correlation_unlearning.py: shuffle=False, `main_idx % eval_every == 0`)
+    # Unlearning/Correlation_unlearning.py: SD(λ) pretraining at lr 0.01 (no momentum, no wd, no
+    # augmentation), 5 epochs of fine-tuning at b=32 in a fixed order (x* first), undo at the current
+    # weights, σ on the current batch at in-epoch positions 0, 200, 400, ... of every epoch
+    # (shuffle=False, `main_idx % eval_every == 0`)
     "sd_loss_sweep": {
         "smoke": {**_SMOKE_DATA, "pretrain_epochs": 2, "pretrain_lr": 0.1, "epochs": 1, "eval_every": 8,
                   "lams": [0.0, 20.0], "n_seeds": 2, "schedule": "epoch_positions"},
@@ -103,9 +106,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "eval_every": 200, "n_seeds": 2, "schedule": "epoch_positions",
                   "lams": [0.0, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 50.0, 100.0, 150.0, 200.0, 250.0]},
     },
-    # §2.5: from the random initialisation, lr 0.1, b=128, SD(λ), no augmentation, a new shuffle
-    # every epoch (x* kept first for M′), σ on a full random batch at in-epoch positions
-    # 1, 1 + eval_every, ... (Unlearning/master_unlearning.py: shuffle=True, `i % 400 == 0`, i.e.
+    # Unlearning/master_unlearning.py: from the random initialisation, lr 0.1, b=128, SD(λ), no
+    # augmentation, a new shuffle every epoch (x* kept first for M′), σ on a full random batch at
+    # in-epoch positions 1, 1 + eval_every, ... (shuffle=True, `i % 400 == 0`, i.e.
     # once per 391-batch epoch; position 1 here is the first shuffled batch after x*)
     "from_scratch": {
         "smoke": {**_SMOKE_DATA, "n_train": 768, "epochs": 2, "lams": [0.0, 5.0], "n_seeds": 2,
@@ -252,32 +255,6 @@ def run_correlations(table: pd.DataFrame, proxy: str = "unlearning_error", targe
     both are finite (see :func:`unroll_utils.metrics.correlations`)."""
     c = correlations(table[proxy], table[target])
     return {"pearson": c["pearson"], "spearman": c["spearman"], "n_points": c["n"]}
-
-
-def seed_intervals(runs: pd.DataFrame, by: Sequence[str], columns: Sequence[str], *,
-                   seed: int = 0) -> pd.DataFrame:
-    """Mean and bootstrap 95% interval over seeds of each column, per group.
-
-    Args:
-        runs: one row per run (e.g. per seed), with the group columns ``by`` and ``columns``.
-        by: grouping columns (e.g. ``["optimizer"]`` or ``["lam"]``); may be empty.
-        columns: the values to summarise (e.g. ``["pearson", "spearman", "ve"]``).
-        seed: seed of the bootstrap resampling.
-
-    Returns:
-        One row per group: the group keys, ``n_seeds`` and for each column ``<col>``,
-        ``<col>_low``, ``<col>_high`` (see :func:`unroll_utils.statistics.bootstrap_ci`).
-    """
-    groups = runs.groupby(list(by), sort=True) if by else [((), runs)]
-    rows = []
-    for key, group in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
-        row["n_seeds"] = len(group)
-        for col in columns:
-            row[col], row[f"{col}_low"], row[f"{col}_high"] = bootstrap_ci(group[col].to_numpy(), seed=seed)
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 #: The reference's fine-tuning transforms per dataset (``correlation_verification.py``,

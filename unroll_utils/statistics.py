@@ -5,6 +5,7 @@ normal replicates, and honest with 3–5 seeds, where a bootstrap's percentile i
 narrow: with n values it cannot reach past the smallest and largest); the percentile bootstrap as an
 option; with fewer than two finite values the bounds are NaN, not an error, so a table of a partly
 finished sweep still prints. :func:`seed_summary` applies it to a table, per group and column;
+:func:`wide` turns its long table into one row per group for printing;
 :func:`t_interval` and :func:`bootstrap_ci` are its two intervals for one list of values.
 """
 
@@ -80,6 +81,43 @@ def seed_summary(table: pd.DataFrame, by: str | Sequence[str], columns: str | Se
             rows.append({**dict(zip(by, key)), "column": col, "mean": mean, "low": low, "high": high,
                          "n": int(v.size)})
     return pd.DataFrame(rows, columns=[*by, "column", "mean", "low", "high", "n"])
+
+
+def wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`seed_summary` table with one row per group: ``<col>``, ``<col>_low``, ``<col>_high``.
+
+    Args:
+        summary: the long table of :func:`seed_summary` (the ``by`` columns, then ``column``, ``mean``,
+            ``low``, ``high``, ``n``).
+
+    Returns:
+        DataFrame with the ``by`` columns, ``n`` (the largest count of finite values over the
+        summarised columns of the group: the number of seeds when none failed), then for each
+        summarised column, in its order, ``<col>`` (the mean), ``<col>_low`` and ``<col>_high``;
+        groups in the summary's order.
+
+    Raises:
+        ValueError: ``summary`` lacks one of ``column``, ``mean``, ``low``, ``high``, ``n``.
+    """
+    need = ["column", "mean", "low", "high", "n"]
+    missing = [c for c in need if c not in summary.columns]
+    if missing:
+        raise ValueError(f"summary must be a seed_summary table; it has no column {missing[0]!r}")
+    by = list(summary.columns[:list(summary.columns).index("column")])
+    columns = list(dict.fromkeys(summary["column"]))
+    keys = summary[by].drop_duplicates() if by else pd.DataFrame(index=[0])
+    rows = []
+    for key in keys.itertuples(index=False):
+        mask = np.ones(len(summary), dtype=bool)
+        for name, value in zip(by, key):
+            mask &= (summary[name].isna() if pd.isna(value) else summary[name] == value).to_numpy()
+        group = summary[mask].set_index("column")
+        row = {**dict(zip(by, key)), "n": int(group["n"].max())}
+        for col in columns:
+            row[col], row[f"{col}_low"], row[f"{col}_high"] = group.loc[col, ["mean", "low", "high"]]
+        rows.append(row)
+    names = [f"{c}{suffix}" for c in columns for suffix in ("", "_low", "_high")]
+    return pd.DataFrame(rows, columns=[*by, "n", *names])
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
