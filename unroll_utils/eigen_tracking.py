@@ -1,4 +1,4 @@
-"""λ_max along a trajectory for about one block of HVPs per step (paper §1.4, §2.2 Exp A).
+"""λ_max along a trajectory for about one block of HVPs per step (notebook 04, eq. (1); Exp A, notebook 07).
 
 σ at every step (the reference's Exp A/B schedule, ``correlation_verification.py``) needs λ_max of
 a Hessian that moves a little per step. Both trackers carry what the last step found, take any
@@ -62,7 +62,7 @@ class TopEigenTracker:
         ValueError: ``tol`` outside (0, 1), ``max_iter`` < 1, an unknown ``stop`` or
             ``gap_safety`` outside (0, 1].
 
-    Source: paper §1.4 and §2.2 (σ every step in Exp A); Kato–Temple bound as cited above.
+    Source: σ at every step of Exp A (`Unlearning/correlation_verification.py`); Kato–Temple above.
     """
 
     MIN_GAP_KRYLOV = 4  # Krylov dimension a solve needs before its gap updates g
@@ -246,7 +246,7 @@ class BlockEigenTracker:
         ValueError: ``tol`` outside (0, 1), ``block`` outside 1–8, ``max_iter`` < block + 2, an
             unknown ``stop`` or ``gap_safety`` outside (0, 1].
 
-    Source: paper §1.4 and §2.2 (σ every step in Exp A); the bound of :func:`block_top_bound`;
+    Source: σ at every step of Exp A (`Unlearning/correlation_verification.py`); :func:`block_top_bound`;
     block Rayleigh–Ritz with residual expansion (Davidson/block Lanczos: Parlett, *The Symmetric
     Eigenvalue Problem*, ch. 11, 13).
     """

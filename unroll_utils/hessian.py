@@ -1,4 +1,4 @@
-"""The top Hessian eigenvalue and σ, from Hessian-vector products (paper §1.4, §2.9, §5 items 6, 13).
+"""The top Hessian eigenvalue and σ, from Hessian-vector products (notebook 04, eq. (1); PyHessian).
 
 σ enters the unlearning error e = (η²/2)·t·‖w_t − w_0‖·σ. The reference code takes σ = sqrt(λ_top)
 from PyHessian's power iteration (100 HVPs, eval mode, unseeded start, largest-*magnitude*
@@ -113,7 +113,7 @@ class HessianOperator:
             trainable parameters, a bad ``micro_batch`` (named, with N). RuntimeError: inside
             ``torch.inference_mode()`` (``torch.no_grad()`` is fine).
 
-    Source: paper §1.4 (σ from the top Hessian eigenvalue), §5 item 13 (side effects to avoid).
+    Source: notebook 04, eq. (1) (σ from the top eigenvalue), without PyHessian's side effects.
     """
 
     def __init__(self, model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
@@ -436,7 +436,7 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
 
     Args:
         model, inputs (N, ...), targets (N,): the network and the Hessian batch (e.g. 512 fixed
-            points or the current batch). loss_fn: batch-mean training objective (paper §5 item 14).
+            points or the current batch). loss_fn: batch-mean training objective (the loss M trains on).
         method: ``"lanczos"`` (default) or ``"power"``. which: ``"LA"`` (default) or ``"LM"``
             (PyHessian's). tol, max_iter, init, generator, stop: as :func:`lanczos_top_eigen`
             (``stop="eigenvalue"`` is Lanczos only).
@@ -450,7 +450,7 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn, inputs: torch.Tensor, targ
             ``method="power"``), bad ``tol``/``max_iter``/``init``/``weight_decay``/``micro_batch``.
         RuntimeError: inside ``torch.inference_mode()``.
 
-    Source: paper §1.4 (σ from the top Hessian eigenvalue), §2.9 (PyHessian semantics).
+    Source: notebook 04, eq. (1); PyHessian's `hessian(...).eigenvalues()` (what the reference calls).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -473,7 +473,7 @@ def sigma_from_eigenvalue(eigenvalue: float, convention: str = "sqrt_eig") -> fl
     """σ from a top eigenvalue: ``"sqrt_eig"`` σ = sqrt(λ_max) as in the reference code (0, never
     NaN, when λ_max ≤ 0; log λ to see the sign) or ``"abs_eig"`` σ = |λ| (the largest singular
     value of the symmetric Hessian, from the largest-magnitude eigenvalue). ValueError for an
-    unknown ``convention`` or a non-finite eigenvalue. Source: paper §1.4 and §5 item 6."""
+    unknown ``convention`` or a non-finite eigenvalue. Source: `Unlearning/correlation_verification.py`."""
     if convention not in SIGMA_CONVENTIONS:
         raise ValueError(f"convention must be one of {SIGMA_CONVENTIONS}; got {convention!r}")
     if not math.isfinite(eigenvalue):
