@@ -204,3 +204,12 @@ def test_nbval_hook_is_registered():
     rules = _conftest()
     assert callable(rules.pytest_runtest_call)
     assert rules.KNOWN_VIOLATIONS <= {p.name for p in ALL}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_notebook_is_valid_nbformat(path):
+    """A notebook that declares nbformat 4.4 but carries cell ids makes Jupyter log 'Notebook JSON is
+    invalid' on every read (e.g. when notebook 00 reads another notebook's parameters)."""
+    import nbformat
+
+    nbformat.validate(nbformat.read(path, as_version=nbformat.NO_CONVERT))
