@@ -55,6 +55,7 @@ executed: $(STAMP)
 
 # The book from the stored outputs of docs/executed/ (never executes a notebook).
 book: $(DEV_STAMP)
+	@$(PY) docs/execute.py --check || echo "book: the copies above are older than their notebooks; run make executed"
 	$(PY) -m sphinx -b html -q -j 1 docs docs/_build/html
 	@echo "book: docs/_build/html/index.html"
 
