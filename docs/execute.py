@@ -198,7 +198,11 @@ def stale(chosen: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", help="numbers (03) or file names; default: all")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell (default 900)")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
+    parser.add_argument("--tries", type=int, default=2,
+                        help="runs of a notebook before it counts as failed (default 2): a cell that displays "
+                             "ipywidgets can wait forever for a kernel reply (jupyter/nbclient#312), and a "
+                             "second run usually passes")
     parser.add_argument("--check", action="store_true", help="list stale copies and exit 1 if any; run nothing")
     args = parser.parse_args(argv)
     chosen = select(args.notebooks)
@@ -208,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if old else 0
     if args.timeout <= 0:
         parser.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.tries < 1:
+        parser.error(f"--tries must be an integer >= 1, got {args.tries}")
 
     import papermill  # imported here so that --help and a wrong name answer at once
 
@@ -224,13 +230,22 @@ def main(argv: list[str] | None = None) -> int:
             start = time.time()
             with tempfile.TemporaryDirectory(prefix="unroll-executed-") as tmp:
                 raw = Path(tmp) / src.name
-                try:
-                    papermill.execute_notebook(str(src), str(raw), cwd=str(NOTEBOOKS), kernel_name="python3",
-                                               progress_bar=False, log_output=False,
-                                               execution_timeout=args.timeout)
-                except Exception as err:  # PapermillExecutionError, a dead kernel, a timeout
+                error = None
+                for attempt in range(1, args.tries + 1):
+                    try:
+                        papermill.execute_notebook(str(src), str(raw), cwd=str(NOTEBOOKS), kernel_name="python3",
+                                                   progress_bar=False, log_output=False,
+                                                   execution_timeout=args.timeout)
+                        error = None
+                        break
+                    except Exception as err:  # PapermillExecutionError, a dead kernel, a timeout
+                        error = err
+                        if attempt < args.tries:
+                            print(f"{src.name}: run {attempt} failed ({type(err).__name__}); running it again",
+                                  flush=True)
+                if error is not None:
                     failed.append(src.name)
-                    first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                    first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
                     print(f"{src.name}: FAILED after {time.time() - start:.0f} s ({first}); "
                           f"docs/executed/{src.name} left as it was", flush=True)
                     continue
