@@ -147,7 +147,7 @@ def test_one_name_for_the_batch_size():
             assert "BATCH_SIZE" not in names and "TEST_POINTS" not in names, path.name
 
 
-def test_unknown_parameter_stops_notebook_01_naming_the_close_match(tmp_path):
+def test_unknown_parameter_stops_notebook_01_naming_the_close_match(tmp_path, monkeypatch):
     """papermill -p BATCH_SIZE 16 (the old name) and -p SEEED 3, through papermill itself, on notebook 01 up to
     its validation cell: the run stops there with the names and their close matches."""
     papermill = pytest.importorskip("papermill")
@@ -156,26 +156,18 @@ def test_unknown_parameter_stops_notebook_01_naming_the_close_match(tmp_path):
     nb["cells"] = nb["cells"][:i + 2]
     head = tmp_path / "head.ipynb"
     head.write_text(json.dumps(nb), encoding="utf-8")
-    env = {"UNROLL_SMOKE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with pytest.raises(papermill.PapermillExecutionError) as err:
-            papermill.execute_notebook(str(head), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                                       parameters={"BATCH_SIZE": 16, "SEEED": 3}, cwd=str(tmp_path),
-                                       progress_bar=False)
-        message = str(err.value)
-        assert "ParameterError" in message
-        assert "BATCH_SIZE (did you mean BATCH?)" in message and "SEEED (did you mean SEED?)" in message
-        # the right names pass (and the check is the only difference)
-        papermill.execute_notebook(str(head), str(tmp_path / "ok.ipynb"), kernel_name="python3",
-                                   parameters={"BATCH": 16, "SEED": 3}, cwd=str(tmp_path), progress_bar=False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("UNROLL_SMOKE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(head), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"BATCH_SIZE": 16, "SEEED": 3}, cwd=str(tmp_path),
+                                   progress_bar=False)
+    message = str(err.value)
+    assert "ParameterError" in message
+    assert "BATCH_SIZE (did you mean BATCH?)" in message and "SEEED (did you mean SEED?)" in message
+    # the right names pass (and the check is the only difference)
+    papermill.execute_notebook(str(head), str(tmp_path / "ok.ipynb"), kernel_name="python3",
+                               parameters={"BATCH": 16, "SEED": 3}, cwd=str(tmp_path), progress_bar=False)
 
 
 # --- printed output (the nbval hook) --------------------------------------------------------------------------
