@@ -132,14 +132,22 @@ def _lockstep(**kw):
     return run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False)
 
 
-def test_lockstep_sigma_track_matches_solves_within_its_estimate():
-    tracked = _lockstep(sigma_track=True, sigma_tol=1e-2).table
+def _tracked_and_solved(track, hvps_per_step):
+    """A tracked lock-step run (tol 1e-2) and a tightly solved one; asserts that tracking was used after t = 1
+    with ``hvps_per_step`` HVPs per accepted step, and that every tracked λ is below the solved λ_max by at most
+    its reported error bound."""
+    tracked = _lockstep(sigma_track=track, sigma_tol=1e-2).table
     solved = _lockstep(sigma_tol=1e-6).table
     assert tracked["eig_tracked"].iloc[1:].any() and not tracked["eig_tracked"].iloc[0]
-    assert (tracked.loc[tracked["eig_tracked"], "eig_hvps"] == 1).all()
+    assert (tracked.loc[tracked["eig_tracked"], "eig_hvps"] == hvps_per_step).all()
     gap = solved["eigenvalue"] - tracked["eigenvalue"]
     assert (gap >= -1e-8 * solved["eigenvalue"]).all()
     assert (gap <= tracked["eig_error_bound"] + 1e-6 * solved["eigenvalue"]).all()
+    return tracked, solved
+
+
+def test_lockstep_sigma_track_matches_solves_within_its_estimate():
+    tracked, solved = _tracked_and_solved(True, hvps_per_step=1)
     # e_t ∝ σ = sqrt(λ): relative error ≤ about tol/2
     rel = (tracked["unlearning_error"] / solved["unlearning_error"] - 1).abs().iloc[1:]
     assert rel.max() <= 5e-3
@@ -289,13 +297,7 @@ def test_block_tracker_rejects_bad_arguments():
 
 
 def test_lockstep_block_tracking_matches_solves_within_its_bound_and_resumes(tmp_path):
-    tracked = _lockstep(sigma_track="block", sigma_tol=1e-2).table
-    solved = _lockstep(sigma_tol=1e-6).table
-    assert tracked["eig_tracked"].iloc[1:].any() and not tracked["eig_tracked"].iloc[0]
-    assert (tracked.loc[tracked["eig_tracked"], "eig_hvps"] == 2).all()
-    gap = solved["eigenvalue"] - tracked["eigenvalue"]
-    assert (gap >= -1e-8 * solved["eigenvalue"]).all()
-    assert (gap <= tracked["eig_error_bound"] + 1e-6 * solved["eigenvalue"]).all()
+    tracked, solved = _tracked_and_solved("block", hvps_per_step=2)
     assert tracked["ve"].equals(solved["ve"])
     torch.manual_seed(0)
     net = TinyNet().double()
