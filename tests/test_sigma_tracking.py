@@ -146,6 +146,18 @@ def _tracked_and_solved(track, hvps_per_step):
     return tracked, solved
 
 
+def _resumed_after_two_steps(tmp_path, track):
+    """The table of a tracked lock-step run (tol 1e-2) stopped after 2 steps and resumed from its checkpoint."""
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    x, y = _data(40)
+    cfg = LockStepConfig(lr=0.01, batch_size=8, epochs=1, eval_every=1, sigma_every=1,
+                         sigma_points=16, seed=0, sigma_track=track, sigma_tol=1e-2)
+    path = tmp_path / "ck.pt"
+    run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False, checkpoint_path=path, stop_after=2)
+    return run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False, checkpoint_path=path).table
+
+
 def test_lockstep_sigma_track_matches_solves_within_its_estimate():
     tracked, solved = _tracked_and_solved(True, hvps_per_step=1)
     # e_t ∝ σ = sqrt(λ): relative error ≤ about tol/2
@@ -158,17 +170,7 @@ def test_lockstep_sigma_track_matches_solves_within_its_estimate():
 
 def test_lockstep_sigma_track_resumes_bit_identically(tmp_path):
     full = _lockstep(sigma_track=True, sigma_tol=1e-2).table
-    torch.manual_seed(0)
-    net = TinyNet().double()
-    x, y = _data(40)
-    cfg = LockStepConfig(lr=0.01, batch_size=8, epochs=1, eval_every=1, sigma_every=1,
-                         sigma_points=16, seed=0, sigma_track=True, sigma_tol=1e-2)
-    path = tmp_path / "ck.pt"
-    run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False, checkpoint_path=path,
-                 stop_after=2)
-    resumed = run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False,
-                           checkpoint_path=path).table
-    assert resumed.equals(full)
+    assert _resumed_after_two_steps(tmp_path, True).equals(full)
 
 
 def test_sigma_track_config_is_validated():
@@ -299,17 +301,7 @@ def test_block_tracker_rejects_bad_arguments():
 def test_lockstep_block_tracking_matches_solves_within_its_bound_and_resumes(tmp_path):
     tracked, solved = _tracked_and_solved("block", hvps_per_step=2)
     assert tracked["ve"].equals(solved["ve"])
-    torch.manual_seed(0)
-    net = TinyNet().double()
-    x, y = _data(40)
-    cfg = LockStepConfig(lr=0.01, batch_size=8, epochs=1, eval_every=1, sigma_every=1,
-                         sigma_points=16, seed=0, sigma_track="block", sigma_tol=1e-2)
-    path = tmp_path / "ck.pt"
-    run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False, checkpoint_path=path,
-                 stop_after=2)
-    resumed = run_lockstep(net, x, y, torch.tensor([0, 1]), cfg, progress=False,
-                           checkpoint_path=path).table
-    assert resumed.equals(tracked)
+    assert _resumed_after_two_steps(tmp_path, "block").equals(tracked)
     with pytest.raises(ValueError, match="sigma_track"):
         LockStepConfig(sigma_track="block", sigma_max_iter=3).validate()
     with pytest.raises(ValueError, match="sigma_track"):
