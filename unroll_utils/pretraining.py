@@ -35,7 +35,6 @@ from . import data as data_mod
 from . import models, results
 from .device import environment, key_environment, resolve_device
 from .metrics import accuracy
-from .training import ALL_AUGMENTS as AUGMENTS  # noqa: F401  (the augmentations pretraining offers)
 from .training import SGDConfig, SGDTraining, require
 SCHEDULES = ("cosine", "constant")
 
