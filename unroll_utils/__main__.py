@@ -24,7 +24,7 @@ CONFIG_FIELDS = tuple(f.name for f in fields(MainJobConfig))
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
-def flag(name: str) -> str:
+def cli_flag(name: str) -> str:
     """The command-line flag of a :class:`MainJobConfig` field, e.g. ``forget_class`` → ``--forget-class``."""
     return "--" + name.replace("_", "-")
 
@@ -34,12 +34,12 @@ def in_flags(message: str) -> str:
     ``--forget-class``, ``loss='sd'`` becomes ``--loss sd`` and ``sigma_every > 0``
     ``--sigma-every > 0``."""
     message = re.sub(r"^([a-z_]+)(?= must | is used only|=)",
-                     lambda m: flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1), message)
+                     lambda m: cli_flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1), message)
     message = re.sub(r"\b([a-z_]+)=(?:'([^']*)'|([^\s,;)]+))",
-                     lambda m: (f"{flag(m.group(1))} {m.group(2) if m.group(2) is not None else m.group(3)}"
+                     lambda m: (f"{cli_flag(m.group(1))} {m.group(2) if m.group(2) is not None else m.group(3)}"
                                 if m.group(1) in CONFIG_FIELDS else m.group(0)), message)
     return re.sub(r"\b([a-z_]+)(?= [<>]=? )",
-                  lambda m: flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1), message)
+                  lambda m: cli_flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1), message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     for f in fields(MainJobConfig):
         # SUPPRESS: an option the user did not give is absent, so contradictions can be told apart
         # --help: the field's one-line description, declared with the field (training.option)
-        p.add_argument(flag(f.name), dest=f.name, type=type(f.default), default=argparse.SUPPRESS,
+        p.add_argument(cli_flag(f.name), dest=f.name, type=type(f.default), default=argparse.SUPPRESS,
                        choices=CHOICES.get(f.name),
                        help=f"{training.field_help(MainJobConfig, f.name)} (default: {f.default})")
     return p
